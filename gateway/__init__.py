@@ -1,0 +1,1 @@
+"""The gateway service: the HTTP API; it owns nothing and calls person and score."""

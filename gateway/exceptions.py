@@ -1,0 +1,62 @@
+"""Every error the gateway can answer with, in one table: exception -> (status, code).
+
+Importing :mod:`person.exceptions` and :mod:`score.exceptions` registers their
+types with Nameko, so remote errors arrive here as those types.
+"""
+
+from werkzeug import exceptions as http_errors
+
+from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
+from score.exceptions import ScoreNotFound
+
+
+class ServiceUnavailable(Exception):
+    """A backend or the broker cannot be reached."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """The message broker cannot take the request."""
+
+
+class GatewayTimeout(Exception):
+    """A backend did not answer within ``RPC_TIMEOUT``."""
+
+
+class EmptyBody(Exception):
+    """A POST came without a body."""
+
+
+MAPPED_ERRORS = {
+    InvalidInput: (422, "INVALID_INPUT"),
+    PersonNotFound: (404, "PERSON_NOT_FOUND"),
+    PersonAlreadyExists: (409, "PERSON_ALREADY_EXISTS"),
+    ScoreNotFound: (404, "SCORE_NOT_FOUND"),
+    ServiceUnavailable: (503, "SERVICE_UNAVAILABLE"),
+    GatewayTimeout: (504, "GATEWAY_TIMEOUT"),
+    EmptyBody: (400, "EMPTY_BODY"),
+    # Raised by werkzeug while reading the request.
+    http_errors.BadRequest: (400, "MALFORMED_JSON"),
+    http_errors.UnsupportedMediaType: (415, "UNSUPPORTED_MEDIA_TYPE"),
+    http_errors.RequestEntityTooLarge: (413, "BODY_TOO_LARGE"),
+    http_errors.NotFound: (404, "NOT_FOUND"),
+    http_errors.MethodNotAllowed: (405, "METHOD_NOT_ALLOWED"),
+}
+
+
+def error_for(exc: Exception):
+    """``(status, code, message, fields)`` for an exception; 500 when unmapped."""
+    for exc_type in type(exc).__mro__:
+        if exc_type in MAPPED_ERRORS:
+            status, code = MAPPED_ERRORS[exc_type]
+            break
+    else:
+        if isinstance(exc, http_errors.HTTPException) and exc.code:
+            return exc.code, f"HTTP_{exc.code}", exc.description, None
+        return 500, "INTERNAL_ERROR", "The server failed to handle the request.", None
+    if isinstance(exc, http_errors.HTTPException):
+        message = exc.description
+    elif isinstance(exc, InvalidInput):
+        message = exc.message
+    else:
+        message = str(exc)
+    return status, code, message, getattr(exc, "fields", None)

@@ -1,0 +1,70 @@
+"""A JSON-only ``@http`` entrypoint: every answer, error or not, is JSON.
+
+Nameko's ``@http`` answers errors with plain text and unknown routes with
+werkzeug's HTML pages; here both go through :func:`gateway.exceptions.error_for`,
+and request bodies are capped at ``MAX_CONTENT_LENGTH`` bytes.
+"""
+
+import json
+import logging
+
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from gateway.exceptions import error_for
+
+_log = logging.getLogger(__name__)
+
+
+def json_response(payload, status=200, headers=None) -> Response:
+    return Response(json.dumps(payload), status=status, headers=headers, mimetype="application/json")
+
+
+def error_response(exc: Exception) -> Response:
+    status, code, message, fields = error_for(exc)
+    body = {"error": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    headers = None
+    if isinstance(exc, HTTPException):
+        # keeps e.g. the Allow header of a 405
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    if status >= 500:
+        _log.error("answering %s %s: %r", status, code, exc)
+    return json_response(body, status, headers)
+
+
+class JsonWsgiApp(WsgiApp):
+    def __init__(self, server, max_content_length):
+        super().__init__(server)
+        self.max_content_length = max_content_length
+
+    def __call__(self, environ, start_response):
+        request = Request(environ, shallow=True)
+        request.max_content_length = self.max_content_length
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            provider, values = adapter.match()
+            request.path_values = values
+            response = provider.handle_request(request)
+        except HTTPException as exc:
+            response = error_response(exc)
+        return response(environ, start_response)
+
+
+class JsonWebServer(WebServer):
+    def get_wsgi_app(self):
+        limit = int(self.container.config.get("MAX_CONTENT_LENGTH", 65536))
+        return JsonWsgiApp(self, limit)
+
+
+class JsonHttpEntrypoint(HttpRequestHandler):
+    server = JsonWebServer()
+
+    def response_from_exception(self, exc):
+        return error_response(exc)
+
+
+http = JsonHttpEntrypoint.decorator

@@ -1,0 +1,88 @@
+"""RPC to the backends with a deadline, so an HTTP request never hangs.
+
+Nameko's ``RpcProxy`` waits for a reply forever and retries a dead broker for
+seconds. This proxy gives each call ``RPC_TIMEOUT`` seconds in all: a broker
+that cannot take the request, or a service that is not consuming, is
+:class:`ServiceUnavailable` (503); a reply that does not come in time is
+:class:`GatewayTimeout` (504).
+"""
+
+import logging
+from functools import partial
+
+import eventlet
+from kombu.exceptions import OperationalError
+from nameko.amqp.publish import Publisher
+from nameko.exceptions import UnknownService
+from nameko.rpc import MethodProxy, RpcProxy
+
+from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
+
+_log = logging.getLogger(__name__)
+
+
+class _FailFastPublisher(Publisher):
+    # One reconnect attempt, no multi-second back-off: the caller has a deadline.
+    transport_options = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+    retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+class _TimedMethodProxy(MethodProxy):
+    publisher_cls = _FailFastPublisher
+
+
+class TimedServiceProxy:
+    """``proxy.method(*args)`` like Nameko's, but every call has a deadline."""
+
+    def __init__(self, worker_ctx, service_name, reply_listener, timeout):
+        self._worker_ctx = worker_ctx
+        self._service_name = service_name
+        self._reply_listener = reply_listener
+        self._timeout = timeout
+
+    def __getattr__(self, method_name):
+        return partial(self._call, method_name)
+
+    def _call(self, method_name, *args, **kwargs):
+        target = f"{self._service_name}.{method_name}"
+        method = _TimedMethodProxy(self._worker_ctx, self._service_name, method_name, self._reply_listener)
+        reply = None
+        deadline = eventlet.Timeout(self._timeout)
+        try:
+            try:
+                reply = method.call_async(*args, **kwargs)
+            except UnknownService:
+                raise ServiceUnavailable(f"{target}: the service is not running.") from None
+            except (OperationalError, OSError) as exc:
+                raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc}).") from None
+            return reply.result()
+        except eventlet.Timeout as exc:
+            if exc is not deadline:
+                raise
+            if reply is None:
+                raise BrokerUnavailable(
+                    f"{target}: the message broker did not take the request within {self._timeout}s."
+                ) from None
+            self._forget(reply)
+            raise GatewayTimeout(f"{target} did not answer within {self._timeout}s.") from None
+        finally:
+            deadline.cancel()
+
+    def _forget(self, reply):
+        # A reply that comes after the deadline is dropped by the listener;
+        # this drops the waiting slot of one that may never come.
+        events = self._reply_listener._reply_events
+        for correlation_id, event in list(events.items()):
+            if event is reply.reply_event:
+                events.pop(correlation_id, None)
+
+
+class TimedRpcProxy(RpcProxy):
+    """``RpcProxy`` whose calls fail within ``RPC_TIMEOUT`` seconds (config)."""
+
+    def setup(self):
+        self.timeout = float(self.container.config.get("RPC_TIMEOUT", 5))
+        super().setup()
+
+    def get_dependency(self, worker_ctx):
+        return TimedServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener, self.timeout)

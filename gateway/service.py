@@ -1,0 +1,111 @@
+"""The HTTP API (JSON in and out), routed here by Traefik for person.localhost
+and score.localhost. It validates the shape of a request and hands it to
+person or score over RPC; it owns no data.
+"""
+
+import logging
+
+from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
+from gateway.http import http, json_response
+from gateway.rpc import TimedRpcProxy
+from person.cpf import InvalidCPF, normalize_cpf
+from person.exceptions import InvalidInput
+
+_log = logging.getLogger(__name__)
+
+ITEM_METHODS = {"income": "add_income", "asset": "add_asset", "debt": "add_debt"}
+
+
+def _json_body(request):
+    # get_json raises werkzeug's 415 (not JSON), 400 (malformed) or 413 (too big).
+    if not request.get_data(cache=True):
+        raise EmptyBody("The request body is empty; send a JSON object.")
+    return request.get_json()
+
+
+def _path_cpf(cpf):
+    try:
+        return normalize_cpf(cpf)
+    except InvalidCPF as exc:
+        raise InvalidInput("Invalid CPF in the path.", {"cpf": [exc.message]}) from exc
+
+
+class GatewayService:
+    name = "gateway"
+
+    person = TimedRpcProxy("person")
+    score = TimedRpcProxy("score")
+
+    @http("POST", "/person")
+    def create_person(self, request):
+        """Create a person. 201 with the person and ``Location: /person/<cpf>``.
+
+        Example::
+
+            curl -i -H 'Content-Type: application/json' localhost:8000/person \\
+                 --data '{"cpf": "529.982.247-25", "name": "Ana", "address": "Rua A, 1",
+                          "date_of_birth": "1990-05-01"}'
+
+        Errors: 400 malformed JSON or empty body, 415 not JSON, 422 invalid
+        fields, 409 CPF exists.
+        """
+        person = self.person.create_person(_json_body(request))
+        return json_response(person, 201, {"Location": f"/person/{person['cpf']}"})
+
+    @http("GET", "/person/<cpf>")
+    def get_person(self, request, cpf):
+        """A person with incomes, assets and debts. 404 unknown, 422 malformed CPF.
+
+        Example: ``curl localhost:8000/person/52998224725``
+        """
+        return json_response(self.person.get_person(_path_cpf(cpf)))
+
+    @http("POST", "/person/<cpf>/<any(income, asset, debt):kind>")
+    def add_item(self, request, cpf, kind):
+        """Add an income, asset or debt. 201 with the item; 404 unknown person.
+
+        Example::
+
+            curl -i -H 'Content-Type: application/json' \\
+                 localhost:8000/person/52998224725/income --data '{"type": "renting", "value": 1000}'
+            curl -i -H 'Content-Type: application/json' \\
+                 localhost:8000/person/52998224725/debt --data '{"value": 1000}'
+        """
+        cpf = _path_cpf(cpf)
+        item = getattr(self.person, ITEM_METHODS[kind])(cpf, _json_body(request))
+        return json_response(item, 201)
+
+    @http("GET", "/<cpf>/score")
+    def get_score(self, request, cpf):
+        """The credit score of a CPF from score's replica; 0 is a valid score.
+
+        Example: ``curl localhost:8000/52998224725/score`` ->
+        ``{"cpf": "52998224725", "score": 4970,
+        "breakdown": {"income": 20, "asset": 5000, "debt": -50}, ...}``.
+        404 for a CPF score has never seen.
+        """
+        return json_response(self.score.get_score(_path_cpf(cpf)))
+
+    @http("GET", "/health")
+    def health(self, request):
+        """200 when the broker, person and score all answer; 503 otherwise.
+
+        Example: ``curl localhost:8000/health`` ->
+        ``{"status": "ok", "broker": "ok", "services": {"person": {...}, "score": {...}}}``
+        """
+        services, broker_ok = {}, True
+        for name in ("person", "score"):
+            try:
+                services[name] = getattr(self, name).health()
+            except (ServiceUnavailable, GatewayTimeout) as exc:
+                services[name] = {"status": "unreachable", "error": str(exc)}
+                broker_ok = broker_ok and not isinstance(exc, BrokerUnavailable)
+            except Exception as exc:  # the service answered with a failure
+                services[name] = {"status": "failing", "error": str(exc)}
+        healthy = all("error" not in s for s in services.values())
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "broker": "ok" if broker_ok else "unreachable",
+            "services": services,
+        }
+        return json_response(body, 200 if healthy else 503)

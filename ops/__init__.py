@@ -1,0 +1,1 @@
+"""Operator commands that are not services: migrations, health pings."""

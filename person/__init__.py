@@ -1,0 +1,1 @@
+"""The person service: owns people and their incomes, assets and debts."""

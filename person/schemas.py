@@ -1,0 +1,160 @@
+"""Input validation and output shapes for the person service (marshmallow 4).
+
+Loading returns plain Python values (CPF as the 11-digit string, money as
+``Decimal``, dates as ``date``); dumping returns JSON-safe values (money as a
+decimal string, dates in ISO 8601).
+"""
+
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from person.cpf import InvalidCPF, normalize_cpf
+
+MAX_MONEY = Decimal("999999999999.99")  # fits NUMERIC(14, 2)
+CENT = Decimal("0.01")
+EARLIEST_BIRTH = date(1900, 1, 1)
+
+
+class CPF(fields.Field):
+    """A CPF given as a string (punctuated or not) or an integer."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return normalize_cpf(value)
+        except InvalidCPF as exc:
+            raise ValidationError(exc.message) from exc
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
+
+
+class Money(fields.Field):
+    """A positive amount with at most 2 decimal places, bounded.
+
+    Accepts a JSON number or a decimal string; a float is read through its
+    shortest repr so ``1000.1`` stays ``1000.1``. Dumped as a string so no
+    consumer ever turns it into a float.
+    """
+
+    default_error_messages = {
+        "invalid": "Must be a number or a decimal string.",
+        "places": "Must have at most 2 decimal places.",
+        "range": f"Must be greater than 0 and at most {MAX_MONEY}.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.make_error("invalid")
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation as exc:
+            raise self.make_error("invalid") from exc
+        if not amount.is_finite():
+            raise self.make_error("invalid")
+        if not Decimal(0) < amount <= MAX_MONEY:
+            raise self.make_error("range")
+        cents = amount.quantize(CENT)
+        if cents != amount:
+            raise self.make_error("places")
+        return cents
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else str(Decimal(value).quantize(CENT))
+
+
+class BirthDate(fields.Field):
+    """A date (``2019-06-15``) or an ISO 8601 datetime, which must be in the past.
+
+    A datetime keeps the calendar date in its own offset: the seed's
+    ``2019-06-15T19:23:55-03:00`` is born on 2019-06-15.
+    """
+
+    default_error_messages = {
+        "invalid": "Must be an ISO 8601 date or datetime.",
+        "future": "Must be in the past.",
+        "too_old": f"Must be on or after {EARLIEST_BIRTH.isoformat()}.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        try:
+            if len(value.strip()) == 10:
+                born = date.fromisoformat(value.strip())
+            else:
+                born = datetime.fromisoformat(value.strip()).date()
+        except ValueError as exc:
+            raise self.make_error("invalid") from exc
+        if born >= datetime.now(UTC).date():
+            raise self.make_error("future")
+        if born < EARLIEST_BIRTH:
+            raise self.make_error("too_old")
+        return born
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else value.isoformat()
+
+
+def _text(max_length):
+    return fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=max_length),
+            validate.Regexp(r"\S", error="Must not be blank."),
+        ],
+    )
+
+
+class CreatePersonSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    cpf = CPF(required=True)
+    name = _text(200)
+    address = _text(500)
+    date_of_birth = BirthDate(required=True)
+
+
+class TypedItemSchema(Schema):
+    """Income and asset: ``{"type": "renting", "value": 1000}``."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = _text(50)
+    value = Money(required=True)
+
+
+class DebtSchema(Schema):
+    """Debt: ``{"value": 1000}``."""
+
+    class Meta:
+        unknown = RAISE
+
+    value = Money(required=True)
+
+
+class ItemOutSchema(Schema):
+    id = fields.Integer()
+    type = fields.String()
+    value = Money()
+    created_at = fields.AwareDateTime()
+
+
+class DebtOutSchema(Schema):
+    id = fields.Integer()
+    value = Money()
+    created_at = fields.AwareDateTime()
+
+
+class PersonOutSchema(Schema):
+    cpf = fields.String()
+    name = fields.String()
+    address = fields.String()
+    date_of_birth = BirthDate()
+    created_at = fields.AwareDateTime()
+    incomes = fields.List(fields.Nested(ItemOutSchema))
+    assets = fields.List(fields.Nested(ItemOutSchema))
+    debts = fields.List(fields.Nested(DebtOutSchema))

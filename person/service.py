@@ -1,0 +1,195 @@
+"""The person service: the source of truth for people and their items.
+
+Every write commits its rows and one outbox row together; the outbox relay
+announces it on ``person.events`` (see :mod:`reliable_events.outbox`).
+"""
+
+import logging
+
+from marshmallow import ValidationError
+from nameko.rpc import rpc
+from nameko_sqlalchemy import Database
+from psycopg2.errorcodes import UNIQUE_VIOLATION
+from sqlalchemy import text, update
+from sqlalchemy.exc import IntegrityError
+
+from person.cpf import InvalidCPF, normalize_cpf
+from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
+from person.models import Asset, Debt, Income, Person, PersonBase, outbox
+from person.schemas import (
+    CreatePersonSchema,
+    DebtOutSchema,
+    DebtSchema,
+    ItemOutSchema,
+    PersonOutSchema,
+    TypedItemSchema,
+)
+from reliable_events.outbox import Outbox, relay_timer
+
+_log = logging.getLogger(__name__)
+
+# kind -> (model, input schema, output schema, event type)
+ITEM_KINDS = {
+    "income": (Income, TypedItemSchema(), ItemOutSchema(), "income_added"),
+    "asset": (Asset, TypedItemSchema(), ItemOutSchema(), "asset_added"),
+    "debt": (Debt, DebtSchema(), DebtOutSchema(), "debt_added"),
+}
+
+
+def _load(schema, payload):
+    if not isinstance(payload, dict):
+        raise InvalidInput("Body must be a JSON object.", {"_schema": ["Must be an object."]})
+    try:
+        return schema.load(payload)
+    except ValidationError as exc:
+        raise InvalidInput("Invalid fields.", exc.normalized_messages()) from exc
+
+
+def _cpf(value):
+    try:
+        return normalize_cpf(value)
+    except InvalidCPF as exc:
+        raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
+
+
+class PersonService:
+    name = "person"
+
+    db = Database(PersonBase)
+    outbox = Outbox(PersonBase, outbox)
+
+    @rpc
+    def create_person(self, person):
+        """Create a person; announces ``person_created``.
+
+        Example (``nameko shell``)::
+
+            >>> n.rpc.person.create_person({"cpf": "529.982.247-25", "name": "Ana",
+            ...     "address": "Rua A, 1", "date_of_birth": "1990-05-01"})
+            {'cpf': '52998224725', 'name': 'Ana', 'address': 'Rua A, 1',
+             'date_of_birth': '1990-05-01', 'created_at': '...',
+             'incomes': [], 'assets': [], 'debts': []}
+
+        Raises ``InvalidInput`` (fields named) or ``PersonAlreadyExists``.
+        """
+        data = _load(CreatePersonSchema(), person)
+        try:
+            with self.db.get_session() as session:
+                row = Person(**data, last_sequence=1)
+                session.add(row)
+                session.flush()
+                self.outbox.add(
+                    session,
+                    "person_created",
+                    row.cpf,
+                    1,
+                    {
+                        "name": row.name,
+                        "address": row.address,
+                        "date_of_birth": row.date_of_birth.isoformat(),
+                    },
+                )
+                result = PersonOutSchema().dump(row)
+        except IntegrityError as exc:
+            if getattr(exc.orig, "pgcode", None) == UNIQUE_VIOLATION:
+                raise PersonAlreadyExists(f"A person with CPF {data['cpf']} exists.") from None
+            raise
+        return result
+
+    @rpc
+    def get_person(self, cpf):
+        """Read a person with all incomes, assets and debts.
+
+        Example::
+
+            >>> n.rpc.person.get_person("52998224725")
+            {'cpf': '52998224725', 'name': 'Ana', ...,
+             'incomes': [{'id': 1, 'type': 'renting', 'value': '1000.00', ...}],
+             'assets': [], 'debts': []}
+
+        Raises ``InvalidInput`` for a malformed CPF, ``PersonNotFound``.
+        """
+        cpf = _cpf(cpf)
+        with self.db.get_session() as session:
+            row = session.get(Person, cpf)
+            if row is None:
+                raise PersonNotFound(f"No person with CPF {cpf}.")
+            return PersonOutSchema().dump(row)
+
+    @rpc
+    def add_income(self, cpf, income):
+        """Add an income; announces ``income_added``.
+
+        Example::
+
+            >>> n.rpc.person.add_income("52998224725", {"type": "renting", "value": 1000})
+            {'id': 1, 'type': 'renting', 'value': '1000.00', 'created_at': '...'}
+        """
+        return self._add_item("income", cpf, income)
+
+    @rpc
+    def add_asset(self, cpf, asset):
+        """Add an asset; announces ``asset_added``.
+
+        Example::
+
+            >>> n.rpc.person.add_asset("52998224725", {"type": "apartment", "value": 100000})
+            {'id': 1, 'type': 'apartment', 'value': '100000.00', 'created_at': '...'}
+        """
+        return self._add_item("asset", cpf, asset)
+
+    @rpc
+    def add_debt(self, cpf, debt):
+        """Add a debt; announces ``debt_added``.
+
+        Example::
+
+            >>> n.rpc.person.add_debt("52998224725", {"value": 1000})
+            {'id': 1, 'value': '1000.00', 'created_at': '...'}
+        """
+        return self._add_item("debt", cpf, debt)
+
+    def _add_item(self, kind, cpf, payload):
+        model, in_schema, out_schema, event_type = ITEM_KINDS[kind]
+        cpf = _cpf(cpf)
+        data = _load(in_schema, payload)
+        with self.db.get_session() as session:
+            # Bumping the sequence locks the person's row: writes for one
+            # person queue up here, so their sequence numbers have no gaps.
+            sequence = session.execute(
+                update(Person)
+                .where(Person.cpf == cpf)
+                .values(last_sequence=Person.last_sequence + 1)
+                .returning(Person.last_sequence)
+            ).scalar_one_or_none()
+            if sequence is None:
+                raise PersonNotFound(f"No person with CPF {cpf}.")
+            item = model(cpf=cpf, **data)
+            session.add(item)
+            session.flush()
+            event_data = {"item_id": item.id, "value": str(item.value)}
+            if "type" in data:
+                event_data["type"] = item.type
+            self.outbox.add(session, event_type, cpf, sequence, event_data)
+            return out_schema.dump(item)
+
+    @rpc
+    def health(self):
+        """Database reachability and the outbox backlog.
+
+        Example::
+
+            >>> n.rpc.person.health()
+            {'service': 'person', 'database': 'ok',
+             'outbox': {'pending': 0, 'oldest_pending_age_seconds': 0.0}}
+        """
+        with self.db.get_session() as session:
+            session.execute(text("SELECT 1"))
+        return {"service": "person", "database": "ok", "outbox": self.outbox.backlog()}
+
+    @relay_timer()
+    def relay_outbox(self):
+        """Sweep: publish whatever the immediate attempt left pending."""
+        sent = self.outbox.relay_pending()
+        if sent:
+            _log.info("outbox sweep published %d events", sent)

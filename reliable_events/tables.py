@@ -1,0 +1,72 @@
+"""Table definitions for the outbox and the inbox.
+
+They are factories that attach to a service's own ``MetaData`` so that each
+service keeps the tables in its own database and its Alembic migrations see them.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+
+def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
+    """Events waiting to be published, and the history of those that were.
+
+    ``position`` is issued in insert order and never reused: it orders the
+    history for a later replay. The relay finds work by state
+    (``published_at IS NULL``), never by "highest position seen", because
+    positions are issued at insert time and commit in any order.
+    """
+    return Table(
+        name,
+        metadata,
+        Column("position", BigInteger, primary_key=True, autoincrement=True),
+        Column("event_id", UUID(as_uuid=False), nullable=False, unique=True),
+        Column("event_type", String(64), nullable=False),
+        Column("aggregate_key", String(64), nullable=False),
+        Column("sequence", Integer, nullable=False),
+        Column("payload", JSONB, nullable=False),
+        Column(
+            "created_at",
+            DateTime(timezone=True),
+            nullable=False,
+            server_default=func.clock_timestamp(),
+        ),
+        Column("published_at", DateTime(timezone=True)),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("last_error", Text),
+        # The relay's only query: keep it an index scan however long the history.
+        Index(
+            f"ix_{name}_pending",
+            "position",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+
+def inbox_table(metadata: MetaData, name: str = "processed_events") -> Table:
+    """Event ids each consumer has applied; the primary key is the dedupe."""
+    return Table(
+        name,
+        metadata,
+        Column("consumer", String(128), primary_key=True),
+        Column("event_id", UUID(as_uuid=False), primary_key=True),
+        Column("event_type", String(64), nullable=False),
+        Column(
+            "processed_at",
+            DateTime(timezone=True),
+            nullable=False,
+            server_default=func.clock_timestamp(),
+        ),
+    )

@@ -1,0 +1,4 @@
+from ops.alembic_env import run_migrations
+from score.models import ScoreBase
+
+run_migrations(ScoreBase.metadata)

@@ -1,0 +1,51 @@
+"""Score's replica: only what scoring needs, per CPF, built from person's events."""
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    func,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import declarative_base
+
+from reliable_events.tables import inbox_table
+
+ScoreBase = declarative_base(name="ScoreBase")
+
+
+class KnownPerson(ScoreBase):
+    """A CPF score has heard of; it scores 0 until items arrive."""
+
+    __tablename__ = "known_person"
+
+    cpf = Column(String(11), primary_key=True)
+    # Highest per-person sequence applied: events may arrive out of order
+    # (one queue per event type), and scoring is a sum, so order never matters
+    # for the result; this is kept to show how far the replica has got.
+    last_sequence = Column(Integer, nullable=False)
+    first_seen_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ScoredItem(ScoreBase):
+    """One income, asset or debt: its value, and when it happened and was applied."""
+
+    __tablename__ = "scored_item"
+
+    kind = Column(String(10), nullable=False)
+    item_id = Column(BigInteger, nullable=False)
+    cpf = Column(String(11), nullable=False, index=True)
+    value = Column(Numeric(14, 2), nullable=False)
+    event_id = Column(UUID(as_uuid=False), nullable=False, unique=True)
+    occurred_at = Column(DateTime(timezone=True), nullable=False)
+    applied_at = Column(DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp())
+
+    __table_args__ = (PrimaryKeyConstraint("kind", "item_id"),)
+
+
+processed_events = inbox_table(ScoreBase.metadata)

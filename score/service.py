@@ -1,0 +1,92 @@
+"""The score service: a replica of person's events and the credit score from it.
+
+It never calls person to answer a read: the replica is the point (SEED.md).
+Each handler claims the event in the inbox and applies it in one transaction,
+so a redelivered or replayed event changes nothing.
+"""
+
+import logging
+import re
+
+from nameko.rpc import rpc
+from nameko_sqlalchemy import Database
+from sqlalchemy import text
+
+from reliable_events.handlers import reliable_handler
+from reliable_events.inbox import Inbox
+from score import replica
+from score.exceptions import ScoreNotFound
+from score.models import ScoreBase, processed_events
+
+_log = logging.getLogger(__name__)
+
+
+class ScoreService:
+    name = "score"
+
+    db = Database(ScoreBase)
+    inbox = Inbox(processed_events)
+
+    @reliable_handler("person", "person_created")
+    def on_person_created(self, event):
+        self._apply(event, replica.note_person)
+
+    @reliable_handler("person", "income_added")
+    def on_income_added(self, event):
+        self._apply(event, replica.add_item, "income")
+
+    @reliable_handler("person", "asset_added")
+    def on_asset_added(self, event):
+        self._apply(event, replica.add_item, "asset")
+
+    @reliable_handler("person", "debt_added")
+    def on_debt_added(self, event):
+        self._apply(event, replica.add_item, "debt")
+
+    def _apply(self, event, effect, *args):
+        with self.db.get_session() as session:
+            if not self.inbox.claim(session, event):
+                return
+            effect(session, event, *args)
+        _log.info(
+            "applied event %s %s cpf=%s sequence=%s",
+            event["event_id"],
+            event["event_type"],
+            event["cpf"],
+            event["sequence"],
+        )
+
+    @rpc
+    def get_score(self, cpf):
+        """The credit score of a CPF, from score's own replica.
+
+        Example (``nameko shell``)::
+
+            >>> n.rpc.score.get_score("52998224725")
+            {'cpf': '52998224725', 'score': 4970,
+             'breakdown': {'income': 20, 'asset': 5000, 'debt': -50},
+             'items': {'income': 1, 'asset': 1, 'debt': 1},
+             'last_sequence': 4, 'updated_at': '...'}
+
+        A CPF known with no items scores 0. Raises ``ScoreNotFound`` for a CPF
+        score has never seen.
+        """
+        digits = re.sub(r"[.\-\s]", "", str(cpf))
+        with self.db.get_session() as session:
+            result = replica.read_score(session, digits)
+        if result is None:
+            raise ScoreNotFound(f"No score for CPF {digits}.")
+        return result
+
+    @rpc
+    def health(self):
+        """Database reachability.
+
+        Example::
+
+            >>> n.rpc.score.health()
+            {'service': 'score', 'database': 'ok'}
+        """
+        with self.db.get_session() as session:
+            session.execute(text("SELECT 1"))
+        return {"service": "score", "database": "ok"}
