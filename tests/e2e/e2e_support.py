@@ -1,0 +1,70 @@
+"""Small helpers shared by the end-to-end tests (not a test module)."""
+
+import time
+
+import requests
+from sqlalchemy import text
+
+PERSON_TABLES = ("person", "income", "asset", "debt", "outbox")
+HTTP_TIMEOUT = 15
+
+
+def cpf_from(base9: str) -> str:
+    """A valid CPF from 9 digits, with both mod 11 check digits (written here, not
+    imported from the product, so a wrong product algorithm cannot agree with itself)."""
+
+    def check(digits):
+        total = sum(int(d) * w for d, w in zip(digits, range(len(digits) + 1, 1, -1), strict=True))
+        remainder = total * 10 % 11
+        return "0" if remainder == 10 else str(remainder)
+
+    first = base9 + check(base9)
+    return first + check(first)
+
+
+def person_body(cpf="52998224725", **overrides):
+    return {"cpf": cpf, "name": "Ana", "address": "Rua A, 1", "date_of_birth": "1990-05-01", **overrides}
+
+
+def create_person(api, cpf="52998224725", **overrides):
+    response = requests.post(f"{api}/person", json=person_body(cpf, **overrides), timeout=HTTP_TIMEOUT)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def table_counts(engine) -> dict:
+    with engine.connect() as conn:
+        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in PERSON_TABLES}
+
+
+def assert_json_error(response, status, code=None):
+    """The error contract: JSON, ``{"error", "message"[, "fields"]}``, no HTML, no traceback."""
+    body_text = response.text
+    assert response.status_code == status, body_text
+    assert response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json", (
+        response.headers
+    )
+    lowered = body_text.lower()
+    for leak in ("<html", "<!doctype", "traceback", 'file "/'):
+        assert leak not in lowered, body_text
+    body = response.json()
+    assert isinstance(body, dict), body
+    assert set(body) <= {"error", "message", "fields"}, body
+    assert {"error", "message"} <= set(body), body
+    assert isinstance(body["error"], str) and body["error"], body
+    assert isinstance(body["message"], str) and body["message"].strip(), body
+    if code is not None:
+        assert body["error"] == code, body
+    return body
+
+
+def wait_for_score(api, cpf, expected, timeout=10):
+    """Poll ``GET /<cpf>/score`` until it equals ``expected``; return the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = requests.get(f"{api}/{cpf}/score", timeout=HTTP_TIMEOUT)
+        if response.status_code == 200 and response.json()["score"] == expected:
+            return response
+        if time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)

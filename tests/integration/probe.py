@@ -1,0 +1,37 @@
+"""A stand-in producer: person's outbox dependency with a write that may roll back."""
+
+from nameko.rpc import rpc
+from nameko_sqlalchemy import Database
+from sqlalchemy import text
+
+from person.models import PersonBase, outbox
+from reliable_events.outbox import Outbox, relay_timer
+
+
+class OutboxProbe:
+    name = "person"
+
+    db = Database(PersonBase)
+    outbox = Outbox(PersonBase, outbox)
+
+    @rpc
+    def write(self, cpf, fail=False):
+        with self.db.get_session() as session:
+            session.execute(
+                text(
+                    "INSERT INTO person (cpf, name, address, date_of_birth, last_sequence)"
+                    " VALUES (:cpf, 'probe', 'probe', '1990-01-01', 1)"
+                ),
+                {"cpf": cpf},
+            )
+            self.outbox.add(session, "person_created", cpf, 1, {"name": "probe"})
+            if fail:
+                raise RuntimeError("fails after the outbox row was written")
+
+    @rpc
+    def sweep(self):
+        return self.outbox.relay_pending()
+
+    @relay_timer()
+    def relay_outbox(self):
+        self.outbox.relay_pending()

@@ -1,0 +1,158 @@
+"""The outbox on the real broker and database: what commits is published once,
+what rolls back is never published, what fails to publish is published later."""
+
+import eventlet
+import pytest
+from broker import EventTap
+from kombu.exceptions import OperationalError
+from nameko.testing.services import entrypoint_hook
+from probe import OutboxProbe
+from sqlalchemy import text
+
+from person.service import PersonService
+
+pytestmark = pytest.mark.integration
+
+SEED_PERSON = {"cpf": "529.982.247-25", "name": "abc", "address": "abc", "date_of_birth": "1990-01-01"}
+
+
+def outbox_rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT event_id, event_type, sequence, published_at FROM outbox ORDER BY position")
+        ).all()
+
+
+def test_an_insert_publishes_exactly_one_event(run_container, tap, person_engine):
+    container = run_container(PersonService)
+    with entrypoint_hook(container, "create_person") as create_person:
+        create_person(SEED_PERSON)
+
+    events = tap.drain()
+    assert len(events) == 1
+    event = events[0]
+    assert event["event_type"] == "person_created"
+    assert event["cpf"] == "52998224725"
+    assert event["sequence"] == 1
+    assert event["data"]["date_of_birth"] == "1990-01-01"
+    [row] = outbox_rows(person_engine)
+    assert str(row.event_id) == event["event_id"]
+    assert row.published_at is not None
+
+
+def test_items_carry_money_as_strings_and_a_growing_sequence(run_container, tap):
+    container = run_container(PersonService)
+    with entrypoint_hook(container, "create_person") as create_person:
+        create_person(SEED_PERSON)
+    for method, body in [
+        ("add_income", {"type": "renting", "value": 1000}),
+        ("add_asset", {"type": "apartment", "value": "100000.5"}),
+        ("add_debt", {"value": 19.99}),
+    ]:
+        with entrypoint_hook(container, method) as add:
+            add("52998224725", body)
+
+    events = sorted(tap.drain(), key=lambda e: e["sequence"])
+    assert [e["event_type"] for e in events] == [
+        "person_created",
+        "income_added",
+        "asset_added",
+        "debt_added",
+    ]
+    assert [e["sequence"] for e in events] == [1, 2, 3, 4]
+    assert [e["data"].get("value") for e in events[1:]] == ["1000.00", "100000.50", "19.99"]
+    assert len({e["event_id"] for e in events}) == 4
+
+
+def test_a_rolled_back_transaction_publishes_nothing(run_container, tap, person_engine):
+    container = run_container(OutboxProbe)
+    with entrypoint_hook(container, "write") as write:
+        with pytest.raises(RuntimeError):
+            write("52998224725", fail=True)
+        write("11144477735")
+    # The sweep runs every 0.2 s in tests; give it several chances to misbehave.
+    eventlet.sleep(1)
+
+    events = tap.drain()
+    assert [e["cpf"] for e in events] == ["11144477735"]
+    assert len(outbox_rows(person_engine)) == 1
+
+
+def test_a_publish_that_fails_after_commit_is_left_pending_then_swept(
+    run_container, tap, person_engine, monkeypatch
+):
+    container = run_container(OutboxProbe)
+    outbox = next(d for d in container.dependencies if d.attr_name == "outbox")
+    real_publish = outbox.publisher.publish
+    broker_down = True
+
+    def publish(*args, **kwargs):
+        if broker_down:
+            raise OperationalError("connection refused (injected)")
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(outbox.publisher, "publish", publish)
+    with entrypoint_hook(container, "write") as write:
+        write("52998224725")  # committed; the immediate publish fails
+
+    eventlet.sleep(0.5)  # sweeps run and fail too
+    [row] = outbox_rows(person_engine)
+    assert row.published_at is None
+    assert tap.drain(wait=0.2) == []
+    with person_engine.connect() as conn:
+        attempts, error = conn.execute(text("SELECT attempts, last_error FROM outbox")).one()
+    assert attempts >= 1
+    assert "injected" in error
+
+    broker_down = False
+    events = tap.drain(wait=1)
+    assert [e["event_id"] for e in events] == [str(row.event_id)]
+    assert outbox_rows(person_engine)[0].published_at is not None
+
+
+def test_an_unroutable_event_stays_pending_until_a_queue_is_bound(run_container, fresh_config, person_engine):
+    """Nameko publishes with mandatory=False by default, so an event with no queue
+    bound is dropped; the relay publishes as mandatory and keeps such rows."""
+    container = run_container(OutboxProbe)
+    with entrypoint_hook(container, "write") as write:
+        write("52998224725")
+    eventlet.sleep(0.5)
+    [row] = outbox_rows(person_engine)
+    assert row.published_at is None
+
+    tap = EventTap(fresh_config)  # now a queue is bound: the next sweep routes it
+    try:
+        events = tap.drain(wait=1)
+    finally:
+        tap.close()
+    assert [e["event_id"] for e in events] == [str(row.event_id)]
+
+
+def test_two_relays_publish_each_event_once(run_container, tap, person_engine):
+    """Two person instances sweeping the same backlog at once: SKIP LOCKED
+    gives each row to one of them."""
+    first = run_container(OutboxProbe)
+    second = run_container(OutboxProbe)
+    with person_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, event_type, aggregate_key, sequence, payload)"
+                " SELECT id, 'person_created', '52998224725', n,"
+                "  jsonb_build_object('event_id', id, 'event_type', 'person_created',"
+                "   'occurred_at', now(), 'cpf', '52998224725', 'sequence', n, 'data', '{}'::jsonb)"
+                " FROM (SELECT n, gen_random_uuid() AS id FROM generate_series(1, 600) AS n) AS e"
+            )
+        )
+    sweeps = []
+    for container in (first, second, first, second):
+        with entrypoint_hook(container, "sweep") as sweep:
+            sweeps.append(eventlet.spawn(sweep))
+    sent = sum(gt.wait() for gt in sweeps)
+
+    events = tap.drain(wait=1)
+    assert len(events) == 600
+    assert len({e["event_id"] for e in events}) == 600
+    # the sweeps' own counts and the timer sweeps together sent each row once
+    assert sent <= 600
+    with person_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar() == 0

@@ -1,0 +1,259 @@
+"""The score service's handlers and RPC on a real PostgreSQL.
+
+Most tests use ``worker_factory`` with nameko-sqlalchemy's ``DatabaseWrapper`` and
+the real ``InboxClaim``; the last one starts a real container to prove the real
+dependency providers wire up.
+"""
+
+import logging
+from decimal import Decimal
+
+import pytest
+from nameko.containers import ServiceContainer
+from nameko.testing.services import entrypoint_hook, worker_factory
+from nameko_sqlalchemy.database import DatabaseWrapper, Session
+from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
+
+from reliable_events.envelope import new_envelope, parse_envelope
+from reliable_events.inbox import InboxClaim
+from score.exceptions import ScoreNotFound
+from score.models import processed_events
+from score.service import ScoreService
+
+CPF = "52998224725"
+CONSUMER = "score.test"
+
+
+def event(event_type, sequence, data, cpf=CPF):
+    """An event as a handler receives it: built by the producer, parsed by the entrypoint."""
+    return parse_envelope(new_envelope(event_type, cpf, sequence, data))
+
+
+def person_created(sequence=1, cpf=CPF):
+    return event(
+        "person_created",
+        sequence,
+        {"name": "abc", "address": "abc", "date_of_birth": "2019-06-15"},
+        cpf,
+    )
+
+
+def item_added(kind, sequence, item_id, value, cpf=CPF, item_type=None):
+    data = {"item_id": item_id, "value": value}
+    if kind != "debt":
+        data["type"] = item_type or "renting"
+    return event(f"{kind}_added", sequence, data, cpf)
+
+
+SEED_EVENTS = [
+    ("on_person_created", person_created()),
+    ("on_income_added", item_added("income", 2, 1, "1000.00")),
+    ("on_asset_added", item_added("asset", 3, 1, "100000.00", item_type="apartment")),
+    ("on_debt_added", item_added("debt", 4, 1, "1000.00")),
+]
+
+
+@pytest.fixture
+def service(score_engine):
+    db = DatabaseWrapper(sessionmaker(bind=score_engine, class_=Session))
+    yield worker_factory(ScoreService, db=db, inbox=InboxClaim(processed_events, CONSUMER))
+    db.close()
+
+
+def rows(engine, sql):
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(text(sql))]
+
+
+def count(engine, table):
+    return rows(engine, f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+
+def apply(service, handler, evt):
+    getattr(service, handler)(evt)
+
+
+def test_seed_events_give_the_seed_score(service):
+    for handler, evt in SEED_EVENTS:
+        apply(service, handler, evt)
+
+    score = service.get_score(CPF)
+
+    assert score["cpf"] == CPF
+    assert score["score"] == 4970
+    assert score["breakdown"] == {"income": 20, "asset": 5000, "debt": -50}
+    assert score["items"] == {"income": 1, "asset": 1, "debt": 1}
+    assert score["last_sequence"] == 4
+    assert isinstance(score["updated_at"], str)
+
+
+def test_get_score_accepts_a_punctuated_cpf(service):
+    apply(service, "on_person_created", person_created())
+    apply(service, "on_income_added", item_added("income", 2, 1, "1000.00"))
+
+    assert service.get_score("529.982.247-25")["score"] == 20
+
+
+def test_events_are_recorded_in_the_inbox_with_the_replica(service, score_engine):
+    for handler, evt in SEED_EVENTS:
+        apply(service, handler, evt)
+
+    inbox = rows(
+        score_engine, "SELECT consumer, event_id::text AS event_id, event_type FROM processed_events"
+    )
+    assert sorted((r["event_id"], r["event_type"]) for r in inbox) == sorted(
+        (evt["event_id"], evt["event_type"]) for _, evt in SEED_EVENTS
+    )
+    assert {r["consumer"] for r in inbox} == {CONSUMER}
+
+    items = rows(
+        score_engine,
+        "SELECT kind, item_id, cpf, value, event_id::text AS event_id FROM scored_item ORDER BY kind",
+    )
+    assert [(r["kind"], r["item_id"], r["cpf"], r["value"]) for r in items] == [
+        ("asset", 1, CPF, Decimal("100000.00")),
+        ("debt", 1, CPF, Decimal("1000.00")),
+        ("income", 1, CPF, Decimal("1000.00")),
+    ]
+    assert {r["event_id"] for r in items} == {evt["event_id"] for _, evt in SEED_EVENTS[1:]}
+
+
+@pytest.mark.parametrize(("handler", "evt"), SEED_EVENTS, ids=[h for h, _ in SEED_EVENTS])
+def test_the_same_event_twice_changes_nothing(service, score_engine, caplog, handler, evt):
+    for other_handler, other in SEED_EVENTS:
+        apply(service, other_handler, other)
+    before = service.get_score(CPF)
+    inbox_before = count(score_engine, "processed_events")
+    items_before = count(score_engine, "scored_item")
+
+    with caplog.at_level(logging.INFO, logger="reliable_events.inbox"):
+        apply(service, handler, dict(evt))
+
+    after = service.get_score(CPF)
+    assert {k: v for k, v in after.items() if k != "updated_at"} == {
+        k: v for k, v in before.items() if k != "updated_at"
+    }
+    assert after["updated_at"] == before["updated_at"]  # not even touched
+    assert count(score_engine, "processed_events") == inbox_before
+    assert count(score_engine, "scored_item") == items_before
+    assert f"skipped duplicate event {evt['event_id']}" in caplog.text
+
+
+def test_a_new_event_for_the_same_item_kind_is_applied(service):
+    """The dedupe is by event id, not by kind: a second income counts."""
+    for handler, evt in SEED_EVENTS:
+        apply(service, handler, evt)
+
+    apply(service, "on_income_added", item_added("income", 5, 2, "50.00", item_type="salary"))
+
+    score = service.get_score(CPF)
+    assert score["breakdown"]["income"] == 21
+    assert score["items"]["income"] == 2
+    assert score["last_sequence"] == 5
+
+
+def test_item_before_person_created_makes_the_cpf_known(service):
+    apply(service, "on_income_added", item_added("income", 2, 1, "1000.00"))
+
+    early = service.get_score(CPF)
+    assert early["score"] == 20
+    assert early["last_sequence"] == 2
+
+    apply(service, "on_person_created", person_created(sequence=1))
+
+    late = service.get_score(CPF)
+    assert late["score"] == 20
+    assert late["last_sequence"] == 2  # the highest sequence seen, not the last applied
+
+
+def test_events_in_any_order_give_the_same_score(service):
+    for handler, evt in reversed(SEED_EVENTS):
+        apply(service, handler, evt)
+
+    score = service.get_score(CPF)
+
+    assert score["score"] == 4970
+    assert score["last_sequence"] == 4
+
+
+def test_scores_are_per_cpf(service):
+    other = "01234567890"
+    for handler, evt in SEED_EVENTS:
+        apply(service, handler, evt)
+    apply(service, "on_person_created", person_created(cpf=other))
+    apply(service, "on_debt_added", item_added("debt", 2, 2, "40.00", cpf=other))
+
+    assert service.get_score(other)["score"] == -2
+    assert service.get_score(CPF)["score"] == 4970
+
+
+def test_unknown_cpf_raises_score_not_found(service):
+    with pytest.raises(ScoreNotFound, match=CPF):
+        service.get_score(CPF)
+
+
+def test_unknown_cpf_raises_even_when_others_are_known(service):
+    apply(service, "on_person_created", person_created(cpf="01234567890"))
+
+    with pytest.raises(ScoreNotFound):
+        service.get_score(CPF)
+
+
+def test_known_cpf_without_items_scores_zero(service):
+    apply(service, "on_person_created", person_created())
+
+    score = service.get_score(CPF)
+
+    assert score["score"] == 0
+    assert score["breakdown"] == {"income": 0, "asset": 0, "debt": 0}
+    assert score["items"] == {"income": 0, "asset": 0, "debt": 0}
+    assert score["last_sequence"] == 1
+
+
+def test_handler_failure_rolls_back_the_inbox_claim(service, score_engine):
+    """A failed effect leaves no claim behind, so a retry of the same event applies it."""
+    apply(service, "on_person_created", person_created())
+    broken = item_added("income", 2, 1, "not money")
+
+    with pytest.raises(Exception):  # noqa: B017  (any error from Decimal is fine)
+        apply(service, "on_income_added", broken)
+
+    assert count(score_engine, "processed_events") == 1
+    assert count(score_engine, "scored_item") == 0
+
+    fixed = {**broken, "data": {**broken["data"], "value": "1000.00"}}
+    apply(service, "on_income_added", fixed)
+    assert service.get_score(CPF)["score"] == 20
+
+
+# --- a real container --------------------------------------------------------
+
+
+def test_real_container_wires_database_and_inbox(config, score_engine):
+    container = ServiceContainer(ScoreService, config)
+    container.start()
+    try:
+        with entrypoint_hook(container, "get_score") as get_score:
+            with pytest.raises(ScoreNotFound):
+                get_score(CPF)
+
+        for handler, evt in SEED_EVENTS:
+            with entrypoint_hook(container, handler) as handle:
+                handle(evt)
+
+        with entrypoint_hook(container, "get_score") as get_score:
+            score = get_score("529.982.247-25")
+    finally:
+        container.stop()
+
+    assert score["score"] == 4970
+    assert score["breakdown"] == {"income": 20, "asset": 5000, "debt": -50}
+    # The real Inbox provider names each consumer <service>.<method>.
+    consumers = rows(score_engine, "SELECT consumer, event_type FROM processed_events ORDER BY consumer")
+    assert [(r["consumer"], r["event_type"]) for r in consumers] == [
+        ("score.on_asset_added", "asset_added"),
+        ("score.on_debt_added", "debt_added"),
+        ("score.on_income_added", "income_added"),
+        ("score.on_person_created", "person_created"),
+    ]

@@ -1,0 +1,90 @@
+"""The three services as real ``nameko run`` processes, for end-to-end tests."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMEKO = str(Path(sys.executable).with_name("nameko"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class System:
+    """Starts person, score and gateway against the given broker and databases."""
+
+    def __init__(self, amqp_uri, db_uris, log_dir, **extra_env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = Path(log_dir)
+        self.env = {
+            **os.environ,
+            "AMQP_URI": amqp_uri,
+            "PERSON_DB_URI": db_uris["person:PersonBase"],
+            "SCORE_DB_URI": db_uris["score:ScoreBase"],
+            "WEB_SERVER_ADDRESS": f"127.0.0.1:{self.port}",
+            "OUTBOX_SWEEP_INTERVAL": "0.2",
+            "PYTHONWARNINGS": "ignore",
+            **{key: str(value) for key, value in extra_env.items()},
+        }
+        self.processes = {}
+
+    def start(self, service, instance=1):
+        name = f"{service}.{instance}"
+        log = open(self.log_dir / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            [NAMEKO, "run", "--config", "config.yml", f"{service}.service"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self.processes[name]
+
+    def start_all(self, timeout=30):
+        for service in ("person", "score", "gateway"):
+            self.start(service)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("services not healthy in time:\n" + "\n".join(map(self.log, self.processes)))
+
+    def stop(self, name, sig=signal.SIGTERM, timeout=15):
+        proc = self.processes.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self):
+        for name in list(self.processes):
+            self.stop(name)
+
+    def log(self, name):
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
