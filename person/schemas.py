@@ -5,6 +5,7 @@ Loading returns plain Python values (CPF as the 11-digit string, money as
 decimal string, dates in ISO 8601).
 """
 
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 
@@ -14,6 +15,7 @@ from person.cpf import InvalidCPF, normalize_cpf
 
 MAX_MONEY = Decimal("999999999999.99")  # fits NUMERIC(14, 2)
 CENT = Decimal("0.01")
+PLAIN_DECIMAL = re.compile(r"\A[+-]?[0-9]+(\.[0-9]+)?\Z")
 EARLIEST_BIRTH = date(1900, 1, 1)
 
 
@@ -46,6 +48,10 @@ class Money(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.make_error("invalid")
+        # Plain decimals only: Decimal() alone would also take "1_000", "1e3"
+        # and non-ASCII digits.
+        if isinstance(value, str) and not PLAIN_DECIMAL.match(value.strip()):
             raise self.make_error("invalid")
         try:
             amount = Decimal(str(value).strip())
@@ -82,12 +88,14 @@ class BirthDate(fields.Field):
             raise self.make_error("invalid")
         try:
             if len(value.strip()) == 10:
-                born = date.fromisoformat(value.strip())
+                born, zone = date.fromisoformat(value.strip()), UTC
             else:
-                born = datetime.fromisoformat(value.strip()).date()
+                moment = datetime.fromisoformat(value.strip())
+                born, zone = moment.date(), moment.tzinfo or UTC
         except ValueError as exc:
             raise self.make_error("invalid") from exc
-        if born >= datetime.now(UTC).date():
+        # "Today" in the input's own offset: its calendar date is what is kept.
+        if born >= datetime.now(zone).date():
             raise self.make_error("future")
         if born < EARLIEST_BIRTH:
             raise self.make_error("too_old")

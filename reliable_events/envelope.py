@@ -40,7 +40,7 @@ class EnvelopeSchema(Schema):
     event_id = fields.UUID(required=True)
     event_type = fields.String(required=True, validate=validate.Length(min=1))
     occurred_at = fields.AwareDateTime(required=True)
-    cpf = fields.String(required=True, validate=validate.Regexp(r"^\d{11}$"))
+    cpf = fields.String(required=True, validate=validate.Regexp(r"\A[0-9]{11}\Z"))
     sequence = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     data = fields.Dict(required=True)
 

@@ -425,3 +425,43 @@ def test_money_as_decimal_string_or_number_is_exact(api, person_engine, kind, se
     # the event carries money as a decimal string, never a float
     assert payload["data"]["value"] == stored, payload
     assert payload["cpf"] == KNOWN and payload["sequence"] == 2, payload
+
+
+# --- hostile input that must still be a 4xx, never a 500 ---------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("[" * 20000 + "]" * 20000, id="nested-arrays"),
+        pytest.param('{"a":' * 5000 + "1" + "}" * 5000, id="nested-objects"),
+    ],
+)
+def test_deeply_nested_json_is_a_client_error(api, person_engine, raw):
+    """Under the 64 KiB limit but deeper than the JSON decoder's recursion limit."""
+    assert len(raw.encode()) < 64 * 1024
+    before = table_counts(person_engine)
+    response = requests.post(f"{api}/person", data=raw, headers=JSON, timeout=HTTP_TIMEOUT)
+    assert 400 <= response.status_code < 500, response.text
+    assert_json_error(response, response.status_code)
+    assert table_counts(person_engine) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        pytest.param("/person", person_body(name="A\u0000na"), "name", id="person-name"),
+        pytest.param("/person", person_body(address="Rua\u0000A"), "address", id="person-address"),
+        pytest.param(f"/person/{KNOWN}/income", {"type": "rent\u0000ing", "value": 1}, "type", id="income-type"),
+    ],
+)
+def test_nul_character_in_text_is_rejected_as_invalid(api, person_engine, path, body, field):
+    """PostgreSQL text cannot hold U+0000; that is the client's bad input (422), not a 500."""
+    create_person(api, cpf_from("123456789"))
+    if path != "/person":
+        create_person(api, KNOWN)
+    before = table_counts(person_engine)
+    response = requests.post(f"{api}{path}", json=body, timeout=HTTP_TIMEOUT)
+    body = assert_json_error(response, 422, "INVALID_INPUT")
+    assert field in body.get("fields", {}), body
+    assert table_counts(person_engine) == before

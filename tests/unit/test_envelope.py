@@ -126,11 +126,6 @@ def test_parse_rejects_an_invalid_field(envelope, field, value):
         parse_envelope(envelope)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: EnvelopeSchema.cpf uses Regexp(r'^\\d{11}$'); '$' matches before a "
-    "trailing newline and '\\d' matches non-ASCII digits",
-)
 @pytest.mark.parametrize("cpf", [CPF + "\n", "５２９９８２２４７２５"])
 def test_parse_rejects_a_cpf_that_is_not_eleven_ascii_digits(envelope, cpf):
     envelope["cpf"] = cpf

@@ -263,3 +263,10 @@ def test_debt_without_value_is_rejected():
     errors = load_errors(DebtSchema(), {})
 
     assert errors == {"value": ["Missing data for required field."]}
+
+
+@pytest.mark.parametrize("value", ["1_000", "1e3", "１０００", "0x10", " 1 000"])
+def test_money_takes_only_plain_decimal_strings(value):
+    with pytest.raises(ValidationError) as exc:
+        TypedItemSchema().load({"type": "x", "value": value})
+    assert "value" in exc.value.messages
