@@ -43,6 +43,9 @@ MAPPED_ERRORS = {
 }
 
 
+CLIENT_ERRORS = tuple(exc for exc, (status, _) in MAPPED_ERRORS.items() if status < 500)
+
+
 def error_for(exc: Exception):
     """``(status, code, message, fields)`` for an exception; 500 when unmapped."""
     for exc_type in type(exc).__mro__:

@@ -13,7 +13,7 @@ from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from gateway.exceptions import error_for
+from gateway.exceptions import CLIENT_ERRORS, error_for
 
 _log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ class JsonWebServer(WebServer):
 
 class JsonHttpEntrypoint(HttpRequestHandler):
     server = JsonWebServer()
+
+    def __init__(self, method, url, **kwargs):
+        # 4xx answers are the client's mistakes, not the gateway's failures
+        kwargs.setdefault("expected_exceptions", CLIENT_ERRORS)
+        super().__init__(method, url, **kwargs)
 
     def response_from_exception(self, exc):
         return error_response(exc)

@@ -11,8 +11,10 @@ import logging
 from functools import partial
 
 import eventlet
+from amqp.exceptions import ChannelError
 from kombu.exceptions import OperationalError
-from nameko.amqp.publish import Publisher
+from nameko.amqp.publish import Publisher, get_connection
+from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import UnknownService
 from nameko.rpc import MethodProxy, RpcProxy
 
@@ -45,11 +47,20 @@ class TimedServiceProxy:
 
     def _call(self, method_name, *args, **kwargs):
         target = f"{self._service_name}.{method_name}"
-        method = _TimedMethodProxy(self._worker_ctx, self._service_name, method_name, self._reply_listener)
+        # A request nobody takes in time expires in the queue, so a write the
+        # caller was told timed out cannot run minutes later.
+        method = _TimedMethodProxy(
+            self._worker_ctx,
+            self._service_name,
+            method_name,
+            self._reply_listener,
+            expiration=self._timeout,
+        )
         reply = None
         deadline = eventlet.Timeout(self._timeout)
         try:
             try:
+                self._check_consumers(target)
                 reply = method.call_async(*args, **kwargs)
             except UnknownService:
                 raise ServiceUnavailable(f"{target}: the service is not running.") from None
@@ -67,6 +78,22 @@ class TimedServiceProxy:
             raise GatewayTimeout(f"{target} did not answer within {self._timeout}s.") from None
         finally:
             deadline.cancel()
+
+    def _check_consumers(self, target):
+        # Nameko's rpc-<service> queue is durable and outlives a stopped
+        # service: without this a request would sit there until the deadline.
+        amqp_uri = self._worker_ctx.container.config[AMQP_URI_CONFIG_KEY]
+        with get_connection(amqp_uri, transport_options=dict(_FailFastPublisher.transport_options)) as conn:
+            channel = conn.channel()
+            try:
+                _, _, consumers = channel.queue_declare(f"rpc-{self._service_name}", passive=True)
+            except ChannelError:
+                consumers = 0  # the queue does not exist: the service never ran
+            finally:
+                if channel.is_open:
+                    channel.close()
+        if not consumers:
+            raise ServiceUnavailable(f"{target}: no {self._service_name} instance is running.")
 
     def _forget(self, reply):
         # A reply that comes after the deadline is dropped by the listener;

@@ -5,6 +5,8 @@ person or score over RPC; it owns no data.
 
 import logging
 
+from werkzeug.exceptions import BadRequest
+
 from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
 from gateway.http import http, json_response
 from gateway.rpc import TimedRpcProxy
@@ -20,7 +22,10 @@ def _json_body(request):
     # get_json raises werkzeug's 415 (not JSON), 400 (malformed) or 413 (too big).
     if not request.get_data(cache=True):
         raise EmptyBody("The request body is empty; send a JSON object.")
-    return request.get_json()
+    try:
+        return request.get_json()
+    except RecursionError:
+        raise BadRequest("The JSON body is nested too deeply.") from None
 
 
 def _path_cpf(cpf):

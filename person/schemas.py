@@ -111,6 +111,8 @@ def _text(max_length):
         validate=[
             validate.Length(min=1, max=max_length),
             validate.Regexp(r"\S", error="Must not be blank."),
+            # PostgreSQL text cannot hold NUL; say so instead of failing the insert.
+            validate.Regexp(r"\A[^\x00]*\Z", error="Must not contain NUL characters."),
         ],
     )
 

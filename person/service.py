@@ -28,6 +28,9 @@ from reliable_events.outbox import Outbox, relay_timer
 
 _log = logging.getLogger(__name__)
 
+# The caller's mistakes: answered as errors, not logged as the service's failures.
+CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists)
+
 # kind -> (model, input schema, output schema, event type)
 ITEM_KINDS = {
     "income": (Income, TypedItemSchema(), ItemOutSchema(), "income_added"),
@@ -58,7 +61,7 @@ class PersonService:
     db = Database(PersonBase)
     outbox = Outbox(PersonBase, outbox)
 
-    @rpc
+    @rpc(expected_exceptions=CLIENT_ERRORS)
     def create_person(self, person):
         """Create a person; announces ``person_created``.
 
@@ -96,7 +99,7 @@ class PersonService:
             raise
         return result
 
-    @rpc
+    @rpc(expected_exceptions=CLIENT_ERRORS)
     def get_person(self, cpf):
         """Read a person with all incomes, assets and debts.
 
@@ -116,7 +119,7 @@ class PersonService:
                 raise PersonNotFound(f"No person with CPF {cpf}.")
             return PersonOutSchema().dump(row)
 
-    @rpc
+    @rpc(expected_exceptions=CLIENT_ERRORS)
     def add_income(self, cpf, income):
         """Add an income; announces ``income_added``.
 
@@ -127,7 +130,7 @@ class PersonService:
         """
         return self._add_item("income", cpf, income)
 
-    @rpc
+    @rpc(expected_exceptions=CLIENT_ERRORS)
     def add_asset(self, cpf, asset):
         """Add an asset; announces ``asset_added``.
 
@@ -138,7 +141,7 @@ class PersonService:
         """
         return self._add_item("asset", cpf, asset)
 
-    @rpc
+    @rpc(expected_exceptions=CLIENT_ERRORS)
     def add_debt(self, cpf, debt):
         """Add a debt; announces ``debt_added``.
 

@@ -56,7 +56,7 @@ class ScoreService:
             event["sequence"],
         )
 
-    @rpc
+    @rpc(expected_exceptions=ScoreNotFound)
     def get_score(self, cpf):
         """The credit score of a CPF, from score's own replica.
 

@@ -34,7 +34,9 @@ def create_person(api, cpf="52998224725", **overrides):
 
 def table_counts(engine) -> dict:
     with engine.connect() as conn:
-        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in PERSON_TABLES}
+        return {
+            table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in PERSON_TABLES
+        }
 
 
 def assert_json_error(response, status, code=None):

@@ -1,4 +1,5 @@
 """The seed's curl sequence, over HTTP through the gateway, on real processes."""
+
 import json
 import time
 from pathlib import Path

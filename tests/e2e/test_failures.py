@@ -1,0 +1,192 @@
+"""Backends that are down or hang: the gateway answers fast with a JSON 503/504.
+
+Each scenario runs its own processes (not the shared ``system`` fixture), so
+stopping a service here cannot disturb another module's tests:
+
+- (a) the real three services; score is stopped and started again.
+- (b) a gateway with ``RPC_TIMEOUT=1`` in a vhost of its own, where "person" is
+  the stand-in of ``slow_person.py`` that sleeps 10 s in every business method.
+
+No durations are asserted except generous upper bounds proving "did not hang".
+"""
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from e2e_support import HTTP_TIMEOUT, assert_json_error, create_person, person_body, wait_for_score
+from system import NAMEKO, ROOT, System
+
+pytestmark = pytest.mark.e2e
+
+HERE = Path(__file__).resolve().parent
+CPF = "52998224725"
+SCORE_DOWN_RPC_TIMEOUT = 3
+SLOW_RPC_TIMEOUT = 1
+SLOW_SECONDS = 10
+
+
+class StandInSystem(System):
+    """``System`` that can also run a service module that is not a product package."""
+
+    def start_module(self, name, module, cwd):
+        log = open(self.log_dir / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            [NAMEKO, "run", "--config", str(ROOT / "config.yml"), module],
+            cwd=cwd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self.processes[name]
+
+    def wait_until(self, predicate, timeout=30):
+        """Wait until ``predicate(GET /health response)`` holds; fail with the logs if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
+            try:
+                if predicate(requests.get(f"{self.url}/health", timeout=10)):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("not ready in time:\n" + "\n".join(map(self.log, self.processes)))
+
+
+def _rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+# --- (a) score is down ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_system(amqp_uri, db_uris, tmp_path_factory):
+    running = StandInSystem(
+        amqp_uri, db_uris, tmp_path_factory.mktemp("failure-logs"), RPC_TIMEOUT=SCORE_DOWN_RPC_TIMEOUT
+    )
+    try:
+        yield running.start_all()
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture
+def score_stopped(own_system, clean_databases):
+    """A person known to score, then score stopped; score is started again afterwards."""
+    create_person(own_system.url, CPF)
+    assert wait_for_score(own_system.url, CPF, 0).status_code == 200
+    own_system.stop("score.1")
+    try:
+        yield own_system
+    finally:
+        if "score.1" not in own_system.processes:
+            own_system.start("score")
+        own_system.wait_healthy(30)
+
+
+def test_score_down_answers_503_quickly(score_stopped):
+    started = time.monotonic()
+    response = requests.get(f"{score_stopped.url}/{CPF}/score", timeout=HTTP_TIMEOUT)
+    elapsed = time.monotonic() - started
+    assert elapsed < SCORE_DOWN_RPC_TIMEOUT + 3, f"took {elapsed:.1f}s"  # did not hang
+    assert_json_error(response, 503, "SERVICE_UNAVAILABLE")
+
+
+def test_health_names_score_while_down_and_recovers(score_stopped):
+    api = score_stopped.url
+    started = time.monotonic()
+    health = requests.get(f"{api}/health", timeout=HTTP_TIMEOUT)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2 * SCORE_DOWN_RPC_TIMEOUT + 3, f"took {elapsed:.1f}s"
+    assert health.status_code == 503, health.text
+    assert health.headers["Content-Type"].startswith("application/json")
+    body = health.json()
+    assert body["status"] == "unavailable", body
+    assert "error" in body["services"]["score"], body
+    assert "error" not in body["services"]["person"], body
+    assert body["broker"] == "ok", body
+
+    # person keeps working while score is away; its event waits in score's queue
+    other = "11144477735"
+    created = requests.post(f"{api}/person", json=person_body(other), timeout=HTTP_TIMEOUT)
+    assert created.status_code == 201, created.text
+
+    score_stopped.start("score")
+    score_stopped.wait_healthy(30)
+    health = requests.get(f"{api}/health", timeout=HTTP_TIMEOUT)
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok", health.text
+    assert "error" not in health.json()["services"]["score"], health.text
+    assert wait_for_score(api, CPF, 0).status_code == 200
+    # the event published while score was down is applied once it is back
+    late = wait_for_score(api, other, 0, timeout=15)
+    assert late.status_code == 200, late.text
+    assert late.json()["score"] == 0
+
+
+# --- (b) person hangs ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_system(amqp_uri, db_uris, tmp_path_factory):
+    """A gateway (RPC_TIMEOUT=1) and the slow stand-in person, alone in a fresh vhost."""
+    vhost = f"test-slow-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    running = StandInSystem(
+        amqp_uri.rsplit("/", 1)[0] + "/" + vhost,
+        db_uris,
+        tmp_path_factory.mktemp("slow-logs"),
+        RPC_TIMEOUT=SLOW_RPC_TIMEOUT,
+        SLOW_PERSON_SECONDS=SLOW_SECONDS,
+    )
+    try:
+        running.start_module("slow_person.1", "slow_person", cwd=HERE)
+        running.start("gateway")
+        # ready when the gateway answers and the stand-in consumes (its health is instant)
+        running.wait_until(lambda r: "error" not in r.json().get("services", {}).get("person", {"error": 1}))
+        yield running
+    finally:
+        for name in list(running.processes):
+            running.stop(name, timeout=3)
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/person", person_body(CPF)),
+        ("GET", f"/person/{CPF}", None),
+        ("POST", f"/person/{CPF}/income", {"type": "renting", "value": 1000}),
+        ("POST", f"/person/{CPF}/debt", {"value": 1000}),
+    ],
+)
+def test_hanging_backend_gives_504_without_hanging(slow_system, method, path, body):
+    started = time.monotonic()
+    response = requests.request(method, slow_system.url + path, json=body, timeout=SLOW_SECONDS + 5)
+    elapsed = time.monotonic() - started
+    assert_json_error(response, 504, "GATEWAY_TIMEOUT")
+    # well under the backend's 10 s: the gateway gave up at its own deadline
+    assert elapsed < SLOW_RPC_TIMEOUT + 3, f"took {elapsed:.1f}s"
+
+
+def test_gateway_stays_responsive_after_timeouts(slow_system):
+    """Timed-out calls leave no stuck worker behind: later requests are still answered
+    (validation errors at once, backend calls with 504 at their own deadline)."""
+    for _ in range(3):
+        response = requests.post(f"{slow_system.url}/person", json=person_body(CPF), timeout=SLOW_SECONDS + 5)
+        assert_json_error(response, 504, "GATEWAY_TIMEOUT")
+    bad = requests.get(f"{slow_system.url}/person/123", timeout=HTTP_TIMEOUT)
+    assert_json_error(bad, 422, "INVALID_INPUT")
+    health = requests.get(f"{slow_system.url}/health", timeout=HTTP_TIMEOUT)
+    assert health.status_code == 503, health.text  # score is not running in this vhost
+    assert "error" in health.json()["services"]["score"], health.text
+    assert "error" not in health.json()["services"]["person"], health.text
