@@ -7,6 +7,7 @@ types with Nameko, so remote errors arrive here as those types.
 from werkzeug import exceptions as http_errors
 
 from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
+from reliable_events.idempotency import KeyReused
 from score.exceptions import ScoreNotFound
 
 
@@ -31,6 +32,7 @@ MAPPED_ERRORS = {
     PersonNotFound: (404, "PERSON_NOT_FOUND"),
     PersonAlreadyExists: (409, "PERSON_ALREADY_EXISTS"),
     ScoreNotFound: (404, "SCORE_NOT_FOUND"),
+    KeyReused: (422, "IDEMPOTENCY_KEY_REUSED"),
     ServiceUnavailable: (503, "SERVICE_UNAVAILABLE"),
     GatewayTimeout: (504, "GATEWAY_TIMEOUT"),
     EmptyBody: (400, "EMPTY_BODY"),

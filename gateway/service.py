@@ -5,6 +5,7 @@ person or score over RPC; it owns no data.
 
 import logging
 
+from nameko.dependency_providers import Config
 from werkzeug.exceptions import BadRequest
 
 from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
@@ -12,6 +13,7 @@ from gateway.http import http, json_response
 from gateway.rpc import TimedRpcProxy
 from person.cpf import InvalidCPF, normalize_cpf
 from person.exceptions import InvalidInput
+from reliable_events.idempotency import MAX_KEY_LENGTH
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +30,19 @@ def _json_body(request):
         raise BadRequest("The JSON body is nested too deeply.") from None
 
 
+def _idempotency_key(request):
+    """The optional ``Idempotency-Key`` header: 1 to 200 printable ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not (1 <= len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
+        raise InvalidInput(
+            "Invalid Idempotency-Key header.",
+            {"Idempotency-Key": [f"Must be 1 to {MAX_KEY_LENGTH} printable ASCII characters."]},
+        )
+    return key
+
+
 def _path_cpf(cpf):
     try:
         return normalize_cpf(cpf)
@@ -40,6 +55,7 @@ class GatewayService:
 
     person = TimedRpcProxy("person")
     score = TimedRpcProxy("score")
+    config = Config()
 
     @http("POST", "/person")
     def create_person(self, request):
@@ -51,10 +67,14 @@ class GatewayService:
                  --data '{"cpf": "529.982.247-25", "name": "Ana", "address": "Rua A, 1",
                           "date_of_birth": "1990-05-01"}'
 
+        With an ``Idempotency-Key`` header, a retry with the same key and body
+        gets the first answer and creates nothing; the same key with another
+        body is 422 ``IDEMPOTENCY_KEY_REUSED``. Likewise for the item routes.
+
         Errors: 400 malformed JSON or empty body, 415 not JSON, 422 invalid
         fields, 409 CPF exists.
         """
-        person = self.person.create_person(_json_body(request))
+        person = self.person.create_person(_json_body(request), idempotency_key=_idempotency_key(request))
         return json_response(person, 201, {"Location": f"/person/{person['cpf']}"})
 
     @http("GET", "/person/<cpf>")
@@ -77,7 +97,8 @@ class GatewayService:
                  localhost:8000/person/52998224725/debt --data '{"value": 1000}'
         """
         cpf = _path_cpf(cpf)
-        item = getattr(self.person, ITEM_METHODS[kind])(cpf, _json_body(request))
+        add = getattr(self.person, ITEM_METHODS[kind])
+        item = add(cpf, _json_body(request), idempotency_key=_idempotency_key(request))
         return json_response(item, 201)
 
     @http("GET", "/<cpf>/score")
@@ -93,24 +114,37 @@ class GatewayService:
 
     @http("GET", "/health")
     def health(self, request):
-        """200 when the broker, person and score all answer; 503 otherwise.
+        """200 when the broker, person and score answer and nothing is stuck; 503 otherwise.
+
+        "Stuck" is a dead letter waiting in score, or an outbox row pending in
+        person for longer than ``HEALTH_MAX_OUTBOX_AGE`` seconds (config).
 
         Example: ``curl localhost:8000/health`` ->
-        ``{"status": "ok", "broker": "ok", "services": {"person": {...}, "score": {...}}}``
+        ``{"status": "ok", "broker": "ok", "problems": [],
+        "services": {"person": {"outbox": {"pending": 0, ...}}, "score": {"dead_letters": {...}}}}``
         """
-        services, broker_ok = {}, True
+        services, problems, broker_ok = {}, [], True
         for name in ("person", "score"):
             try:
                 services[name] = getattr(self, name).health()
             except (ServiceUnavailable, GatewayTimeout) as exc:
                 services[name] = {"status": "unreachable", "error": str(exc)}
+                problems.append(f"{name} unreachable")
                 broker_ok = broker_ok and not isinstance(exc, BrokerUnavailable)
             except Exception as exc:  # the service answered with a failure
                 services[name] = {"status": "failing", "error": str(exc)}
-        healthy = all("error" not in s for s in services.values())
+                problems.append(f"{name} failing")
+        outbox = services["person"].get("outbox")
+        max_age = float(self.config.get("HEALTH_MAX_OUTBOX_AGE", 30))
+        if outbox and outbox["oldest_pending_age_seconds"] > max_age:
+            problems.append(f"{outbox['pending']} events unpublished for over {max_age:g}s")
+        dead = sum((services["score"].get("dead_letters") or {}).values())
+        if dead:
+            problems.append(f"{dead} dead-lettered events in score")
         body = {
-            "status": "ok" if healthy else "unavailable",
+            "status": "unavailable" if problems else "ok",
             "broker": "ok" if broker_ok else "unreachable",
+            "problems": problems,
             "services": services,
         }
-        return json_response(body, 200 if healthy else 503)
+        return json_response(body, 503 if problems else 200)

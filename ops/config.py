@@ -1,4 +1,5 @@
 """Read ``config.yml`` exactly as ``nameko run --config`` does (``${VAR:default}``)."""
+
 import os
 from functools import partial
 

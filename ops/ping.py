@@ -2,6 +2,7 @@
 
 Used as the container healthcheck of person and score, which have no HTTP port.
 """
+
 import argparse
 import json
 import sys

@@ -15,6 +15,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import declarative_base, relationship
 
+from reliable_events.idempotency import idempotency_table
 from reliable_events.tables import outbox_table
 
 PersonBase = declarative_base(name="PersonBase")
@@ -70,3 +71,4 @@ class Debt(_Item, PersonBase):
 
 
 outbox = outbox_table(PersonBase.metadata)
+idempotency_keys = idempotency_table(PersonBase.metadata)

@@ -8,6 +8,7 @@ import logging
 
 from marshmallow import ValidationError
 from nameko.rpc import rpc
+from nameko.timer import timer
 from nameko_sqlalchemy import Database
 from psycopg2.errorcodes import UNIQUE_VIOLATION
 from sqlalchemy import text, update
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from person.cpf import InvalidCPF, normalize_cpf
 from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
-from person.models import Asset, Debt, Income, Person, PersonBase, outbox
+from person.models import Asset, Debt, Income, Person, PersonBase, idempotency_keys, outbox
 from person.schemas import (
     CreatePersonSchema,
     DebtOutSchema,
@@ -24,12 +25,13 @@ from person.schemas import (
     PersonOutSchema,
     TypedItemSchema,
 )
+from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
 from reliable_events.outbox import Outbox, relay_timer
 
 _log = logging.getLogger(__name__)
 
 # The caller's mistakes: answered as errors, not logged as the service's failures.
-CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists)
+CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, KeyReused)
 
 # kind -> (model, input schema, output schema, event type)
 ITEM_KINDS = {
@@ -60,9 +62,10 @@ class PersonService:
 
     db = Database(PersonBase)
     outbox = Outbox(PersonBase, outbox)
+    idempotency = IdempotencyKeys(idempotency_keys)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
-    def create_person(self, person):
+    def create_person(self, person, idempotency_key=None):
         """Create a person; announces ``person_created``.
 
         Example (``nameko shell``)::
@@ -73,11 +76,18 @@ class PersonService:
              'date_of_birth': '1990-05-01', 'created_at': '...',
              'incomes': [], 'assets': [], 'debts': []}
 
-        Raises ``InvalidInput`` (fields named) or ``PersonAlreadyExists``.
+        With ``idempotency_key``, a retry of the same request returns the first
+        answer and writes nothing (see :mod:`reliable_events.idempotency`).
+
+        Raises ``InvalidInput`` (fields named), ``PersonAlreadyExists`` or
+        ``KeyReused`` (the key was used for another request).
         """
         data = _load(CreatePersonSchema(), person)
         try:
             with self.db.get_session() as session:
+                earlier = self._claim(session, idempotency_key, "create_person", person)
+                if earlier is not None:
+                    return earlier
                 row = Person(**data, last_sequence=1)
                 session.add(row)
                 session.flush()
@@ -93,6 +103,7 @@ class PersonService:
                     },
                 )
                 result = PersonOutSchema().dump(row)
+                self._store(session, idempotency_key, result)
         except IntegrityError as exc:
             if getattr(exc.orig, "pgcode", None) == UNIQUE_VIOLATION:
                 raise PersonAlreadyExists(f"A person with CPF {data['cpf']} exists.") from None
@@ -120,7 +131,7 @@ class PersonService:
             return PersonOutSchema().dump(row)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
-    def add_income(self, cpf, income):
+    def add_income(self, cpf, income, idempotency_key=None):
         """Add an income; announces ``income_added``.
 
         Example::
@@ -128,10 +139,10 @@ class PersonService:
             >>> n.rpc.person.add_income("52998224725", {"type": "renting", "value": 1000})
             {'id': 1, 'type': 'renting', 'value': '1000.00', 'created_at': '...'}
         """
-        return self._add_item("income", cpf, income)
+        return self._add_item("income", cpf, income, idempotency_key)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
-    def add_asset(self, cpf, asset):
+    def add_asset(self, cpf, asset, idempotency_key=None):
         """Add an asset; announces ``asset_added``.
 
         Example::
@@ -139,10 +150,10 @@ class PersonService:
             >>> n.rpc.person.add_asset("52998224725", {"type": "apartment", "value": 100000})
             {'id': 1, 'type': 'apartment', 'value': '100000.00', 'created_at': '...'}
         """
-        return self._add_item("asset", cpf, asset)
+        return self._add_item("asset", cpf, asset, idempotency_key)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
-    def add_debt(self, cpf, debt):
+    def add_debt(self, cpf, debt, idempotency_key=None):
         """Add a debt; announces ``debt_added``.
 
         Example::
@@ -150,13 +161,16 @@ class PersonService:
             >>> n.rpc.person.add_debt("52998224725", {"value": 1000})
             {'id': 1, 'value': '1000.00', 'created_at': '...'}
         """
-        return self._add_item("debt", cpf, debt)
+        return self._add_item("debt", cpf, debt, idempotency_key)
 
-    def _add_item(self, kind, cpf, payload):
+    def _add_item(self, kind, cpf, payload, idempotency_key=None):
         model, in_schema, out_schema, event_type = ITEM_KINDS[kind]
         cpf = _cpf(cpf)
         data = _load(in_schema, payload)
         with self.db.get_session() as session:
+            earlier = self._claim(session, idempotency_key, f"add_{kind}", cpf, payload)
+            if earlier is not None:
+                return earlier
             # Bumping the sequence locks the person's row: writes for one
             # person queue up here, so their sequence numbers have no gaps.
             sequence = session.execute(
@@ -174,7 +188,18 @@ class PersonService:
             if "type" in data:
                 event_data["type"] = item.type
             self.outbox.add(session, event_type, cpf, sequence, event_data)
-            return out_schema.dump(item)
+            result = out_schema.dump(item)
+            self._store(session, idempotency_key, result)
+            return result
+
+    def _claim(self, session, idempotency_key, operation, *request):
+        if idempotency_key is None:
+            return None
+        return self.idempotency.claim(session, idempotency_key, request_hash(operation, *request))
+
+    def _store(self, session, idempotency_key, result):
+        if idempotency_key is not None:
+            self.idempotency.store(session, idempotency_key, result)
 
     @rpc
     def health(self):
@@ -196,3 +221,17 @@ class PersonService:
         sent = self.outbox.relay_pending()
         if sent:
             _log.info("outbox sweep published %d events", sent)
+
+    @timer(interval=600)
+    @rpc
+    def purge_idempotency_keys(self):
+        """Forget keys older than ``IDEMPOTENCY_KEY_TTL`` (clients retry within
+        it); runs every 10 minutes. Returns how many were deleted.
+
+        Example: ``n.rpc.person.purge_idempotency_keys()`` -> ``3``
+        """
+        with self.db.get_session() as session:
+            purged = self.idempotency.purge_expired(session)
+        if purged:
+            _log.info("purged %d expired idempotency keys", purged)
+        return purged

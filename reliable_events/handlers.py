@@ -1,34 +1,192 @@
-"""The event handler entrypoint every consumer uses.
+"""The event handler entrypoint every consumer uses: retries, then dead letters.
 
 ``@reliable_handler("person", "income_added")`` is Nameko's ``@event_handler``
-(same exchange, same queue name ``evt-person-income_added--<service>.<method>``,
-durable queue, ack after the worker returns) that also validates the envelope
-and hands the method a parsed event dict whose ``event_id`` is a string.
+(same exchange, same queue name ``evt-person-income_added--<service>.<method>``)
+with these guarantees added:
+
+- **The queue is a quorum queue** (durable, replicated in a cluster) with a
+  delivery limit: a message redelivered that often (say, one that crashes the
+  process each time) is dead-lettered instead of looping for ever.
+- **A handler that raises is retried with back-off**, by RabbitMQ itself: the
+  message is re-published to ``<queue>.retry.<n>``, a queue whose message TTL is
+  the n-th delay and whose dead-letter target is the handler's queue, so it comes
+  back after the delay without any process holding it. The original is acked
+  only once the broker confirmed the copy; if that publish fails the original is
+  requeued instead. Nothing is lost either way.
+- **After the last attempt, or at once for a message that is not a valid event**
+  (no retry can fix it), the message goes to ``<queue>.dead`` with the reason,
+  the attempt count and the first and last failure times in its headers, where
+  :mod:`reliable_events.deadletters` lists, replays and purges it.
+- One failing message never blocks the ones behind it: it leaves the queue.
+
+The handler method gets the parsed event (a dict, ``event_id`` a string). Retries
+and replays can deliver an event again: handlers must be idempotent, which
+:mod:`reliable_events.inbox` makes them.
 """
 
 import logging
+from datetime import UTC, datetime
 
+from kombu import Queue
+from nameko.amqp.publish import Publisher, get_connection
+from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 
 from reliable_events.envelope import MalformedEvent, parse_envelope
 
 _log = logging.getLogger(__name__)
 
+DEFAULT_RETRY_DELAYS = (1, 5, 30)  # seconds before attempts 2, 3, 4
+DEFAULT_DELIVERY_LIMIT = 20
+
+ATTEMPT = "x-attempt"
+FIRST_FAILURE = "x-first-failure"
+LAST_FAILURE = "x-last-failure"
+LAST_ERROR = "x-last-error"
+DEAD_REASON = "x-dead-reason"
+
+
+def retry_queue_name(queue_name: str, attempt: int) -> str:
+    return f"{queue_name}.retry.{attempt}"
+
+
+def dead_letter_queue_name(queue_name: str) -> str:
+    return f"{queue_name}.dead"
+
+
+def dead_letter_queue(queue_name: str) -> Queue:
+    return Queue(
+        dead_letter_queue_name(queue_name),
+        durable=True,
+        auto_delete=False,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
 
 class ReliableEventHandler(EventHandler):
+    def setup(self):
+        super().setup()  # sets self.queue: nameko's name, exchange and binding
+        config = self.container.config
+        delays = config.get("EVENT_RETRY_DELAYS", DEFAULT_RETRY_DELAYS)
+        self.retry_delays = [float(d) for d in delays]
+        limit = int(config.get("EVENT_DELIVERY_LIMIT", DEFAULT_DELIVERY_LIMIT))
+        name = self.queue.name
+        self.queue = Queue(
+            name,
+            exchange=self.queue.exchange,
+            routing_key=self.queue.routing_key,
+            durable=True,
+            auto_delete=False,
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": limit,
+                # what the delivery limit drops lands with the other dead letters
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead_letter_queue_name(name),
+            },
+        )
+        self.retry_queues = [
+            Queue(
+                retry_queue_name(name, attempt),
+                durable=True,
+                auto_delete=False,
+                queue_arguments={
+                    "x-message-ttl": int(delay * 1000),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": name,
+                },
+            )
+            for attempt, delay in enumerate(self.retry_delays, start=1)
+        ]
+        self.dead_letters = dead_letter_queue(name)
+        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
+        # Declared whenever the consumer (re)declares the main queue, so the
+        # delivery limit's dead-letter target exists before anything can hit it,
+        # and nothing here needs the broker while the service starts.
+        self.queue.on_declared = self._declare_companions
+        self.publisher = Publisher(
+            self.amqp_uri,
+            use_confirms=True,
+            mandatory=True,
+            declare=[*self.retry_queues, self.dead_letters],
+        )
+
+    def _declare_companions(self, *args):
+        with get_connection(self.amqp_uri) as conn:
+            channel = conn.channel()
+            for queue in (*self.retry_queues, self.dead_letters):
+                queue(channel).declare()
+            channel.close()
+
     def handle_message(self, body, message):
         try:
             event = parse_envelope(body)
         except MalformedEvent as exc:
-            _log.error(
-                "rejected malformed event on %s (message_id=%s): %s",
-                self.queue.name,
-                message.properties.get("message_id"),
-                exc,
-            )
-            self.queue_consumer.ack_message(message)
+            self._dead_letter(message, f"malformed event: {exc}", attempts=1)
             return
         super().handle_message(event, message)
+
+    def handle_result(self, message, worker_ctx, result=None, exc_info=None):
+        if exc_info is None:
+            self.queue_consumer.ack_message(message)
+            return result, exc_info
+        event = worker_ctx.args[0]
+        attempt = int(message.headers.get(ATTEMPT, 0) or 0) + 1
+        error = f"{exc_info[0].__name__}: {exc_info[1]}"[:1000]
+        if issubclass(exc_info[0], MalformedEvent):
+            # The handler found the event's data unusable: retrying cannot help.
+            self._dead_letter(message, f"malformed event: {exc_info[1]}", attempt, error)
+        elif attempt <= len(self.retry_delays):
+            delay = self.retry_delays[attempt - 1]
+            _log.warning(
+                "event %s %s failed attempt %d (%s); retrying in %ss",
+                event["event_id"],
+                event["event_type"],
+                attempt,
+                error,
+                delay,
+            )
+            self._move(message, self.retry_queues[attempt - 1].name, attempt, error)
+        else:
+            self._dead_letter(message, f"failed {attempt} attempts; last error {error}", attempt, error)
+        return result, exc_info
+
+    def _dead_letter(self, message, reason, attempts, error=None):
+        _log.error(
+            "dead-lettered message %s from %s: %s",
+            message.properties.get("message_id"),
+            self.queue.name,
+            reason,
+        )
+        self._move(message, self.dead_letters.name, attempts, error or reason, {DEAD_REASON: reason})
+
+    def _move(self, message, queue_name, attempt, error, extra=None):
+        """Publish a copy to ``queue_name`` (confirmed), then ack the original."""
+        headers = dict(message.headers or {})
+        headers.pop("x-death", None)  # RabbitMQ's own bookkeeping, rebuilt per hop
+        now = _now()
+        headers.setdefault(FIRST_FAILURE, now)
+        headers.update({ATTEMPT: attempt, LAST_FAILURE: now, LAST_ERROR: error, **(extra or {})})
+        try:
+            self.publisher.publish(
+                message.body,
+                exchange="",
+                routing_key=queue_name,
+                headers=headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                message_id=message.properties.get("message_id"),
+                serializer=None,
+            )
+        except Exception:
+            _log.exception("could not move message to %s; requeueing it", queue_name)
+            self.queue_consumer.requeue_message(message)
+            return
+        self.queue_consumer.ack_message(message)
 
 
 reliable_handler = ReliableEventHandler.decorator

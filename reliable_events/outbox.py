@@ -19,17 +19,23 @@ type); each event carries a per-aggregate ``sequence`` for consumers that care.
 """
 
 import logging
+import os
+import signal
 from weakref import WeakKeyDictionary
 
 from kombu.exceptions import OperationalError
-from nameko.amqp.publish import UndeliverableMessage
-from nameko.events import EventDispatcher
+from nameko.amqp.publish import Publisher, UndeliverableMessage
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+from nameko.standalone.events import get_event_exchange
 from nameko.timer import Timer
 from sqlalchemy import Table, create_engine, func, select, update
 
 from reliable_events.envelope import new_envelope
 
 _log = logging.getLogger(__name__)
+
+UNROUTABLE = "unroutable"
 
 # Fail fast on a dead broker: the row stays pending and the sweep comes back,
 # so waiting here would only hold a worker (and, on the first attempt, a greenlet
@@ -100,32 +106,41 @@ class OutboxWriter:
         return self._outbox.backlog()
 
 
-class Outbox(EventDispatcher):
+class Outbox(DependencyProvider):
     """Dependency that writes outbox rows and relays them to ``<service>.events``.
 
     ``declarative_base`` names the database (as nameko-sqlalchemy's
     ``DB_URIS["<service>:<Base>"]``) holding ``table``; the relay keeps its own
     small connection pool so publishing never borrows a worker's session.
+    It publishes with Nameko's own publisher to the exchange Nameko's
+    ``EventDispatcher`` uses, declared on first publish rather than at start-up,
+    so the service starts (and keeps its rows) while the broker is down.
     """
 
-    def __init__(self, declarative_base, table: Table, **options):
-        options.setdefault("mandatory", True)
-        options.setdefault("retry_policy", _PUBLISH_RETRY_POLICY)
-        super().__init__(**options)
+    def __init__(self, declarative_base, table: Table):
         self.declarative_base = declarative_base
         self.table = table
         self._written = WeakKeyDictionary()
 
     def setup(self):
-        super().setup()
         config = self.container.config
+        self.exchange = get_event_exchange(self.container.service_name, config)
+        self.publisher = Publisher(
+            config[AMQP_URI_CONFIG_KEY],
+            use_confirms=True,
+            mandatory=True,
+            retry_policy=_PUBLISH_RETRY_POLICY,
+            declare=[self.exchange],
+        )
         key = f"{self.container.service_name}:{self.declarative_base.__name__}"
         self.engine = create_engine(config["DB_URIS"][key], pool_size=2, pool_pre_ping=True)
         self.batch_size = int(config.get("OUTBOX_BATCH_SIZE", 200))
+        # Fault injection for the crash-safety tests only: die between the
+        # commit and the publish, as a kill -9 at the worst moment would.
+        self._crash_before_publish = bool(config.get("FAULT_CRASH_BEFORE_PUBLISH", False))
 
     def stop(self):
         self.engine.dispose()
-        super().stop()
 
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
@@ -139,6 +154,8 @@ class Outbox(EventDispatcher):
         positions = self._written.pop(worker_ctx, None)
         if not positions:
             return
+        if self._crash_before_publish:
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             self._relay(self.table.c.position.in_(positions))
         except Exception:  # the sweep will publish them; say so, do not hide it
@@ -163,27 +180,27 @@ class Outbox(EventDispatcher):
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
             ).all()
-            sent = []
+            sent, failed = [], 0
             for row in rows:
                 error = self._publish(row)
-                if error is not None:
-                    conn.execute(
-                        update(t)
-                        .where(t.c.position == row.position)
-                        .values(attempts=t.c.attempts + 1, last_error=error)
-                    )
-                    # The broker is down or nobody listens: the rows behind
-                    # this one would fail the same way, so leave them for
-                    # the next sweep.
+                if error is None:
+                    sent.append(row.position)
+                    continue
+                failed += 1
+                conn.execute(
+                    update(t).where(t.c.position == row.position).values(attempts=t.c.attempts + 1, last_error=error)
+                )
+                if not error.startswith(UNROUTABLE):
+                    # The broker is unreachable: the rows behind this one
+                    # would fail the same way; the next sweep tries again.
                     break
-                sent.append(row.position)
             if sent:
                 conn.execute(
                     update(t)
                     .where(t.c.position.in_(sent))
                     .values(published_at=func.clock_timestamp(), attempts=t.c.attempts + 1)
                 )
-        return len(sent), len(rows)
+        return len(sent), len(sent) + failed
 
     def _publish(self, row):
         try:
@@ -200,7 +217,7 @@ class Outbox(EventDispatcher):
                 row.event_id,
                 row.event_type,
             )
-            return "unroutable: no queue bound for this event type"
+            return f"{UNROUTABLE}: no queue bound for this event type"
         except (OperationalError, OSError) as exc:
             _log.warning("event %s publish failed, kept pending: %s", row.event_id, exc)
             return f"publish failed: {exc}"

@@ -1,10 +1,10 @@
 """Applying person's events to score's replica, and reading a score from it."""
 
-from decimal import Decimal
-
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from reliable_events.envelope import MalformedEvent
 from score import rules
 from score.models import KnownPerson, ScoredItem
 
@@ -23,16 +23,32 @@ def note_person(session, event: dict) -> None:
     )
 
 
+class ItemDataSchema(Schema):
+    """The part of an item event's ``data`` that scoring needs."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    item_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    value = fields.Decimal(required=True, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False))
+
+
+_item_data = ItemDataSchema()
+
+
 def add_item(session, event: dict, kind: str) -> None:
     """Record one item from an ``<kind>_added`` event."""
+    try:
+        data = _item_data.load(event["data"])
+    except ValidationError as exc:
+        raise MalformedEvent(f"{event['event_type']} data: {exc.messages}") from exc
     note_person(session, event)
-    data = event["data"]
     session.add(
         ScoredItem(
             kind=kind,
-            item_id=int(data["item_id"]),
+            item_id=data["item_id"],
             cpf=event["cpf"],
-            value=Decimal(str(data["value"])),
+            value=data["value"],
             event_id=event["event_id"],
             occurred_at=event["occurred_at"],
         )

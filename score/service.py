@@ -12,6 +12,7 @@ from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 from sqlalchemy import text
 
+from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
 from reliable_events.inbox import Inbox
 from score import replica
@@ -26,6 +27,7 @@ class ScoreService:
 
     db = Database(ScoreBase)
     inbox = Inbox(processed_events)
+    dead_letters = DeadLetters()
 
     @reliable_handler("person", "person_created")
     def on_person_created(self, event):
@@ -80,13 +82,53 @@ class ScoreService:
 
     @rpc
     def health(self):
-        """Database reachability.
+        """Database reachability and the dead letters waiting per handler.
 
         Example::
 
             >>> n.rpc.score.health()
-            {'service': 'score', 'database': 'ok'}
+            {'service': 'score', 'database': 'ok',
+             'dead_letters': {'evt-person-income_added--score.on_income_added': 0, ...}}
         """
         with self.db.get_session() as session:
             session.execute(text("SELECT 1"))
-        return {"service": "score", "database": "ok"}
+        return {"service": "score", "database": "ok", "dead_letters": self.dead_letters.depth()}
+
+    @rpc
+    def list_dead_letters(self, event_id=None):
+        """Events that failed every attempt (or were malformed), with why and when.
+
+        Example::
+
+            >>> n.rpc.score.list_dead_letters()
+            [{'queue': 'evt-person-income_added--score.on_income_added',
+              'event_id': '43eb6e47-...', 'event_type': 'income_added',
+              'reason': 'failed 4 attempts; last error OperationalError: ...',
+              'attempts': 4, 'first_failure': '2026-...', 'last_failure': '2026-...'}]
+        """
+        return self.dead_letters.list(event_id)
+
+    @rpc
+    def inspect_dead_letter(self, event_id):
+        """One event's dead letters with their full body and headers.
+
+        Example: ``n.rpc.score.inspect_dead_letter("43eb6e47-...")``
+        """
+        return self.dead_letters.inspect(event_id)
+
+    @rpc
+    def replay_dead_letters(self, event_id=None):
+        """Send dead letters (all, or one event's) back to their handler; an
+        event already applied is skipped by the inbox. Returns what was replayed.
+
+        Example: ``n.rpc.score.replay_dead_letters()`` after fixing the cause.
+        """
+        return self.dead_letters.replay(event_id)
+
+    @rpc
+    def purge_dead_letters(self, event_id=None):
+        """Delete dead letters (all, or one event's) for good. Returns what was deleted.
+
+        Example: ``n.rpc.score.purge_dead_letters("43eb6e47-...")``
+        """
+        return self.dead_letters.purge(event_id)

@@ -32,9 +32,7 @@ class EventTap:
     def __init__(self, config):
         self.connection = Connection(config["AMQP_URI"])
         exchange = get_event_exchange("person", config)
-        self.queue = Queue(
-            f"tap-{uuid.uuid4().hex[:8]}", exchange=exchange, routing_key="#", auto_delete=True
-        )
+        self.queue = Queue(f"tap-{uuid.uuid4().hex[:8]}", exchange=exchange, routing_key="#", auto_delete=True)
         self.simple = self.connection.SimpleQueue(self.queue)
 
     def drain(self, wait=0.5):

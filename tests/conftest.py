@@ -77,7 +77,7 @@ def config(base_config):
 def clean_databases(db_uris):
     """Empty every table before the test, so tests never see each other's rows."""
     tables = {
-        "person:PersonBase": "outbox, income, asset, debt, person",
+        "person:PersonBase": "outbox, idempotency_keys, income, asset, debt, person",
         "score:ScoreBase": "processed_events, scored_item, known_person",
     }
     for key, names in tables.items():

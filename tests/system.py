@@ -1,4 +1,5 @@
 """The three services as real ``nameko run`` processes, for end-to-end tests."""
+
 import os
 import signal
 import socket

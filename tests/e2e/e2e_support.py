@@ -34,18 +34,14 @@ def create_person(api, cpf="52998224725", **overrides):
 
 def table_counts(engine) -> dict:
     with engine.connect() as conn:
-        return {
-            table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in PERSON_TABLES
-        }
+        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in PERSON_TABLES}
 
 
 def assert_json_error(response, status, code=None):
     """The error contract: JSON, ``{"error", "message"[, "fields"]}``, no HTML, no traceback."""
     body_text = response.text
     assert response.status_code == status, body_text
-    assert response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json", (
-        response.headers
-    )
+    assert response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json", response.headers
     lowered = body_text.lower()
     for leak in ("<html", "<!doctype", "traceback", 'file "/'):
         assert leak not in lowered, body_text

@@ -265,9 +265,7 @@ for kind in ("income", "asset", "debt"):
 for kind in ("income", "asset"):
     ITEM_CASES += [
         invalid(f"{kind}-missing-type", f"/person/{KNOWN}/{kind}", {"value": 100}, {"type"}, True),
-        invalid(
-            f"{kind}-blank-type", f"/person/{KNOWN}/{kind}", {"type": "  ", "value": 100}, {"type"}, True
-        ),
+        invalid(f"{kind}-blank-type", f"/person/{KNOWN}/{kind}", {"type": "  ", "value": 100}, {"type"}, True),
         invalid(
             f"{kind}-type-51-chars",
             f"/person/{KNOWN}/{kind}",
@@ -378,18 +376,14 @@ def test_rejected_items_do_not_consume_sequence_numbers(api, person_engine):
             f"{api}/person/{KNOWN}/income", json={"type": "renting", "value": value}, timeout=HTTP_TIMEOUT
         )
         assert_json_error(response, 422, "INVALID_INPUT")
-    ok = requests.post(
-        f"{api}/person/{KNOWN}/income", json={"type": "renting", "value": 100}, timeout=HTTP_TIMEOUT
-    )
+    ok = requests.post(f"{api}/person/{KNOWN}/income", json={"type": "renting", "value": 100}, timeout=HTTP_TIMEOUT)
     assert ok.status_code == 201, ok.text
     with person_engine.connect() as conn:
         sequences = conn.execute(
             text("SELECT sequence FROM outbox WHERE aggregate_key = :cpf ORDER BY sequence"), {"cpf": KNOWN}
         ).scalars()
         assert list(sequences) == [1, 2]
-        assert (
-            conn.execute(text("SELECT last_sequence FROM person WHERE cpf = :c"), {"c": KNOWN}).scalar() == 2
-        )
+        assert conn.execute(text("SELECT last_sequence FROM person WHERE cpf = :c"), {"c": KNOWN}).scalar() == 2
 
 
 # --- inputs that look odd but are valid ------------------------------------------
@@ -473,9 +467,7 @@ def test_deeply_nested_json_is_a_client_error(api, person_engine, raw):
     [
         pytest.param("/person", person_body(name="A\u0000na"), "name", id="person-name"),
         pytest.param("/person", person_body(address="Rua\u0000A"), "address", id="person-address"),
-        pytest.param(
-            f"/person/{KNOWN}/income", {"type": "rent\u0000ing", "value": 1}, "type", id="income-type"
-        ),
+        pytest.param(f"/person/{KNOWN}/income", {"type": "rent\u0000ing", "value": 1}, "type", id="income-type"),
     ],
 )
 def test_nul_character_in_text_is_rejected_as_invalid(api, person_engine, path, body, field):

@@ -94,9 +94,7 @@ def test_creates_of_different_people_all_succeed(api, person_engine):
 def _outbox_sequences(engine, cpf):
     with engine.connect() as conn:
         return (
-            conn.execute(
-                text("SELECT sequence FROM outbox WHERE aggregate_key = :cpf ORDER BY sequence"), {"cpf": cpf}
-            )
+            conn.execute(text("SELECT sequence FROM outbox WHERE aggregate_key = :cpf ORDER BY sequence"), {"cpf": cpf})
             .scalars()
             .all()
         )
@@ -116,10 +114,7 @@ def test_concurrent_incomes_for_one_person_get_gapless_sequences(api, person_eng
 
     assert _outbox_sequences(person_engine, CPF) == list(range(1, N + 2))
     with person_engine.connect() as conn:
-        assert (
-            conn.execute(text("SELECT last_sequence FROM person WHERE cpf = :c"), {"c": CPF}).scalar()
-            == N + 1
-        )
+        assert conn.execute(text("SELECT last_sequence FROM person WHERE cpf = :c"), {"c": CPF}).scalar() == N + 1
         assert conn.execute(text("SELECT count(*) FROM income WHERE cpf = :c"), {"c": CPF}).scalar() == N
         types = Counter(conn.execute(text("SELECT event_type FROM outbox")).scalars())
     assert types == {"person_created": 1, "income_added": N}

@@ -78,9 +78,7 @@ def test_a_rolled_back_transaction_publishes_nothing(run_container, tap, person_
     assert len(outbox_rows(person_engine)) == 1
 
 
-def test_a_publish_that_fails_after_commit_is_left_pending_then_swept(
-    run_container, tap, person_engine, monkeypatch
-):
+def test_a_publish_that_fails_after_commit_is_left_pending_then_swept(run_container, tap, person_engine, monkeypatch):
     container = run_container(OutboxProbe)
     outbox = next(d for d in container.dependencies if d.attr_name == "outbox")
     real_publish = outbox.publisher.publish

@@ -46,9 +46,7 @@ def test_a_duplicate_event_changes_no_score(run_container, fresh_config, score_e
     score = run_container(ScoreService)
     dispatch = event_dispatcher(fresh_config)
     created = new_envelope("person_created", "52998224725", 1, {})
-    income = new_envelope(
-        "income_added", "52998224725", 2, {"item_id": 1, "type": "renting", "value": "1000.00"}
-    )
+    income = new_envelope("income_added", "52998224725", 2, {"item_id": 1, "type": "renting", "value": "1000.00"})
 
     for event in (created, income, income):  # the income arrives twice
         with entrypoint_waiter(score, HANDLERS[event["event_type"]]):

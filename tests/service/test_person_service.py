@@ -255,9 +255,7 @@ def test_item_for_unknown_person_raises_and_writes_nothing(service, person_engin
         ("add_debt", "529.982.247-26", {"value": 10}, {"cpf"}),
     ],
 )
-def test_invalid_item_raises_invalid_input_and_writes_nothing(
-    service, person_engine, method, cpf, payload, bad_fields
-):
+def test_invalid_item_raises_invalid_input_and_writes_nothing(service, person_engine, method, cpf, payload, bad_fields):
     service.create_person(SEED_PERSON)
 
     with pytest.raises(InvalidInput) as excinfo:

@@ -99,9 +99,7 @@ def test_events_are_recorded_in_the_inbox_with_the_replica(service, score_engine
     for handler, evt in SEED_EVENTS:
         apply(service, handler, evt)
 
-    inbox = rows(
-        score_engine, "SELECT consumer, event_id::text AS event_id, event_type FROM processed_events"
-    )
+    inbox = rows(score_engine, "SELECT consumer, event_id::text AS event_id, event_type FROM processed_events")
     assert sorted((r["event_id"], r["event_type"]) for r in inbox) == sorted(
         (evt["event_id"], evt["event_type"]) for _, evt in SEED_EVENTS
     )

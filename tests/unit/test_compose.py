@@ -27,9 +27,7 @@ LONG_RUNNING = ("traefik", "rabbitmq", "postgres") + NAMEKO_SERVICES
 def _compose_schema():
     # check-jsonschema vendors the compose-spec schema (from SchemaStore) and is
     # a pinned dev dependency: no network needed and the version is fixed.
-    resource = importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath(
-        "compose-spec.json"
-    )
+    resource = importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
     return json.loads(resource.read_text(encoding="utf-8"))
 
 
@@ -89,9 +87,7 @@ def test_schema_is_the_2020_12_compose_spec(schema):
 
 def test_compose_file_matches_the_compose_schema(compose, schema):
     errors = _schema_errors(schema, compose)
-    assert not errors, "\n".join(
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors
-    )
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors)
 
 
 def test_compose_file_has_no_obsolete_version_key(compose):
@@ -101,14 +97,10 @@ def test_compose_file_has_no_obsolete_version_key(compose):
 @pytest.mark.parametrize(
     "mutate, culprit",
     [
-        pytest.param(
-            lambda d: d["services"]["person"].__setitem__("bogus", 1), "bogus", id="unknown-service-key"
-        ),
+        pytest.param(lambda d: d["services"]["person"].__setitem__("bogus", 1), "bogus", id="unknown-service-key"),
         pytest.param(lambda d: d.__setitem__("bogus", 1), "bogus", id="unknown-top-level-key"),
         pytest.param(
-            lambda d: d["services"]["gateway"]["depends_on"]["person"].__setitem__(
-                "condition", "service_ready"
-            ),
+            lambda d: d["services"]["gateway"]["depends_on"]["person"].__setitem__("condition", "service_ready"),
             "service_ready",
             id="unknown-depends-on-condition",
         ),
@@ -137,11 +129,7 @@ def test_gateway_is_routed_by_host_to_port_8000(services):
     labels = _as_dict(services["gateway"].get("labels"))
     assert labels.get("traefik.enable") == "true"
 
-    routers = {
-        key.split(".")[3]
-        for key in labels
-        if key.startswith("traefik.http.routers.") and key.endswith(".rule")
-    }
+    routers = {key.split(".")[3] for key in labels if key.startswith("traefik.http.routers.") and key.endswith(".rule")}
     rules = {labels[f"traefik.http.routers.{r}.rule"] for r in routers}
     assert rules == {"Host(`person.localhost`)", "Host(`score.localhost`)"}
 
@@ -298,9 +286,7 @@ def test_config_file_used_by_the_commands_exists():
     assert (ROOT / "config.yml").is_file()
 
 
-@pytest.mark.parametrize(
-    "module", ["person.service", "score.service", "gateway.service", "ops.migrate", "ops.ping"]
-)
+@pytest.mark.parametrize("module", ["person.service", "score.service", "gateway.service", "ops.migrate", "ops.ping"])
 def test_modules_named_in_compose_exist(module):
     path = ROOT.joinpath(*module.split("."))
     assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), module

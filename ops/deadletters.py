@@ -1,0 +1,68 @@
+"""Dead letters from the command line: list, inspect, replay, purge.
+
+    deadletters list [--event-id ID]
+    deadletters inspect ID
+    deadletters replay [--event-id ID | --all]
+    deadletters purge  (--event-id ID | --all)
+
+A thin client of the consuming service's RPC methods (``list_dead_letters`` and
+friends, the same ones ``nameko shell`` offers), so it needs only the broker:
+``AMQP_URI`` or ``--config``. Prints JSON.
+"""
+
+import argparse
+import json
+import sys
+
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402  (the standalone proxy needs a patched socket)
+
+from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
+
+from ops.config import load_config  # noqa: E402
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="deadletters", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--config", help="path to config.yml (default: the repository's)")
+    parser.add_argument("--service", default="score", help="the consuming service (default: score)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="summaries: event id, type, reason, attempts, failure times")
+    listing.add_argument("--event-id")
+
+    inspect = commands.add_parser("inspect", help="one event's dead letters with body and headers")
+    inspect.add_argument("event_id")
+
+    for name, what in (("replay", "send back to their handler"), ("purge", "delete for good")):
+        command = commands.add_parser(name, help=f"{what}: one event's dead letters, or --all")
+        target = command.add_mutually_exclusive_group(required=True)
+        target.add_argument("--event-id")
+        target.add_argument("--all", action="store_true")
+    return parser
+
+
+METHODS = {
+    "list": "list_dead_letters",
+    "inspect": "inspect_dead_letter",
+    "replay": "replay_dead_letters",
+    "purge": "purge_dead_letters",
+}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    with ClusterRpcProxy(load_config(args.config), timeout=args.timeout) as rpc:
+        method = getattr(getattr(rpc, args.service), METHODS[args.command])
+        result = method(args.event_id)
+    json.dump(result, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

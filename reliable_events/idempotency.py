@@ -1,0 +1,85 @@
+"""Safe client retries: a request with an ``Idempotency-Key`` takes effect once.
+
+The key is claimed in the same transaction as the write it protects, and the
+response is stored with it. So:
+
+- a retry with the same key and the same request gets the stored response and
+  writes nothing;
+- the same key with a different request is refused (:class:`KeyReused`);
+- two requests with one key at once: the second waits on the first's row lock,
+  then gets the first's response;
+- a request that fails rolls its key back with everything else, so a retry
+  runs again.
+
+Keys older than ``IDEMPOTENCY_KEY_TTL`` seconds (config, default one day) are
+deleted by :meth:`IdempotencyKeys.purge_expired`, which the owning service
+calls from a timer.
+"""
+
+import hashlib
+import json
+
+from nameko.exceptions import deserialize_to_instance
+from nameko.extensions import DependencyProvider
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
+
+DEFAULT_TTL = 24 * 3600
+MAX_KEY_LENGTH = 200
+
+
+@deserialize_to_instance
+class KeyReused(Exception):
+    """The key was used before for a different request."""
+
+
+def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+        Column("request_hash", String(64), nullable=False),
+        Column("response", JSONB),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now(), index=True),
+    )
+
+
+def request_hash(operation: str, *args) -> str:
+    canonical = json.dumps([operation, *args], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class IdempotencyKeys(DependencyProvider):
+    def __init__(self, table: Table):
+        self.table = table
+
+    def setup(self):
+        self.ttl = int(self.container.config.get("IDEMPOTENCY_KEY_TTL", DEFAULT_TTL))
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    def claim(self, session, key, digest):
+        """Claim ``key`` for this request in ``session``'s transaction.
+
+        Returns None when the caller should do the work (then :meth:`store`),
+        or the stored response of the earlier request with this key.
+        """
+        t = self.table
+        claimed = session.execute(
+            insert(t).values(key=key, request_hash=digest).on_conflict_do_nothing().returning(t.c.key)
+        ).first()
+        if claimed is not None:
+            return None
+        stored_hash, response = session.execute(select(t.c.request_hash, t.c.response).where(t.c.key == key)).one()
+        if stored_hash != digest:
+            raise KeyReused(f"Idempotency-Key {key!r} was already used for a different request.")
+        return response
+
+    def store(self, session, key, response) -> None:
+        session.execute(self.table.update().where(self.table.c.key == key).values(response=response))
+
+    def purge_expired(self, session) -> int:
+        return session.execute(
+            self.table.delete().where(self.table.c.created_at < func.now() - text(f"interval '{self.ttl} seconds'"))
+        ).rowcount
