@@ -290,3 +290,37 @@ def test_config_file_used_by_the_commands_exists():
 def test_modules_named_in_compose_exist(module):
     path = ROOT.joinpath(*module.split("."))
     assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), module
+
+
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return yaml.safe_load(CLUSTER_FILE.read_text())
+
+
+def test_cluster_override_matches_the_compose_schema(cluster, schema):
+    assert _schema_errors(schema, cluster) == []
+
+
+def test_cluster_has_three_nodes_sharing_one_config_and_cookie(cluster):
+    nodes = {name: svc for name, svc in cluster["services"].items() if name.startswith("rabbitmq-")}
+    assert sorted(nodes) == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+    conf = (ROOT / "docker" / "rabbitmq-cluster.conf").read_text()
+    for name, node in nodes.items():
+        assert node["hostname"] == name
+        assert f"rabbit@{name}" in conf
+        assert any("rabbitmq-cluster.conf:/etc/rabbitmq/conf.d/" in v for v in node["volumes"])
+        assert "RABBITMQ_ERLANG_COOKIE" in _as_dict(node["environment"])
+    assert "quorum_queue.initial_cluster_size = 3" in conf
+
+
+@pytest.mark.parametrize("name", NAMEKO_SERVICES)
+def test_cluster_services_can_fail_over_to_every_node(cluster, name):
+    service = cluster["services"][name]
+    uris = _as_dict(service["environment"])["AMQP_URI"].split(";")
+    assert [uri.split("@")[1].split(":")[0] for uri in uris] == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+    assert {dep: cond["condition"] for dep, cond in service["depends_on"].items()} == {
+        f"rabbitmq-{i}": "service_healthy" for i in (1, 2, 3)
+    }
