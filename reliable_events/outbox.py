@@ -21,37 +21,19 @@ type); each event carries a per-aggregate ``sequence`` for consumers that care.
 import logging
 import os
 import signal
+import threading
 from weakref import WeakKeyDictionary
 
-from kombu.exceptions import OperationalError
-from nameko.amqp.publish import Publisher, UndeliverableMessage
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 from nameko.timer import Timer
 from sqlalchemy import Table, create_engine, func, select, update
 
+from reliable_events.confirms import BatchPublisher
 from reliable_events.envelope import new_envelope
 
 _log = logging.getLogger(__name__)
-
-UNROUTABLE = "unroutable"
-
-# Fail fast on a dead broker: the row stays pending and the sweep comes back,
-# so waiting here would only hold a worker (and, on the first attempt, a greenlet
-# the caller's response is already independent of).
-_PUBLISH_RETRY_POLICY = {
-    "max_retries": 2,
-    "interval_start": 0.1,
-    "interval_step": 0.2,
-    "interval_max": 0.5,
-}
-_TRANSPORT_OPTIONS = {
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.5,
-    "interval_max": 1,
-}
 
 
 class OutboxRelay(Timer):
@@ -82,19 +64,16 @@ class OutboxWriter:
         are published at once if their transaction committed.
         """
         envelope = new_envelope(event_type, key, sequence, data)
-        table = self._outbox.table
-        position = session.execute(
-            table.insert()
-            .values(
+        session.execute(
+            self._outbox.table.insert().values(
                 event_id=envelope["event_id"],
                 event_type=event_type,
                 aggregate_key=key,
                 sequence=sequence,
                 payload=envelope,
             )
-            .returning(table.c.position)
-        ).scalar_one()
-        self._outbox.remember(self._worker_ctx, position)
+        )
+        self._outbox.wrote(self._worker_ctx)
         return envelope
 
     def relay_pending(self) -> int:
@@ -112,117 +91,111 @@ class Outbox(DependencyProvider):
     ``declarative_base`` names the database (as nameko-sqlalchemy's
     ``DB_URIS["<service>:<Base>"]``) holding ``table``; the relay keeps its own
     small connection pool so publishing never borrows a worker's session.
-    It publishes with Nameko's own publisher to the exchange Nameko's
-    ``EventDispatcher`` uses, declared on first publish rather than at start-up,
-    so the service starts (and keeps its rows) while the broker is down.
+
+    Two paths publish: a relay greenthread woken after every worker that wrote
+    an event (low latency; under load the rows of many workers go in one batch),
+    and the service's ``@relay_timer`` sweep for anything left over. Both take
+    rows with ``SKIP LOCKED``, so they and other instances never share a row.
+    Events go to the exchange Nameko's ``EventDispatcher`` uses (declared on
+    first publish, so the service starts while the broker is down).
     """
 
     def __init__(self, declarative_base, table: Table):
         self.declarative_base = declarative_base
         self.table = table
-        self._written = WeakKeyDictionary()
+        self._writers = WeakKeyDictionary()
 
     def setup(self):
         config = self.container.config
-        self.exchange = get_event_exchange(self.container.service_name, config)
-        self.publisher = Publisher(
-            config[AMQP_URI_CONFIG_KEY],
-            use_confirms=True,
-            mandatory=True,
-            retry_policy=_PUBLISH_RETRY_POLICY,
-            declare=[self.exchange],
-        )
+        exchange = get_event_exchange(self.container.service_name, config)
+        self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], exchange)
         key = f"{self.container.service_name}:{self.declarative_base.__name__}"
-        self.engine = create_engine(config["DB_URIS"][key], pool_size=2, pool_pre_ping=True)
-        self.batch_size = int(config.get("OUTBOX_BATCH_SIZE", 200))
+        self.engine = create_engine(config["DB_URIS"][key], pool_size=3, pool_pre_ping=True)
+        self.batch_size = int(config.get("OUTBOX_BATCH_SIZE", 500))
         # Fault injection for the crash-safety tests only: die between the
         # commit and the publish, as a kill -9 at the worst moment would.
         self._crash_before_publish = bool(config.get("FAULT_CRASH_BEFORE_PUBLISH", False))
+        self._wake = threading.Event()
+        self._stopping = False
+
+    def start(self):
+        self._relay_thread = self.container.spawn_managed_thread(self._relay_on_wake)
 
     def stop(self):
+        self._stopping = True
+        self._wake.set()
+        self._relay_thread.wait()
+        self.publisher.close()
         self.engine.dispose()
+
+    def kill(self):
+        self._relay_thread.kill()
+        self.publisher.close()
 
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
 
-    def remember(self, worker_ctx, position: int) -> None:
-        self._written.setdefault(worker_ctx, []).append(position)
+    def wrote(self, worker_ctx) -> None:
+        self._writers[worker_ctx] = True
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         # Runs after the entrypoint replied, so the caller never waits for the
-        # broker. Rows of a rolled-back transaction are simply not found.
-        positions = self._written.pop(worker_ctx, None)
-        if not positions:
-            return
-        if self._crash_before_publish:
-            os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            self._relay(self.table.c.position.in_(positions))
-        except Exception:  # the sweep will publish them; say so, do not hide it
-            _log.exception("immediate relay of positions %s failed; left to the sweep", positions)
+        # broker. A rolled-back transaction left no row for the relay to find.
+        if self._writers.pop(worker_ctx, False):
+            if self._crash_before_publish:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._wake.set()
+
+    def _relay_on_wake(self):
+        while not self._stopping:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self.relay_pending()
+            except Exception:  # the sweep retries; say so, do not hide it
+                _log.exception("relay failed; pending rows are left to the sweep")
 
     def relay_pending(self) -> int:
-        sent = total = 0
+        """Publish pending rows batch by batch until none is left or one fails."""
+        total = 0
         while True:
-            sent, seen = self._relay()
+            sent, attempted = self._relay_batch()
             total += sent
-            if seen < self.batch_size or sent < seen:
+            if attempted < self.batch_size or sent < attempted:
                 return total
 
-    def _relay(self, *criteria) -> tuple:
-        """Publish one batch of pending rows; return (sent, selected)."""
+    def _relay_batch(self) -> tuple:
+        """Publish one batch of pending rows; return (sent, attempted)."""
         t = self.table
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(t.c.position, t.c.event_id, t.c.event_type, t.c.payload)
-                .where(t.c.published_at.is_(None), *criteria)
+                .where(t.c.published_at.is_(None))
                 .order_by(t.c.position)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
             ).all()
-            sent, failed = [], 0
-            for row in rows:
-                error = self._publish(row)
-                if error is None:
-                    sent.append(row.position)
-                    continue
-                failed += 1
-                conn.execute(
-                    update(t).where(t.c.position == row.position).values(attempts=t.c.attempts + 1, last_error=error)
-                )
-                if not error.startswith(UNROUTABLE):
-                    # The broker is unreachable: the rows behind this one
-                    # would fail the same way; the next sweep tries again.
-                    break
+            if not rows:
+                return 0, 0
+            outcome = self.publisher.publish([(row.event_id, row.event_type, row.payload) for row in rows])
+            sent = [row.position for row in rows if outcome[row.event_id] is None]
+            failed = [(row, outcome[row.event_id]) for row in rows if outcome[row.event_id] is not None]
             if sent:
                 conn.execute(
                     update(t)
                     .where(t.c.position.in_(sent))
                     .values(published_at=func.clock_timestamp(), attempts=t.c.attempts + 1)
                 )
-        return len(sent), len(sent) + failed
-
-    def _publish(self, row):
-        try:
-            self.publisher.publish(
-                row.payload,
-                exchange=self.exchange,
-                routing_key=row.event_type,
-                message_id=row.event_id,
-                transport_options=dict(_TRANSPORT_OPTIONS),
-            )
-        except UndeliverableMessage:
-            _log.warning(
-                "event %s %s not routed to any queue; kept pending",
-                row.event_id,
-                row.event_type,
-            )
-            return f"{UNROUTABLE}: no queue bound for this event type"
-        except (OperationalError, OSError) as exc:
-            _log.warning("event %s publish failed, kept pending: %s", row.event_id, exc)
-            return f"publish failed: {exc}"
-        _log.info("published event %s %s position=%s", row.event_id, row.event_type, row.position)
-        return None
+            for row, error in failed:
+                conn.execute(
+                    update(t).where(t.c.position == row.position).values(attempts=t.c.attempts + 1, last_error=error)
+                )
+        for row in rows:
+            if outcome[row.event_id] is None:
+                _log.info("published event %s %s position=%s", row.event_id, row.event_type, row.position)
+            else:
+                _log.warning("event %s %s kept pending: %s", row.event_id, row.event_type, outcome[row.event_id])
+        return len(sent), len(rows)
 
     def backlog(self) -> dict:
         t = self.table
