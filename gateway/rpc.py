@@ -8,6 +8,7 @@ that cannot take the request, or a service that is not consuming, is
 """
 
 import logging
+import time
 from functools import partial
 
 import eventlet
@@ -21,6 +22,8 @@ from nameko.rpc import MethodProxy, RpcProxy
 from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
 
 _log = logging.getLogger(__name__)
+
+CONSUMER_CHECK_TTL = 1.0  # seconds
 
 
 class _FailFastPublisher(Publisher):
@@ -36,11 +39,12 @@ class _TimedMethodProxy(MethodProxy):
 class TimedServiceProxy:
     """``proxy.method(*args)`` like Nameko's, but every call has a deadline."""
 
-    def __init__(self, worker_ctx, service_name, reply_listener, timeout):
+    def __init__(self, worker_ctx, service_name, reply_listener, timeout, consumers_seen):
         self._worker_ctx = worker_ctx
         self._service_name = service_name
         self._reply_listener = reply_listener
         self._timeout = timeout
+        self._consumers_seen = consumers_seen
 
     def __getattr__(self, method_name):
         return partial(self._call, method_name)
@@ -82,6 +86,10 @@ class TimedServiceProxy:
     def _check_consumers(self, target):
         # Nameko's rpc-<service> queue is durable and outlives a stopped
         # service: without this a request would sit there until the deadline.
+        # A consumer seen in the last CONSUMER_CHECK_TTL seconds is trusted, so
+        # under load this costs a broker round trip per second, not per request.
+        if time.monotonic() - self._consumers_seen.get(self._service_name, -CONSUMER_CHECK_TTL) < CONSUMER_CHECK_TTL:
+            return
         amqp_uri = self._worker_ctx.container.config[AMQP_URI_CONFIG_KEY]
         with get_connection(amqp_uri, transport_options=dict(_FailFastPublisher.transport_options)) as conn:
             channel = conn.channel()
@@ -93,7 +101,9 @@ class TimedServiceProxy:
                 if channel.is_open:
                     channel.close()
         if not consumers:
+            self._consumers_seen.pop(self._service_name, None)
             raise ServiceUnavailable(f"{target}: no {self._service_name} instance is running.")
+        self._consumers_seen[self._service_name] = time.monotonic()
 
     def _forget(self, reply):
         # A reply that comes after the deadline is dropped by the listener;
@@ -109,7 +119,10 @@ class TimedRpcProxy(RpcProxy):
 
     def setup(self):
         self.timeout = float(self.container.config.get("RPC_TIMEOUT", 5))
+        self.consumers_seen = {}
         super().setup()
 
     def get_dependency(self, worker_ctx):
-        return TimedServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener, self.timeout)
+        return TimedServiceProxy(
+            worker_ctx, self.target_service, self.rpc_reply_listener, self.timeout, self.consumers_seen
+        )

@@ -14,6 +14,7 @@ from psycopg2.errorcodes import UNIQUE_VIOLATION
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
+import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
 from person.cpf import InvalidCPF, normalize_cpf
 from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
 from person.models import Asset, Debt, Income, Person, PersonBase, idempotency_keys, outbox

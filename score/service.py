@@ -12,6 +12,7 @@ from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 from sqlalchemy import text
 
+import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
 from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
 from reliable_events.inbox import Inbox
