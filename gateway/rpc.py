@@ -13,8 +13,9 @@ from functools import partial
 
 import eventlet
 from amqp.exceptions import ChannelError
+from kombu import Connection
 from kombu.exceptions import OperationalError
-from nameko.amqp.publish import Publisher, get_connection
+from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import UnknownService
 from nameko.rpc import MethodProxy, RpcProxy
@@ -91,15 +92,18 @@ class TimedServiceProxy:
         if time.monotonic() - self._consumers_seen.get(self._service_name, -CONSUMER_CHECK_TTL) < CONSUMER_CHECK_TTL:
             return
         amqp_uri = self._worker_ctx.container.config[AMQP_URI_CONFIG_KEY]
-        with get_connection(amqp_uri, transport_options=dict(_FailFastPublisher.transport_options)) as conn:
-            channel = conn.channel()
-            try:
-                _, _, consumers = channel.queue_declare(f"rpc-{self._service_name}", passive=True)
-            except ChannelError:
-                consumers = 0  # the queue does not exist: the service never ran
-            finally:
-                if channel.is_open:
-                    channel.close()
+        # A connection of its own, not the pool's: after a broker restart a
+        # pooled connection is the dead one from before the outage.
+        try:
+            with Connection(amqp_uri, connect_timeout=2) as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0)
+                channel = conn.channel()
+                try:
+                    _, _, consumers = channel.queue_declare(f"rpc-{self._service_name}", passive=True)
+                except ChannelError:
+                    consumers = 0  # the queue does not exist: the service never ran
+        except (OperationalError, OSError, AttributeError) as exc:
+            raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc!r}).") from None
         if not consumers:
             self._consumers_seen.pop(self._service_name, None)
             raise ServiceUnavailable(f"{target}: no {self._service_name} instance is running.")

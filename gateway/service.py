@@ -4,6 +4,7 @@ person or score over RPC; it owns no data.
 """
 
 import logging
+import uuid
 
 from nameko.dependency_providers import Config
 from werkzeug.exceptions import BadRequest
@@ -31,10 +32,12 @@ def _json_body(request):
 
 
 def _idempotency_key(request):
-    """The optional ``Idempotency-Key`` header: 1 to 200 printable ASCII characters."""
+    """The ``Idempotency-Key`` header (1 to 200 printable ASCII characters), or a
+    key of this request's own: the broker may deliver an RPC request twice (after
+    a reconnect), and the key makes the second delivery return the first answer."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        return None
+        return f"request:{uuid.uuid4()}"
     if not (1 <= len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
         raise InvalidInput(
             "Invalid Idempotency-Key header.",

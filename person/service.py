@@ -7,7 +7,6 @@ announces it on ``person.events`` (see :mod:`reliable_events.outbox`).
 import logging
 
 from marshmallow import ValidationError
-from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko_sqlalchemy import Database
 from psycopg2.errorcodes import UNIQUE_VIOLATION
@@ -28,6 +27,7 @@ from person.schemas import (
 )
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
 from reliable_events.outbox import Outbox, relay_timer
+from reliable_events.rpc import rpc
 
 _log = logging.getLogger(__name__)
 

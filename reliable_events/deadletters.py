@@ -32,9 +32,18 @@ _log = logging.getLogger(__name__)
 REPLAYED = "x-replayed"
 
 
+def _body(message):
+    """The decoded body, or its raw text when it cannot be decoded."""
+    try:
+        return message.payload
+    except Exception:
+        raw = message.body
+        return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+
+
 def _summary(handler_queue, message):
     headers = message.headers or {}
-    body = message.payload if message.content_type == "application/json" else None
+    body = _body(message)  # an undecodable body is exactly what may be parked here
     event = body if isinstance(body, dict) else {}
     return {
         "queue": handler_queue,
@@ -72,7 +81,7 @@ class DeadLetterOps:
         def detail(queue, message):
             return {
                 **_summary(queue, message),
-                "body": message.payload,
+                "body": _body(message),
                 "headers": message.headers,
             }
 

@@ -7,6 +7,7 @@ wait callback so a query yields to the other greenthreads while it waits.
 Importing this module does it once; every service that talks to PostgreSQL
 imports it before it opens a connection.
 """
+
 from psycogreen.eventlet import patch_psycopg
 
 patch_psycopg()

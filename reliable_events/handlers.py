@@ -27,10 +27,12 @@ and replays can deliver an event again: handlers must be idempotent, which
 import logging
 from datetime import UTC, datetime
 
-from kombu import Queue
-from nameko.amqp.publish import Publisher, get_connection
+from kombu import Connection, Queue
+from kombu.exceptions import OperationalError
+from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
+from nameko.messaging import QueueConsumer
 
 from reliable_events.envelope import MalformedEvent, parse_envelope
 
@@ -67,7 +69,27 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+class ReliableQueueConsumer(QueueConsumer):
+    """Nameko's queue consumer, except that a body kombu cannot decode (not JSON,
+    a content type it refuses) is dead-lettered instead of logged and acked."""
+
+    def on_decode_error(self, message, exc):
+        info = message.delivery_info
+        for provider in self._providers:
+            queue = provider.queue
+            # Routed from the event exchange, or back from a retry queue by name.
+            if (info.get("exchange") == queue.exchange.name and info.get("routing_key") == queue.routing_key) or (
+                info.get("exchange") == "" and info.get("routing_key") == queue.name
+            ):
+                provider._dead_letter(message, f"undecodable body: {exc!r}", attempts=1)
+                return
+        _log.error("undecodable message on %s with no handler to park it: %r", info, exc)
+        message.ack()
+
+
 class ReliableEventHandler(EventHandler):
+    queue_consumer = ReliableQueueConsumer()
+
     def setup(self):
         super().setup()  # sets self.queue: nameko's name, exchange and binding
         config = self.container.config
@@ -116,11 +138,17 @@ class ReliableEventHandler(EventHandler):
         )
 
     def _declare_companions(self, *args):
-        with get_connection(self.amqp_uri) as conn:
-            channel = conn.channel()
-            for queue in (*self.retry_queues, self.dead_letters):
-                queue(channel).declare()
-            channel.close()
+        # A connection of its own, not the pool's: right after a broker restart
+        # a pooled connection is the dead one from before the outage.
+        try:
+            with Connection(self.amqp_uri, connect_timeout=5) as conn:
+                channel = conn.channel()
+                for queue in (*self.retry_queues, self.dead_letters):
+                    queue(channel).declare()
+        except Exception as exc:
+            # Recoverable for kombu: the consumer reconnects and declares again,
+            # instead of the service dying.
+            raise OperationalError(f"could not declare {self.queue.name}'s retry queues: {exc!r}") from exc
 
     def handle_message(self, body, message):
         try:

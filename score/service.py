@@ -8,7 +8,6 @@ so a redelivered or replayed event changes nothing.
 import logging
 import re
 
-from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 from sqlalchemy import text
 
@@ -16,6 +15,7 @@ import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any co
 from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
 from reliable_events.inbox import Inbox
+from reliable_events.rpc import rpc
 from score import replica
 from score.exceptions import ScoreNotFound
 from score.models import ScoreBase, processed_events

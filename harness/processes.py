@@ -1,0 +1,241 @@
+"""The services as real ``nameko run`` processes, and what they cost (memory, CPU).
+
+:class:`Services` starts person, score and gateway from the repository root with
+``nameko run --config config.yml <svc>.service`` and the environment that
+``config.yml`` reads (broker, databases, gateway address, plus any extra), each
+logging to a file of its own. The ``/proc`` readers work on any process id.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMEKO = str(Path(sys.executable).with_name("nameko"))
+SERVICES = ("person", "score", "gateway")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- /proc -------------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict:
+    """``/proc/<pid>/status`` as a dict of strings (``{}`` if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return {key: value.strip() for key, _, value in (line.partition(":") for line in handle)}
+    except OSError:
+        return {}
+
+
+def _kib(value: str | None) -> int | None:
+    return int(value.split()[0]) if value else None
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """Peak resident memory (``VmHWM``) of a process, in MiB."""
+    kib = _kib(proc_status(pid).get("VmHWM"))
+    return None if kib is None else kib / 1024
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory now (``VmRSS``), in MiB."""
+    kib = _kib(proc_status(pid).get("VmRSS"))
+    return None if kib is None else kib / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is the state (field 3); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def pids_named(comm: str) -> list:
+    """Process ids whose command name (``/proc/<pid>/comm``) is ``comm``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as handle:
+                    if handle.read().strip() == comm:
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def machine_cpu() -> tuple:
+    """(busy, total) CPU seconds of the whole machine since boot, from ``/proc/stat``."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds spent by named groups of processes between :meth:`start` and :meth:`stop`.
+
+    ``groups`` maps a name to a callable returning the current pids of that group
+    (called at both ends, so processes that appear in between are counted from 0).
+    """
+
+    def __init__(self, groups: dict):
+        self.groups = groups
+        self._start = {}
+        self.result = {}
+
+    def _sample(self) -> dict:
+        return {name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self.groups.items()}
+
+    def start(self) -> "CpuMeter":
+        self._start = self._sample()
+        self._machine = machine_cpu()
+        self._wall = time.monotonic()
+        return self
+
+    def stop(self) -> dict:
+        end = self._sample()
+        busy, total = machine_cpu()
+        self.result = {
+            name: sum(max(0.0, cpu - self._start[name].get(pid, 0.0)) for pid, cpu in pids.items())
+            for name, pids in end.items()
+        }
+        self.result["machine_busy"] = busy - self._machine[0]
+        self.result["wall"] = time.monotonic() - self._wall
+        return self.result
+
+
+# --- the services ----------------------------------------------------------------------
+
+
+class Services:
+    """person, score and gateway as ``nameko run`` processes against one broker and two databases.
+
+    ``db_uris`` is ``{"person:PersonBase": ..., "score:ScoreBase": ...}``, as in ``config.yml``.
+    ``extra_env`` overrides or adds variables for every process; :meth:`start` takes
+    more for one process.
+    """
+
+    def __init__(self, amqp_uri: str, db_uris: dict, log_dir, config: str = "config.yml", **extra_env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.env = {
+            **os.environ,
+            "AMQP_URI": amqp_uri,
+            "PERSON_DB_URI": db_uris["person:PersonBase"],
+            "SCORE_DB_URI": db_uris["score:ScoreBase"],
+            "WEB_SERVER_ADDRESS": f"127.0.0.1:{self.port}",
+            "PYTHONWARNINGS": "ignore",
+            **{key: str(value) for key, value in extra_env.items()},
+        }
+        self.processes = {}
+
+    def start(self, service: str, **env) -> subprocess.Popen:
+        if service in self.processes and self.processes[service].poll() is None:
+            raise RuntimeError(f"{service} is already running")
+        process_env = {**self.env, **{key: str(value) for key, value in env.items()}}
+        with open(self.log_dir / f"{service}.log", "ab") as out:
+            self.processes[service] = subprocess.Popen(
+                [NAMEKO, "run", "--config", self.config, f"{service}.service"],
+                cwd=ROOT,
+                env=process_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self.processes[service]
+
+    def start_all(self, timeout: float = 60) -> "Services":
+        for service in SERVICES:
+            self.start(service)
+        self.wait_healthy(timeout)
+        return self
+
+    def pid(self, service: str) -> int:
+        return self.processes[service].pid
+
+    def running(self, service: str) -> bool:
+        proc = self.processes.get(service)
+        return proc is not None and proc.poll() is None
+
+    def assert_running(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
+
+    def health(self, timeout: float = 5) -> requests.Response:
+        return requests.get(f"{self.url}/health", timeout=timeout)
+
+    def wait_healthy(self, timeout: float = 60) -> float:
+        """Until the gateway's ``/health`` is 200 (every service reachable); returns the seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        last = None
+        while time.monotonic() < deadline:
+            self.assert_running()
+            try:
+                response = self.health()
+                if response.status_code == 200:
+                    return time.monotonic() - started
+                last = f"{response.status_code} {response.text[:500]}"
+            except requests.RequestException as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {name} ---\n{self.tail(name)}" for name in self.processes)
+        raise RuntimeError(f"services not healthy after {timeout}s (last /health: {last})\n{logs}")
+
+    def stop(self, service: str, sig=signal.SIGTERM, timeout: float = 15) -> None:
+        proc = self.processes.pop(service, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self, timeout: float = 15) -> None:
+        """SIGTERM every process at once, then wait (SIGKILL what is left)."""
+        procs = [self.processes.pop(name) for name in list(self.processes)]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def peak_rss_mib(self) -> dict:
+        """``VmHWM`` of every running service process, in MiB."""
+        return {name: peak_rss_mib(proc.pid) for name, proc in self.processes.items() if proc.poll() is None}
+
+    def log(self, service: str) -> str:
+        path = self.log_dir / f"{service}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tail(self, service: str, lines: int = 40) -> str:
+        return "\n".join(self.log(service).splitlines()[-lines:])

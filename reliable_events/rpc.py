@@ -1,0 +1,35 @@
+"""Nameko's ``@rpc``, except that a reply the broker cannot take does not kill the service.
+
+Nameko publishes an RPC reply from the worker's result handler; if the broker
+has just gone away that publish raises, the exception ends the worker's managed
+thread, and the whole container (the process) exits. Here the failure is
+logged instead. The request was never acked, so the broker delivers it again
+when it is back: writes must therefore be idempotent against redelivery, which
+the gateway ensures by sending every write with an idempotency key
+(:mod:`reliable_events.idempotency`).
+"""
+
+import logging
+
+from kombu.exceptions import OperationalError
+from nameko.rpc import Rpc
+
+_log = logging.getLogger(__name__)
+
+
+class ResilientRpc(Rpc):
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        try:
+            return super().handle_result(message, worker_ctx, result, exc_info)
+        except (OperationalError, OSError) as exc:
+            _log.warning(
+                "could not send the reply to %s.%s (correlation_id=%s): %r; the broker will redeliver the request",
+                worker_ctx.service_name,
+                self.method_name,
+                message.properties.get("correlation_id"),
+                exc,
+            )
+            return result, exc_info
+
+
+rpc = ResilientRpc.decorator

@@ -1,0 +1,576 @@
+"""Machinery of the fault-injection suite (not a test module).
+
+- :class:`RabbitNode`: a private RabbitMQ node on ports of its own, so an outage
+  here never touches the machine's shared broker.
+- :class:`FaultSystem`: :class:`system.System` with the suite's short timings,
+  extra environment per process and more than one gateway.
+- :class:`Load`: a bounded number of item POSTs from a few green threads.
+- :class:`Invariant`: "nothing lost, nothing doubled", checked on the databases
+  and the API, polled until it holds (bounded), with the recovery time.
+- :class:`Report`: the figures of each scenario, logged, printed and written as
+  JSON lines to ``$FAULTS_REPORT`` when that is set.
+
+No durations are asserted except generous "did not hang" bounds.
+"""
+
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import eventlet
+import requests
+from nameko.amqp.publish import Publisher
+from nameko.standalone.events import get_event_exchange
+from nameko.standalone.rpc import ClusterRpcProxy
+from sqlalchemy import text
+from system import NAMEKO, ROOT, System, free_port
+
+from score import rules
+
+log = logging.getLogger("tests.faults")
+
+HTTP_TIMEOUT = 15
+RPC_TIMEOUT = 3
+RETRY_DELAYS = (0.5, 1, 2)
+ITEM_EVENTS = {"income": "income_added", "asset": "asset_added", "debt": "debt_added"}
+DEADLETTERS = str(Path(sys.executable).with_name("deadletters"))
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def cpf_from(base9: str) -> str:
+    """A valid CPF from 9 digits (mod 11 check digits computed here, not by the product)."""
+
+    def check(digits):
+        total = sum(int(d) * w for d, w in zip(digits, range(len(digits) + 1, 1, -1), strict=True))
+        remainder = total * 10 % 11
+        return "0" if remainder == 10 else str(remainder)
+
+    first = base9 + check(base9)
+    return first + check(first)
+
+
+def cpfs(count: int) -> list:
+    return [cpf_from(f"{123456789 + 7919 * i:09d}") for i in range(count)]
+
+
+def person_body(cpf):
+    return {"cpf": cpf, "name": "Ana", "address": "Rua A, 1", "date_of_birth": "1990-05-01"}
+
+
+def wait_for(predicate, timeout, what, interval=0.1, on_timeout=None):
+    """Poll ``predicate()`` until it returns a truthy value (returned); bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (requests.RequestException, OSError) as exc:
+            value, last_error = None, exc
+        else:
+            last_error = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            details = on_timeout() if on_timeout else ""
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what} (last error {last_error!r})\n{details}"
+            )
+        time.sleep(interval)
+
+
+def log_records(textual: str) -> list:
+    """A service log split into records (one per timestamped line, with its continuation lines)."""
+    return [r for r in re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", textual) if r.strip()]
+
+
+def tail(textual: str, lines=60) -> str:
+    return "\n".join(textual.splitlines()[-lines:])
+
+
+# --- the private broker ----------------------------------------------------------------
+
+
+class RabbitNode:
+    """A RabbitMQ node of this session's own, started with ``rabbitmq-server -detached``."""
+
+    def __init__(self):
+        self.name = f"faults-{uuid.uuid4().hex[:8]}@localhost"
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="faults-rabbit-"))
+        self.app_running = False
+
+    @property
+    def pid_file(self):
+        return self.dir / "pid"
+
+    def ctl(self, *args, timeout=60, check=True):
+        result = subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.name, *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def start(self):
+        if shutil.which("rabbitmq-server") is None:
+            raise RuntimeError("rabbitmq-server is not installed: the fault-injection suite needs it")
+        self.dir.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, user="rabbitmq")
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "none"),
+        }
+        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60, capture_output=True)
+        self.ctl("wait", str(self.pid_file), "--timeout", "60", timeout=90)
+        self.app_running = True
+        log.info("private RabbitMQ node %s on port %s (%s)", self.name, self.port, self.dir)
+
+    def stop(self):
+        try:
+            self.ctl("stop", str(self.pid_file), timeout=90, check=False)
+        finally:
+            if self.pid_file.exists():  # still there if the stop failed: the node we started
+                try:
+                    os.kill(int(self.pid_file.read_text().strip()), signal.SIGKILL)
+                except (ValueError, ProcessLookupError):
+                    pass
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop_app(self):
+        self.ctl("stop_app")
+        self.app_running = False
+
+    def start_app(self):
+        self.ctl("start_app")
+        self.app_running = True
+
+    def queue_depths(self, amqp_uri) -> dict:
+        """Messages (ready + unacknowledged) per queue of the vhost of ``amqp_uri``."""
+        vhost = amqp_uri.rsplit("/", 1)[1]
+        out = self.ctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers").stdout
+        return {name: int(count) for name, count in (line.split() for line in out.splitlines() if line.strip())}
+
+    def wait_drained(self, amqp_uri, prefix="evt-person-", timeout=30, on_timeout=None):
+        """Until every handler queue and retry queue (``prefix``..., not the dead-letter
+        queues) is empty: each message was applied, skipped or parked."""
+
+        def drained():
+            depths = self.queue_depths(amqp_uri)
+            live = {n: c for n, c in depths.items() if n.startswith(prefix) and not n.endswith(".dead")}
+            return live and not any(live.values())
+
+        return wait_for(drained, timeout, "score's event queues to drain", 0.3, on_timeout)
+
+    def add_vhost(self) -> tuple:
+        vhost = f"f-{uuid.uuid4().hex[:10]}"
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return vhost, f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
+
+    def delete_vhost(self, vhost):
+        self.ctl("delete_vhost", vhost, check=False)
+
+
+# --- the services ----------------------------------------------------------------------
+
+
+class FaultSystem(System):
+    """The services as processes, with short timings; ``start`` takes extra env,
+    and every gateway instance gets a port of its own."""
+
+    def __init__(self, amqp_uri, db_uris, log_dir, **extra_env):
+        defaults = {
+            "OUTBOX_SWEEP_INTERVAL": 0.2,
+            "EVENT_RETRY_DELAYS": json.dumps(list(RETRY_DELAYS)),
+            "RPC_TIMEOUT": RPC_TIMEOUT,
+            "LOG_LEVEL": "INFO",
+        }
+        super().__init__(amqp_uri, db_uris, log_dir, **{**defaults, **extra_env})
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = str(ROOT / "config.yml")
+        self.gateways = {"gateway.1": self.url}
+
+    def start(self, service, instance=1, **env):
+        name = f"{service}.{instance}"
+        process_env = {**self.env, **{key: str(value) for key, value in env.items()}}
+        if service == "gateway" and instance != 1:
+            port = free_port()
+            process_env["WEB_SERVER_ADDRESS"] = f"127.0.0.1:{port}"
+            self.gateways[name] = f"http://127.0.0.1:{port}"
+        with open(self.log_dir / f"{name}.log", "ab") as out:
+            self.processes[name] = subprocess.Popen(
+                [NAMEKO, "run", "--config", self.config_path, f"{service}.service"],
+                cwd=ROOT,
+                env=process_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self.processes[name]
+
+    def stop_all(self, timeout=10):
+        """SIGTERM every process at once, then wait (SIGKILL what is left)."""
+        processes = [self.processes.pop(name) for name in list(self.processes)]
+        for proc in processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in processes:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def assert_running(self):
+        for name, proc in self.processes.items():
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(self.log(name))}"
+
+    def logs(self, lines=60) -> str:
+        names = sorted({p.stem for p in self.log_dir.glob("*.log")})
+        return "\n".join(f"----- {name} -----\n{tail(self.log(name), lines)}" for name in names)
+
+    def log_of(self, service) -> str:
+        """Every instance's log of ``service``, concatenated."""
+        return "\n".join(self.log(p.stem) for p in sorted(self.log_dir.glob(f"{service}.*.log")))
+
+    def health(self, url=None, timeout=HTTP_TIMEOUT):
+        return requests.get(f"{url or self.url}/health", timeout=timeout)
+
+    def wait_gateway(self, url=None, ready=lambda body: body.get("status") == "ok", timeout=60):
+        """Until ``ready(GET /health body)``, failing at once if a process died."""
+
+        last = []
+
+        def check():
+            self.assert_running()
+            response = self.health(url, timeout=10)
+            last[:] = [response.status_code, response.text[:1000]]
+            return ready(response.json())
+
+        return wait_for(
+            check, timeout, f"{url or self.url}/health to be ready", 0.2, lambda: f"last /health: {last}\n{self.logs()}"
+        )
+
+    def create_people(self, cpf_list, url=None):
+        for cpf in cpf_list:
+            response = requests.post(f"{url or self.url}/person", json=person_body(cpf), timeout=HTTP_TIMEOUT)
+            assert response.status_code == 201, response.text
+
+    def add_item(self, cpf, kind, value, url=None):
+        body = {"value": str(value)} if kind == "debt" else {"type": "salary", "value": str(value)}
+        return requests.post(f"{url or self.url}/person/{cpf}/{kind}", json=body, timeout=HTTP_TIMEOUT)
+
+    def rpc(self, timeout=15):
+        return ClusterRpcProxy({"AMQP_URI": self.env["AMQP_URI"]}, timeout=timeout)
+
+    def deadletters(self, *args, timeout=60):
+        """The ``deadletters`` console script against this system's broker."""
+        result = subprocess.run(
+            [DEADLETTERS, *args],
+            cwd=ROOT,
+            env={**self.env, "PYTHONWARNINGS": "ignore"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return result
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    url: str
+    kind: str
+    cpf: str
+    value: Decimal
+    started: float
+    ended: float = 0.0
+    status: int | None = None
+    item_id: int | None = None
+    error: str | None = None
+
+    @property
+    def latency(self):
+        return self.ended - self.started
+
+
+@dataclass
+class Load:
+    """``total`` item POSTs (at most) spread over ``cpf_list`` and ``urls`` by ``workers`` green threads.
+
+    201s are "accepted" (their item id recorded); 503/504 are tolerated refusals;
+    anything else is recorded as unexpected.
+    """
+
+    urls: list
+    cpf_list: list
+    total: int
+    workers: int = 4
+    pause: float = 0.02
+    seed: int = 7
+    outcomes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self._stopped = False
+        self._counter = itertools.count()
+        self._pool = eventlet.GreenPool(self.workers)
+        self._session = requests.Session()
+
+    def start(self):
+        for index in range(self.workers):
+            self._pool.spawn_n(self._work, random.Random(self.seed * 1000 + index))
+        return self
+
+    def stop(self):
+        self._stopped = True
+
+    def wait(self, timeout=120):
+        with eventlet.Timeout(timeout, AssertionError(f"load did not finish in {timeout}s")):
+            self._pool.waitall()
+        return self
+
+    def _work(self, rng):
+        while not self._stopped:
+            number = next(self._counter)
+            if number >= self.total:
+                return
+            kind = rng.choice(("income", "asset", "debt"))
+            value = Decimal(rng.randrange(1000, 5_000_000)) / 100
+            cpf = self.cpf_list[number % len(self.cpf_list)]
+            url = self.urls[number % len(self.urls)]
+            body = {"value": str(value)} if kind == "debt" else {"type": "salary", "value": str(value)}
+            outcome = Outcome(url, kind, cpf, value, time.monotonic())
+            try:
+                response = requests.post(f"{url}/person/{cpf}/{kind}", json=body, timeout=HTTP_TIMEOUT)
+                outcome.status = response.status_code
+                if response.status_code == 201:
+                    outcome.item_id = response.json()["id"]
+                elif response.status_code not in (503, 504):
+                    outcome.error = response.text[:300]
+            except requests.RequestException as exc:
+                outcome.error = repr(exc)
+            outcome.ended = time.monotonic()
+            self.outcomes.append(outcome)
+            eventlet.sleep(self.pause)
+
+    @property
+    def accepted(self):
+        return [o for o in self.outcomes if o.status == 201]
+
+    def accepted_count(self):
+        return len(self.accepted)
+
+    def unexpected(self):
+        return [o for o in self.outcomes if o.status not in (201, 503, 504)]
+
+    def statuses(self):
+        return dict(Counter(str(o.status) for o in self.outcomes))
+
+
+# --- the invariant ---------------------------------------------------------------------
+
+PERSON_ITEMS = """
+    SELECT 'income' AS kind, id, cpf, value FROM income
+    UNION ALL SELECT 'asset', id, cpf, value FROM asset
+    UNION ALL SELECT 'debt', id, cpf, value FROM debt
+"""
+
+
+@dataclass
+class Accepted:
+    kind: str
+    item_id: int
+    cpf: str
+    value: Decimal
+
+
+def accepted_of(outcomes) -> list:
+    return [Accepted(o.kind, o.item_id, o.cpf, o.value) for o in outcomes if o.status == 201]
+
+
+class Invariant:
+    """Every accepted item is stored in person; score holds exactly person's
+    items, each once, and answers the rules' score per CPF; the outbox is
+    drained and score applied exactly the outbox's events."""
+
+    def __init__(self, person_engine, score_engine, api_url):
+        self.person_engine = person_engine
+        self.score_engine = score_engine
+        self.api_url = api_url
+
+    def snapshot(self, accepted, check_api=True) -> dict:
+        with self.person_engine.connect() as conn:
+            person_rows = conn.execute(text(PERSON_ITEMS)).all()
+            people = [row[0] for row in conn.execute(text("SELECT cpf FROM person"))]
+            outbox = conn.execute(text("SELECT event_id::text, event_type, published_at FROM outbox")).all()
+        with self.score_engine.connect() as conn:
+            score_rows = conn.execute(text("SELECT kind, item_id, cpf, value, event_id::text FROM scored_item")).all()
+            processed = conn.execute(text("SELECT event_id::text, event_type FROM processed_events")).all()
+
+        stored = {(kind, int(item_id)): (cpf, value) for kind, item_id, cpf, value in person_rows}
+        scored = Counter((kind, int(item_id), cpf, value) for kind, item_id, cpf, value, _ in score_rows)
+        expected = Counter((kind, item_id, cpf, value) for (kind, item_id), (cpf, value) in stored.items())
+
+        outbox_ids = Counter(row[0] for row in outbox)
+        processed_ids = Counter(row[0] for row in processed)
+        item_outbox = sum(1 for row in outbox if row[1] in ITEM_EVENTS.values())
+        item_processed = sum(1 for row in processed if row[1] in ITEM_EVENTS.values())
+
+        snap = {
+            "accepted": len(accepted),
+            "stored_items": len(stored),
+            "scored_items": sum(scored.values()),
+            "accepted_missing": [
+                (a.kind, a.item_id) for a in accepted if stored.get((a.kind, a.item_id)) != (a.cpf, a.value)
+            ],
+            "score_missing": sorted((expected - scored).keys())[:20],
+            "score_extra": sorted((scored - expected).keys())[:20],
+            "score_doubled": [key for key, count in scored.items() if count > 1][:20],
+            "outbox_rows": len(outbox),
+            "outbox_pending": sum(1 for row in outbox if row[2] is None),
+            "outbox_item_events": item_outbox,
+            "processed_item_events": item_processed,
+            "processed_missing": sorted(set(outbox_ids) - set(processed_ids))[:20],
+            "processed_extra": sorted(set(processed_ids) - set(outbox_ids))[:20],
+            "processed_doubled": [key for key, count in processed_ids.items() if count > 1][:20],
+            "api_mismatch": {},
+        }
+        db_ok = not any(
+            snap[key]
+            for key in (
+                "accepted_missing",
+                "score_missing",
+                "score_extra",
+                "score_doubled",
+                "outbox_pending",
+                "processed_missing",
+                "processed_extra",
+                "processed_doubled",
+            )
+        ) and (item_outbox == item_processed)
+        if db_ok and check_api:
+            for cpf in people:
+                want = rules.score_items((kind, value) for (kind, _), (c, value) in stored.items() if c == cpf)
+                response = requests.get(f"{self.api_url}/{cpf}/score", timeout=HTTP_TIMEOUT)
+                got = response.json() if response.status_code == 200 else {"status": response.status_code}
+                if got.get("score") != want["score"] or got.get("breakdown") != want["breakdown"]:
+                    snap["api_mismatch"][cpf] = {"want": want, "got": got}
+        snap["holds"] = db_ok and not snap["api_mismatch"]
+        return snap
+
+    def wait(self, accepted, since, system=None, timeout=60, settle=1.0):
+        """Poll until the invariant holds (then once more after ``settle`` s, so a
+        late duplicate would be seen); return (snapshot, seconds since ``since``)."""
+        deadline = time.monotonic() + timeout
+        snap = None
+        while True:
+            try:
+                snap = self.snapshot(accepted)
+            except requests.RequestException as exc:
+                snap = {"holds": False, "error": repr(exc)}
+            if snap["holds"]:
+                recovered = time.monotonic() - since
+                time.sleep(settle)
+                again = self.snapshot(accepted)
+                assert again["holds"], f"invariant held, then broke:\n{json.dumps(again, default=str, indent=1)}"
+                return again, recovered
+            if time.monotonic() > deadline:
+                logs = system.logs() if system else ""
+                raise AssertionError(
+                    f"invariant did not hold within {timeout}s; lost or doubled:\n"
+                    f"{json.dumps(snap, default=str, indent=1)}\n{logs}"
+                )
+            time.sleep(0.2)
+
+
+def lost_and_doubled(snap) -> dict:
+    return {
+        "lost": len(snap["accepted_missing"]) + len(snap["score_missing"]) + len(snap["processed_missing"]),
+        "doubled": len(snap["score_doubled"]) + len(snap["processed_doubled"]),
+        "invented": len(snap["score_extra"]) + len(snap["processed_extra"]),
+    }
+
+
+# --- raw events ------------------------------------------------------------------------
+
+
+def publish_event(amqp_uri, body, routing_key, message_id=None, to_queue=None, **kwargs):
+    """Publish to ``person.events`` (or straight to ``to_queue``), confirmed and
+    mandatory: an unroutable message raises instead of vanishing."""
+    exchange = get_event_exchange("person", {})
+    publisher = Publisher(amqp_uri, use_confirms=True, mandatory=True)
+    publisher.publish(
+        body,
+        exchange="" if to_queue else exchange,
+        routing_key=to_queue or routing_key,
+        message_id=message_id or str(uuid.uuid4()),
+        **kwargs,
+    )
+
+
+def outbox_event(person_engine, event_type, item_id=None) -> dict:
+    """The payload of one event from person's outbox (an item's, or the first of a type)."""
+    query = "SELECT payload FROM outbox WHERE event_type = :type"
+    params = {"type": event_type}
+    if item_id is not None:
+        query += " AND (payload -> 'data' ->> 'item_id')::bigint = :item"
+        params["item"] = item_id
+    with person_engine.connect() as conn:
+        return conn.execute(text(query + " ORDER BY position LIMIT 1"), params).scalar_one()
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+class Report:
+    """Figures per scenario for the closing note: logged, printed (``-s``), and
+    appended as a JSON line to ``$FAULTS_REPORT`` if set."""
+
+    def __init__(self):
+        self.path = os.environ.get("FAULTS_REPORT")
+        if self.path:
+            Path(self.path).write_text("")
+
+    def __call__(self, scenario, **figures):
+        line = json.dumps({"scenario": scenario, **figures}, default=str, sort_keys=True)
+        log.info("fault scenario result: %s", line)
+        print(f"\n[faults] {line}", flush=True)
+        if self.path:
+            with open(self.path, "a") as out:
+                out.write(line + "\n")
+
+
+def accept(response, kind, cpf, value) -> Accepted:
+    """The :class:`Accepted` record of a POST that must have been answered 201."""
+    assert response.status_code == 201, f"{kind} for {cpf}: {response.status_code} {response.text}"
+    return Accepted(kind, response.json()["id"], cpf, Decimal(str(value)))
+
+
+def count_in(textual: str, needle: str) -> int:
+    return textual.count(needle)
