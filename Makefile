@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PORT    := $(lastword $(subst :, ,$(or $(WEB_SERVER_ADDRESS),0.0.0.0:8000)))
 
-.PHONY: install migrate run test lint format lock clean
+.PHONY: install migrate run test lint format lock clean bench
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# make bench [ARGS=--quick] [ARGS="--profile"]: the benchmark of issue 4 on a private
+# RabbitMQ node and private databases; it needs wrk (installed here if missing).
+bench: install
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -14,6 +14,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import amqp
 
 from harness.processes import free_port
 
@@ -71,7 +74,12 @@ class RabbitNode:
             "RABBITMQ_CONFIG_FILE": str(self.dir / "none"),
         }
         started = time.monotonic()
-        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60, capture_output=True)
+        # The detached node inherits stdout/stderr: a pipe there would never reach
+        # EOF, so they go to a file.
+        with open(self.dir / "server.out", "wb") as out:
+            subprocess.run(
+                ["rabbitmq-server", "-detached"], env=env, check=True, timeout=60, stdout=out, stderr=subprocess.STDOUT
+            )
         self.ctl("wait", str(self.pid_file), "--timeout", "60", timeout=90)
         self.app_running = True
         log.info("RabbitMQ node %s on port %s in %.1fs", self.name, self.port, time.monotonic() - started)
@@ -127,7 +135,11 @@ class RabbitNode:
         self.ctl("delete_vhost", name, check=False)
 
     def queue_depths(self, vhost: str) -> dict:
-        """Messages (ready + unacknowledged) per queue of ``vhost``."""
+        """Messages (ready + unacknowledged) per queue of ``vhost``, as ``list_queues`` says.
+
+        Quorum queues report these statistics only every few seconds: for an exact
+        count right now use :func:`message_count`.
+        """
         out = self.ctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers").stdout
         depths = {}
         for line in out.splitlines():
@@ -135,3 +147,27 @@ class RabbitNode:
             if len(parts) == 2 and parts[1].isdigit():
                 depths[parts[0]] = int(parts[1])
         return depths
+
+
+def amqp_connection(amqp_uri: str, confirm_publish: bool = False, connect_timeout: float = 10) -> amqp.Connection:
+    """A connected py-amqp connection to ``amqp://user:password@host:port/vhost``."""
+    url = urlsplit(amqp_uri)
+    conn = amqp.Connection(
+        host=f"{url.hostname}:{url.port or 5672}",
+        userid=unquote(url.username or "guest"),
+        password=unquote(url.password or "guest"),
+        virtual_host=unquote(url.path[1:]) or "/",
+        confirm_publish=confirm_publish,
+        connect_timeout=connect_timeout,
+    )
+    conn.connect()
+    return conn
+
+
+def message_count(amqp_uri: str, queue: str) -> int:
+    """Ready messages in ``queue`` now (a passive declare: exact, also for quorum queues)."""
+    conn = amqp_connection(amqp_uri)
+    try:
+        return conn.channel().queue_declare(queue, passive=True).message_count
+    finally:
+        conn.close()

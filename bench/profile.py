@@ -1,0 +1,69 @@
+"""py-spy profiles of the services under load: where their CPU goes.
+
+``py-spy record --format raw`` writes collapsed stacks (``frame;frame;... count``);
+a function's *self* samples are those where it is the innermost frame, its
+*total* samples those where it appears anywhere in the stack (counted once).
+"""
+
+import collections
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
+
+
+def py_spy_path() -> str | None:
+    return PY_SPY if Path(PY_SPY).exists() else shutil.which("py-spy")
+
+
+def start(pid: int, seconds: float, out: Path, rate: int = 100) -> subprocess.Popen:
+    """Sample ``pid`` for ``seconds`` without pausing it (``--nonblocking``), into ``out``."""
+    return subprocess.Popen(
+        [
+            py_spy_path(),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _short(frame: str) -> str:
+    # "func (path/to/module.py:123)" -> "func (module.py:123)"
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1]}" if where else name
+
+
+def top_functions(collapsed: Path, limit: int = 12) -> dict:
+    """``{"samples", "self": [(frame, share)], "total": [(frame, share)]}`` from a raw py-spy file."""
+    own, total, samples = collections.Counter(), collections.Counter(), 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [_short(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    if not samples:
+        return {"samples": 0, "self": [], "total": []}
+    return {
+        "samples": samples,
+        "self": [(f, n / samples) for f, n in own.most_common(limit)],
+        "total": [(f, n / samples) for f, n in total.most_common(limit * 3)],
+    }

@@ -1,0 +1,253 @@
+"""One table from the results, printed and written as JSON (the same rows, plus the raw runs)."""
+
+import json
+import math
+from pathlib import Path
+
+MB = 1_000_000
+
+# issue 4's targets
+TARGET_E2E_VS_PG = 0.30
+TARGET_DRAIN_VS_CONFIRM_EACH = 0.80
+TARGET_CATCH_UP_VS_PG = 0.60
+TARGET_LAG_P50_MS = 5.0
+TARGET_LAG_P99_MS = 25.0
+TARGET_RSS_MB = 120.0
+
+
+def _row(section, metric, stats=None, unit="", note="", **extra):
+    stats = stats or {}
+    return {
+        "section": section,
+        "metric": metric,
+        "median": stats.get("median"),
+        "min": stats.get("min"),
+        "max": stats.get("max"),
+        "n": stats.get("n"),
+        "unit": unit,
+        "note": note,
+        **extra,
+    }
+
+
+def _ratio_row(section, metric, numerator, denominator, target=None, note=""):
+    ratio = numerator / denominator if numerator and denominator else None
+    status = None
+    if target is not None and ratio is not None:
+        status = "PASS" if ratio >= target else "MISS"
+    return _row(
+        section,
+        metric,
+        {"median": None if ratio is None else ratio * 100},
+        "%",
+        note,
+        target=None if target is None else f">= {target * 100:.0f}%",
+        status=status,
+    )
+
+
+def _limit_row(section, metric, stats, unit, limit, note=""):
+    value = stats.get("median")
+    status = None if value is None else ("PASS" if value < limit else "MISS")
+    return _row(section, metric, stats, unit, note, target=f"< {limit:g} {unit}", status=status)
+
+
+def build_rows(results: dict) -> list:
+    rows = []
+    amqp, pg = results.get("amqp"), results.get("pg")
+    S = "1 baselines"
+    if amqp:
+        size = amqp["message_bytes"]
+        for qtype, label in (("classic", "classic durable queue"), ("quorum", "quorum queue")):
+            q = amqp[qtype]
+            rows.append(
+                _row(S, f"RabbitMQ publish, wait for each confirm, {label}", q["confirm_each"], "msg/s", f"{size} B")
+            )
+            rows.append(
+                _row(
+                    S,
+                    f"RabbitMQ publish {results['params']['amqp_batch']}, then wait for all confirms, {label}",
+                    q["batched"],
+                    "msg/s",
+                )
+            )
+            rows.append(
+                _row(
+                    S,
+                    f"RabbitMQ consume + ack each (prefetch {results['params']['amqp_prefetch']}), {label}",
+                    q["consume_ack"],
+                    "msg/s",
+                )
+            )
+    if pg:
+        rows.append(_row(S, "PostgreSQL commits of income + outbox row, 1 client", pg["clients_1"], "txn/s"))
+        rows.append(_row(S, "PostgreSQL commits of income + outbox row, 8 clients", pg["clients_8"], "txn/s"))
+
+    write = results.get("write_path")
+    if write:
+        S = f"2 write path POST /person/<cpf>/income ({results['params']['people']} people)"
+        for connections, w in write.items():
+            rows.append(_row(S, f"c={connections}: answered 201 per second", w["rps"], "req/s"))
+            rows.append(_row(S, f"c={connections}: latency p50", w["p50_ms"], "ms"))
+            rows.append(_row(S, f"c={connections}: latency p99", w["p99_ms"], "ms"))
+            rows.append(_row(S, f"c={connections}: errors (non-201 or no answer) per run", w["errors"], "count"))
+
+    lag = results.get("lag")
+    if lag:
+        S = f"3 propagation lag, outbox.created_at -> processed_events.processed_at, at {lag['rate']:.0f} req/s"
+        rows.append(_row(S, "achieved load (half the best write rate)", lag["achieved_rate"], "req/s"))
+        rows.append(_limit_row(S, "lag p50", lag["p50_ms"], "ms", TARGET_LAG_P50_MS))
+        rows.append(_limit_row(S, "lag p99", lag["p99_ms"], "ms", TARGET_LAG_P99_MS))
+        rows.append(_row(S, "lag max", lag["max_ms"], "ms"))
+
+    e2e = results.get("e2e")
+    if e2e:
+        S = f"4 end to end, c={e2e['connections']}, {results['params']['e2e_seconds']} s of load"
+        rows.append(_row(S, "writes answered 201 and applied in score, per second", e2e["writes_per_sec"], "writes/s"))
+        rows.append(_row(S, "errors per run", e2e["errors"], "count"))
+
+    out = results.get("outages")
+    if out:
+        S = f"5 outbox drain after a broker outage ({out['rows']} rows)"
+        rows.append(_row(S, "rows published per second (first to last publish)", out["drain_rate"], "rows/s"))
+        rows.append(
+            _row(
+                S,
+                "same, counting from the broker start command (boot + reconnect included)",
+                out["drain_rate_from_broker_start"],
+                "rows/s",
+            )
+        )
+        S = f"6 replica catch-up ({out['rows']} queued events)"
+        rows.append(_row(S, "events applied per second (first to last apply)", out["catch_up_rate"], "events/s"))
+        rows.append(
+            _row(
+                S,
+                "same, counting from process start (start-up included)",
+                out["catch_up_rate_from_process_start"],
+                "events/s",
+            )
+        )
+
+    rss = results.get("peak_rss_mb")
+    if rss:
+        S = "7 peak resident memory (VmHWM) at the end"
+        for name, value in sorted(rss.items()):
+            note = "since its restart for the catch-up" if name == "score" and out else ""
+            rows.append(_limit_row(S, name, {"median": value, "n": 1}, "MB", TARGET_RSS_MB, note))
+
+    S = "8 ratios to the bounds (medians) and targets"
+    pg_bound = None
+    if pg:
+        pg_bound = max(pg["clients_1"]["median"], pg["clients_8"]["median"])
+    if e2e and pg_bound:
+        rows.append(
+            _ratio_row(
+                S,
+                "end to end / PG commits (best of 1, 8 clients)",
+                e2e["writes_per_sec"]["median"],
+                pg_bound,
+                TARGET_E2E_VS_PG,
+            )
+        )
+    if out and amqp:
+        drain = out["drain_rate"]["median"]
+        rows.append(
+            _ratio_row(
+                S,
+                "outbox drain / publish-confirm-each, quorum (the relay's real queues)",
+                drain,
+                amqp["quorum"]["confirm_each"]["median"],
+                TARGET_DRAIN_VS_CONFIRM_EACH,
+            )
+        )
+        rows.append(
+            _ratio_row(
+                S,
+                "outbox drain / publish-confirm-each, classic durable",
+                drain,
+                amqp["classic"]["confirm_each"]["median"],
+                TARGET_DRAIN_VS_CONFIRM_EACH,
+            )
+        )
+        rows.append(
+            _ratio_row(S, "outbox drain / batched confirms, quorum", drain, amqp["quorum"]["batched"]["median"])
+        )
+        rows.append(
+            _ratio_row(S, "outbox drain / batched confirms, classic", drain, amqp["classic"]["batched"]["median"])
+        )
+    if out and pg_bound:
+        rows.append(
+            _ratio_row(
+                S,
+                "catch-up / PG commits (best of 1, 8 clients)",
+                out["catch_up_rate"]["median"],
+                pg_bound,
+                TARGET_CATCH_UP_VS_PG,
+            )
+        )
+    if out and amqp:
+        rows.append(
+            _ratio_row(
+                S,
+                "catch-up / RabbitMQ consume + ack, quorum",
+                out["catch_up_rate"]["median"],
+                amqp["quorum"]["consume_ack"]["median"],
+            )
+        )
+
+    if e2e and e2e.get("cpu_ms_per_write"):
+        S = "9 CPU per write during the end-to-end runs (where the time goes; 2 cores)"
+        cpu = e2e["cpu_ms_per_write"]
+        labels = {
+            "gateway": "gateway",
+            "person": "person",
+            "score": "score",
+            "postgres": "PostgreSQL (all backends)",
+            "rabbitmq": "RabbitMQ (private node)",
+            "wrk": "wrk (load generator)",
+            "bench": "this bench process (polling)",
+            "other": "the rest: kernel (loopback TCP, softirq), steal, other processes",
+            "machine_busy": "whole machine, busy",
+        }
+        for name, label in labels.items():
+            if name in cpu:
+                rows.append(_row(S, label, cpu[name], "ms CPU/write"))
+    return rows
+
+
+def _fmt(value, unit="") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    if unit == "count":
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def render(rows: list, header: str) -> str:
+    width = max(len(r["metric"]) for r in rows) + 2
+    lines = [header]
+    line = f"{'':{width}} {'median':>9} {'min':>9} {'max':>9}  {'unit':<12} {'n':>2}  {'target':<12} {'':4}  note"
+    lines.append(line)
+    section = None
+    for r in rows:
+        if r["section"] != section:
+            section = r["section"]
+            lines.append(f"-- {section} " + "-" * max(0, len(line) - len(section) - 4))
+        unit = r["unit"]
+        lines.append(
+            f"{r['metric']:<{width}} {_fmt(r['median'], unit):>9} {_fmt(r['min'], unit):>9} {_fmt(r['max'], unit):>9}  "
+            f"{r['unit']:<12} {r['n'] or '':>2}  {r.get('target') or '':<12} {r.get('status') or '':4}  "
+            f"{r['note']}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, meta: dict, rows: list, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows, "results": results}, indent=2, default=str) + "\n")

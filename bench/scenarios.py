@@ -1,0 +1,342 @@
+"""The measurements, each repeated; every function returns plain data for the report."""
+
+import logging
+import os
+import time
+from dataclasses import asdict
+
+from bench import baselines, wrk
+from bench.data import BULK_INCOME_SQL, cpfs, event_body_bytes
+from bench.stats import percentile, rate_from_timestamps, summary
+from bench.system import BenchSystem
+from harness import databases
+from harness.processes import CpuMeter
+from harness.rabbit import message_count
+
+log = logging.getLogger("bench")
+
+INCOME_QUEUE = "evt-person-income_added--score.on_income_added"
+
+
+# --- 1. baselines -------------------------------------------------------------------------
+
+
+def amqp_baselines(system: BenchSystem, p) -> dict:
+    """Publish (confirm each / batched) and consume-ack msgs/s, per queue type."""
+    body = event_body_bytes()
+    out = {"message_bytes": len(body)}
+    for queue_type in ("classic", "quorum"):
+        queue = baselines.AmqpBaseline(system.baseline_amqp_uri, queue_type, body)
+        each, batched, consume = [], [], []
+        for _ in range(p.reps):
+            each.append(queue.publish_confirm_each(p.amqp_each_msgs))
+            batched.append(queue.publish_batched(p.amqp_batched_msgs, p.amqp_batch))
+            consume.append(queue.consume_ack(p.amqp_each_msgs + p.amqp_batched_msgs, p.amqp_prefetch))
+        queue.delete()
+        out[queue_type] = {"confirm_each": summary(each), "batched": summary(batched), "consume_ack": summary(consume)}
+        log.info(
+            "AMQP %s: each %.0f, batched %.0f, consume %.0f msg/s",
+            queue_type,
+            out[queue_type]["confirm_each"]["median"],
+            out[queue_type]["batched"]["median"],
+            out[queue_type]["consume_ack"]["median"],
+        )
+    return out
+
+
+def pg_baselines(system: BenchSystem, p) -> dict:
+    """income + outbox commits/s with 1 and 8 clients, on person's tables (emptied afterwards)."""
+    people = cpfs(8, seed=7)
+    system.person(
+        "INSERT INTO person (cpf, name, address, date_of_birth, last_sequence) "
+        "SELECT unnest(%s::text[]), 'Baseline', 'Rua B, 1', '1980-01-01', 1",
+        (people,),
+    )
+    out = {}
+    try:
+        for clients in (1, 8):
+            rates = [
+                baselines.pg_item_outbox_commits(system.person_db, people, clients, p.pg_seconds) for _ in range(p.reps)
+            ]
+            out[f"clients_{clients}"] = summary(rates)
+            log.info("PG income+outbox commits, %d client(s): %.0f/s", clients, out[f"clients_{clients}"]["median"])
+    finally:
+        # The services must never see these rows (the relay would publish them).
+        system.person("TRUNCATE income, outbox RESTART IDENTITY")
+        system.person("DELETE FROM person WHERE cpf = ANY(%s)", (people,))
+    return out
+
+
+# --- 2. write path ---------------------------------------------------------------------------
+
+
+def write_path(system: BenchSystem, people: list, p) -> dict:
+    # Warm-up, not measured: first connections, first queries, lazy imports.
+    wrk.run_wrk(system.services.url, people, p.warmup_seconds, 8, seed=77)
+    out = {}
+    for connections in p.concurrencies:
+        runs = []
+        for rep in range(p.reps):
+            system.wait_quiet()
+            result = wrk.run_wrk(system.services.url, people, p.write_seconds, connections, seed=rep * 101)
+            runs.append(result)
+            log.info(
+                "write c=%d: %.0f req/s p50 %.1f ms p99 %.1f ms errors %d",
+                connections,
+                result.created_per_sec,
+                result.p50_ms,
+                result.p99_ms,
+                result.errors,
+            )
+        out[connections] = {
+            "rps": summary(r.created_per_sec for r in runs),
+            "p50_ms": summary(r.p50_ms for r in runs),
+            "p99_ms": summary(r.p99_ms for r in runs),
+            "errors": summary(r.errors for r in runs),
+            "runs": [asdict(r) for r in runs],
+        }
+    return out
+
+
+# --- 3. propagation lag -------------------------------------------------------------------------
+
+
+def _lags_ms(system: BenchSystem, since, until) -> list:
+    """Commit-side stamp in person (outbox.created_at) to applied stamp in score
+    (processed_events.processed_at), per income event created in [since, until]."""
+    created = dict(
+        system.person(
+            "SELECT event_id::text, created_at FROM outbox "
+            "WHERE event_type = 'income_added' AND created_at >= %s AND created_at <= %s",
+            (since, until),
+        )
+    )
+    if not created:
+        return []
+    applied = system.score(
+        "SELECT event_id::text, processed_at FROM processed_events WHERE event_id = ANY(%s::uuid[])",
+        (list(created),),
+    )
+    return sorted((at - created[event_id]).total_seconds() * 1000 for event_id, at in applied)
+
+
+def lag(system: BenchSystem, people: list, rate: float, p) -> dict:
+    runs = []
+    for rep in range(p.lag_reps):
+        system.wait_quiet()
+        since = system.db_now()
+        result = wrk.run_wrk(system.services.url, people, p.lag_seconds, p.lag_connections, rate=rate, seed=1000 + rep)
+        until = system.db_now()
+        system.wait_quiet()
+        lags = _lags_ms(system, since, until)
+        run = {
+            "target_rate": rate,
+            "achieved_rate": result.created_per_sec,
+            "events": len(lags),
+            "errors": result.errors,
+            "p50_ms": percentile(lags, 50),
+            "p99_ms": percentile(lags, 99),
+            "max_ms": lags[-1] if lags else float("nan"),
+            "http_p50_ms": result.p50_ms,
+            "http_p99_ms": result.p99_ms,
+        }
+        runs.append(run)
+        log.info(
+            "lag at %.0f/s (achieved %.0f): p50 %.1f ms p99 %.1f ms max %.1f ms over %d events",
+            rate,
+            run["achieved_rate"],
+            run["p50_ms"],
+            run["p99_ms"],
+            run["max_ms"],
+            run["events"],
+        )
+    return {
+        "rate": rate,
+        "achieved_rate": summary(r["achieved_rate"] for r in runs),
+        "p50_ms": summary(r["p50_ms"] for r in runs),
+        "p99_ms": summary(r["p99_ms"] for r in runs),
+        "max_ms": summary(r["max_ms"] for r in runs),
+        "runs": runs,
+    }
+
+
+# --- 4. end to end ------------------------------------------------------------------------------
+
+
+def _cpu_meter(system: BenchSystem) -> CpuMeter:
+    services = system.services
+    groups = {
+        name: (lambda name=name: [services.pid(name)] if services.running(name) else []) for name in services.processes
+    }
+    groups["postgres"] = databases.server_pids
+    groups["rabbitmq"] = lambda: [system.node.pid] if system.node.pid else []
+    groups["bench"] = lambda: [os.getpid()]
+    return CpuMeter(groups)
+
+
+def end_to_end(system: BenchSystem, people: list, connections: int, p) -> dict:
+    runs = []
+    for rep in range(p.e2e_reps):
+        system.wait_quiet()
+        meter = _cpu_meter(system).start()
+        since = system.db_now()
+        result = wrk.run_wrk(system.services.url, people, p.e2e_seconds, connections, seed=2000 + rep)
+        until = system.db_now()
+        system.wait_quiet(timeout=600)
+        cpu = meter.stop()
+        cpu["wrk"] = result.cpu_seconds
+        cpu["other"] = max(
+            0.0, cpu["machine_busy"] - sum(v for k, v in cpu.items() if k not in ("machine_busy", "wall"))
+        )
+        ids = [
+            row[0]
+            for row in system.person(
+                "SELECT event_id::text FROM outbox "
+                "WHERE event_type = 'income_added' AND created_at >= %s AND created_at <= %s",
+                (since, until),
+            )
+        ]
+        applied, last = system.score(
+            "SELECT count(*), max(processed_at) FROM processed_events WHERE event_id = ANY(%s::uuid[])", (ids,)
+        )[0]
+        writes = min(result.created, applied)
+        elapsed = (last - since).total_seconds() if last else float("nan")
+        run = {
+            "connections": connections,
+            "answered_201": result.created,
+            "committed": len(ids),
+            "applied": applied,
+            "errors": result.errors,
+            "load_seconds": (until - since).total_seconds(),
+            "until_last_applied_seconds": elapsed,
+            "writes_per_sec": writes / elapsed if elapsed else float("nan"),
+            "http_rps": result.created_per_sec,
+            "p50_ms": result.p50_ms,
+            "p99_ms": result.p99_ms,
+            "cpu_seconds": cpu,
+            "cpu_ms_per_write": {k: v * 1000 / writes for k, v in cpu.items() if k != "wall"} if writes else {},
+        }
+        runs.append(run)
+        log.info(
+            "e2e c=%d: %.0f writes/s (%d applied of %d answered 201, last applied %.1fs after start)",
+            connections,
+            run["writes_per_sec"],
+            applied,
+            result.created,
+            elapsed,
+        )
+    cpu_keys = runs[0]["cpu_ms_per_write"].keys() if runs else []
+    return {
+        "connections": connections,
+        "writes_per_sec": summary(r["writes_per_sec"] for r in runs),
+        "errors": summary(r["errors"] for r in runs),
+        "cpu_ms_per_write": {k: summary(r["cpu_ms_per_write"].get(k) for r in runs) for k in cpu_keys},
+        "runs": runs,
+    }
+
+
+# --- 5 + 6. outbox drain after an outage, then score's catch-up ---------------------------------
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def outage_cycle(system: BenchSystem, count: int) -> dict:
+    """Score stopped and the broker's app stopped; ``count`` writes committed straight
+    into person's database as person commits them; the broker started: the relay's
+    drain rate. Then score started: its catch-up rate over the queued events."""
+    services, node = system.services, system.node
+    system.wait_quiet()
+    services.stop("score")
+    node.stop_app()
+    positions = [row[0] for row in system.person(BULK_INCOME_SQL, {"count": count})]
+    lo, hi = min(positions), max(positions)
+    # Stamped before the command: start_app returns only after the node has
+    # booted, by which time the relay may already have published much of the backlog.
+    start_command = system.db_now()
+    broker_back = time.monotonic()
+    node.start_app()
+
+    def drained():
+        return (
+            system.person(
+                "SELECT count(*) FROM outbox WHERE position BETWEEN %s AND %s AND published_at IS NULL", (lo, hi)
+            )[0][0]
+            == 0
+        )
+
+    _wait(drained, 120 + count / 50, "the outbox backlog to drain", 0.1)
+    first, last = system.person(
+        "SELECT min(published_at), max(published_at) FROM outbox WHERE position BETWEEN %s AND %s", (lo, hi)
+    )[0]
+    after_first = system.person(
+        "SELECT count(*) FROM outbox WHERE position BETWEEN %s AND %s AND published_at > %s", (lo, hi, first)
+    )[0][0]
+    drain = {
+        "rows": count,
+        "rate": rate_from_timestamps(after_first, first, last),
+        "rate_from_broker_start": count / (last - start_command).total_seconds(),
+        "first_publish_after_start_command_seconds": (first - start_command).total_seconds(),
+        "start_app_seconds": time.monotonic() - broker_back,
+    }
+    queued = message_count(system.amqp_uri, INCOME_QUEUE)
+    log.info(
+        "drain of %d: %.0f rows/s (%.0f/s counting %.1fs of broker boot and reconnect); %d queued for score",
+        count,
+        drain["rate"],
+        drain["rate_from_broker_start"],
+        drain["first_publish_after_start_command_seconds"],
+        queued,
+    )
+    ids = [
+        row[0] for row in system.person("SELECT event_id::text FROM outbox WHERE position BETWEEN %s AND %s", (lo, hi))
+    ]
+    score_started = system.db_now()
+    services.start("score")
+
+    def applied():
+        return system.score("SELECT count(*) FROM processed_events WHERE event_id = ANY(%s::uuid[])", (ids,))[0][0]
+
+    _wait(lambda: applied() >= count, 120 + count / 20, "score to catch up", 0.25)
+    first, last = system.score(
+        "SELECT min(processed_at), max(processed_at) FROM processed_events WHERE event_id = ANY(%s::uuid[])", (ids,)
+    )[0]
+    after_first = system.score(
+        "SELECT count(*) FROM processed_events WHERE event_id = ANY(%s::uuid[]) AND processed_at > %s", (ids, first)
+    )[0][0]
+    catch_up = {
+        "events": count,
+        "queued_before_start": queued,
+        "rate": rate_from_timestamps(after_first, first, last),
+        "rate_from_process_start": count / (last - score_started).total_seconds(),
+        "startup_seconds": (first - score_started).total_seconds(),
+    }
+    log.info(
+        "catch-up of %d: %.0f events/s (%.0f/s counting %.1fs of start-up)",
+        count,
+        catch_up["rate"],
+        catch_up["rate_from_process_start"],
+        catch_up["startup_seconds"],
+    )
+    services.wait_healthy(timeout=120)
+    return {"drain": drain, "catch_up": catch_up}
+
+
+def outages(system: BenchSystem, p) -> dict:
+    cycles = [outage_cycle(system, p.outbox_rows) for _ in range(p.outage_reps)]
+    return {
+        "rows": p.outbox_rows,
+        "drain_rate": summary(c["drain"]["rate"] for c in cycles),
+        "drain_rate_from_broker_start": summary(c["drain"]["rate_from_broker_start"] for c in cycles),
+        "catch_up_rate": summary(c["catch_up"]["rate"] for c in cycles),
+        "catch_up_rate_from_process_start": summary(c["catch_up"]["rate_from_process_start"] for c in cycles),
+        "cycles": cycles,
+    }
