@@ -80,10 +80,20 @@ class RabbitNode:
             subprocess.run(
                 ["rabbitmq-server", "-detached"], env=env, check=True, timeout=60, stdout=out, stderr=subprocess.STDOUT
             )
-        self.ctl("wait", str(self.pid_file), "--timeout", "60", timeout=90)
+        self._wait_booted()
         self.app_running = True
         log.info("RabbitMQ node %s on port %s in %.1fs", self.name, self.port, time.monotonic() - started)
         return self
+
+    def _wait_booted(self, timeout: float = 90) -> None:
+        # ``rabbitmqctl wait`` fails with garbage_in_pid_file when it reads the
+        # file while the node is still writing it: wait for a whole pid first.
+        deadline = time.monotonic() + timeout
+        while self.pid is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"RabbitMQ node {self.name} wrote no pid file in {timeout}s")
+            time.sleep(0.05)
+        self.ctl("wait", str(self.pid_file), "--timeout", "60", timeout=timeout)
 
     def stop(self) -> None:
         """Stop the node (SIGKILL if it will not) and remove its directory."""

@@ -8,7 +8,6 @@ import logging
 
 from marshmallow import ValidationError
 from nameko.timer import timer
-from nameko_sqlalchemy import Database
 from psycopg2.errorcodes import UNIQUE_VIOLATION
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +24,7 @@ from person.schemas import (
     PersonOutSchema,
     TypedItemSchema,
 )
+from reliable_events.database import Database
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
 from reliable_events.outbox import Outbox, relay_timer
 from reliable_events.rpc import rpc

@@ -22,16 +22,32 @@ with these guarantees added:
 The handler method gets the parsed event (a dict, ``event_id`` a string). Retries
 and replays can deliver an event again: handlers must be idempotent, which
 :mod:`reliable_events.inbox` makes them.
+
+**Batches.** ``@reliable_handler("person", "income_added", batch=True)`` hands the
+method a *list* of events, so it can apply them in one transaction: a replica
+catching up on a backlog then pays one commit per batch instead of one per
+event. No timer is involved: a batch holds whatever arrived while the previous
+batches of this handler (at most ``EVENT_BATCH_CONCURRENCY`` at once) were
+running, up to ``EVENT_BATCH_SIZE``. Under light load every batch holds one
+event and nothing waits; under a backlog they fill up. Each message is acked
+only after its batch's worker succeeded. A batch that fails is split: each of
+its events is run again alone, and only an event that fails on its own is
+retried or dead-lettered as above, so one bad event never holds back the
+others nor takes them to the dead letters with it.
 """
 
+import collections
 import logging
+import threading
 from datetime import UTC, datetime
+from functools import partial
 
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
+from nameko.exceptions import ContainerBeingKilled
 from nameko.messaging import QueueConsumer
 
 from reliable_events.envelope import MalformedEvent, parse_envelope
@@ -40,6 +56,12 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_DELAYS = (1, 5, 30)  # seconds before attempts 2, 3, 4
 DEFAULT_DELIVERY_LIMIT = 20
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_BATCH_CONCURRENCY = 4
+# Unacked messages the broker may hand each handler's consumer: room for the
+# batches running and the next ones filling, still bounded (a crash returns
+# them all to the queue).
+DEFAULT_PREFETCH = 200
 
 ATTEMPT = "x-attempt"
 FIRST_FAILURE = "x-first-failure"
@@ -71,7 +93,13 @@ def _now() -> str:
 
 class ReliableQueueConsumer(QueueConsumer):
     """Nameko's queue consumer, except that a body kombu cannot decode (not JSON,
-    a content type it refuses) is dead-lettered instead of logged and acked."""
+    a content type it refuses) is dead-lettered instead of logged and acked, and
+    that the prefetch is ``EVENT_PREFETCH`` (not ``max_workers``), so that batches
+    can fill."""
+
+    @property
+    def prefetch_count(self):
+        return max(self.container.max_workers, int(self.container.config.get("EVENT_PREFETCH", DEFAULT_PREFETCH)))
 
     def on_decode_error(self, message, exc):
         info = message.delivery_info
@@ -89,6 +117,10 @@ class ReliableQueueConsumer(QueueConsumer):
 
 class ReliableEventHandler(EventHandler):
     queue_consumer = ReliableQueueConsumer()
+
+    def __init__(self, source_service, event_type, batch=False, **kwargs):
+        self.batch = batch
+        super().__init__(source_service, event_type, **kwargs)
 
     def setup(self):
         super().setup()  # sets self.queue: nameko's name, exchange and binding
@@ -136,6 +168,28 @@ class ReliableEventHandler(EventHandler):
             mandatory=True,
             declare=[*self.retry_queues, self.dead_letters],
         )
+        if self.batch:
+            self.batch_size = int(config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE))
+            self.batch_concurrency = int(config.get("EVENT_BATCH_CONCURRENCY", DEFAULT_BATCH_CONCURRENCY))
+            self._waiting = collections.deque()  # (event, message), not yet in a batch
+            self._alone = collections.deque()  # from a failed batch: each runs on its own
+            self._running = 0  # batch workers of this handler
+            self._wake = threading.Event()
+            self._stopping = False
+
+    def start(self):
+        super().start()
+        if self.batch:
+            self._dispatcher = self.container.spawn_managed_thread(self._dispatch)
+
+    def stop(self):
+        super().stop()  # consumer cancelled: nothing more arrives
+        if self.batch:
+            # What already arrived is still applied (and acked) before the
+            # container waits for its workers.
+            self._stopping = True
+            self._wake.set()
+            self._dispatcher.wait()
 
     def _declare_companions(self, *args):
         # A connection of its own, not the pool's: right after a broker restart
@@ -156,13 +210,80 @@ class ReliableEventHandler(EventHandler):
         except MalformedEvent as exc:
             self._dead_letter(message, f"malformed event: {exc}", attempts=1)
             return
-        super().handle_message(event, message)
+        if self.batch:
+            self._waiting.append((event, message))
+            self._wake.set()
+        else:
+            super().handle_message(event, message)
+
+    # --- batches ------------------------------------------------------------------------
+
+    def _dispatch(self):
+        """Start a batch whenever events wait and a slot is free.
+
+        Spawning happens here, never in a worker's ``handle_result``: a worker
+        waiting for a free worker slot while holding one could deadlock the pool.
+        """
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._running < self.batch_concurrency and (self._alone or self._waiting):
+                if self._alone:
+                    self._spawn_batch([self._alone.popleft()])
+                else:
+                    take = min(self.batch_size, len(self._waiting))
+                    self._spawn_batch([self._waiting.popleft() for _ in range(take)])
+            if self._stopping and not (self._alone or self._waiting or self._running):
+                return
+
+    def _spawn_batch(self, items):
+        events = [event for event, _ in items]
+        messages = [message for _, message in items]
+        self._running += 1
+        try:
+            self.container.spawn_worker(
+                self,
+                (events,),
+                {},
+                context_data=self.unpack_message_headers(messages[0]),
+                handle_result=partial(self._batch_result, messages),
+            )
+        except ContainerBeingKilled:
+            self._running -= 1
+            for message in messages:
+                self.queue_consumer.requeue_message(message)
+
+    def _batch_result(self, messages, worker_ctx, result=None, exc_info=None):
+        self._running -= 1
+        try:
+            if exc_info is None:
+                for message in messages:
+                    self.queue_consumer.ack_message(message)
+            elif len(messages) == 1:
+                self._failed(messages[0], worker_ctx.args[0][0], exc_info)
+            else:
+                # Rolled back as a whole: find the culprit by running each alone.
+                _log.warning(
+                    "batch of %d %s events failed (%s: %s); applying each alone",
+                    len(messages),
+                    self.event_type,
+                    exc_info[0].__name__,
+                    exc_info[1],
+                )
+                self._alone.extend(zip(worker_ctx.args[0], messages, strict=True))
+        finally:
+            self._wake.set()
+        return result, exc_info
 
     def handle_result(self, message, worker_ctx, result=None, exc_info=None):
         if exc_info is None:
             self.queue_consumer.ack_message(message)
-            return result, exc_info
-        event = worker_ctx.args[0]
+        else:
+            self._failed(message, worker_ctx.args[0], exc_info)
+        return result, exc_info
+
+    def _failed(self, message, event, exc_info):
+        """Retry ``message`` later, or dead-letter it after the last attempt."""
         attempt = int(message.headers.get(ATTEMPT, 0) or 0) + 1
         error = f"{exc_info[0].__name__}: {exc_info[1]}"[:1000]
         if issubclass(exc_info[0], MalformedEvent):
@@ -181,7 +302,6 @@ class ReliableEventHandler(EventHandler):
             self._move(message, self.retry_queues[attempt - 1].name, attempt, error)
         else:
             self._dead_letter(message, f"failed {attempt} attempts; last error {error}", attempt, error)
-        return result, exc_info
 
     def _dead_letter(self, message, reason, attempts, error=None):
         _log.error(

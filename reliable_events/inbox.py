@@ -6,6 +6,12 @@ A handler claims an event inside the transaction that applies it:
         if self.inbox.claim(session, event):
             ...apply the effect in the same session...
 
+or, for a batch handler, every event of the batch at once:
+
+    with self.db.get_session() as session:
+        for event in self.inbox.claim_all(session, events):
+            ...apply it in the same session...
+
 ``claim`` inserts ``(consumer, event_id)`` into the inbox table; the primary
 key makes a second insert a no-op, so a redelivered, replayed or duplicated
 event is skipped. Because the claim and the effect commit together, a crash
@@ -47,6 +53,36 @@ class InboxClaim:
             )
             return False
         return True
+
+    def claim_all(self, session, events: list) -> list:
+        """Record every event of ``events`` in one statement; return those that
+        were not applied before (each once, in the order given)."""
+        first = {}
+        for event in events:
+            first.setdefault(event["event_id"], event)
+        # Sorted, so two batches that share an event id lock it in the same order.
+        rows = [
+            {"consumer": self.consumer, "event_id": event_id, "event_type": event["event_type"]}
+            for event_id, event in sorted(first.items())
+        ]
+        claimed = set(
+            session.execute(
+                insert(self._table).values(rows).on_conflict_do_nothing().returning(self._table.c.event_id)
+            ).scalars()
+        )
+        fresh = []
+        for event in events:
+            if event["event_id"] in claimed:
+                claimed.discard(event["event_id"])
+                fresh.append(event)
+            else:
+                _log.info(
+                    "skipped duplicate event %s %s for %s",
+                    event["event_id"],
+                    event["event_type"],
+                    self.consumer,
+                )
+        return fresh
 
 
 class Inbox(DependencyProvider):

@@ -9,9 +9,17 @@ from score import rules
 from score.models import KnownPerson, ScoredItem
 
 
-def note_person(session, event: dict) -> None:
-    """Make the CPF known (idempotent), keeping the highest sequence seen."""
-    stmt = insert(KnownPerson).values(cpf=event["cpf"], last_sequence=event["sequence"])
+def note_people(session, events: list) -> None:
+    """Make each event's CPF known (idempotent), keeping the highest sequence seen; one statement."""
+    if not events:
+        return
+    highest = {}
+    for event in events:
+        highest[event["cpf"]] = max(highest.get(event["cpf"], 0), event["sequence"])
+    # One row per CPF (an upsert may not touch a row twice), in CPF order so that
+    # concurrent batches lock the rows they share in the same order.
+    rows = [{"cpf": cpf, "last_sequence": sequence} for cpf, sequence in sorted(highest.items())]
+    stmt = insert(KnownPerson).values(rows)
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=[KnownPerson.cpf],
@@ -36,23 +44,31 @@ class ItemDataSchema(Schema):
 _item_data = ItemDataSchema()
 
 
-def add_item(session, event: dict, kind: str) -> None:
-    """Record one item from an ``<kind>_added`` event."""
-    try:
-        data = _item_data.load(event["data"])
-    except ValidationError as exc:
-        raise MalformedEvent(f"{event['event_type']} data: {exc.messages}") from exc
-    note_person(session, event)
-    session.add(
-        ScoredItem(
-            kind=kind,
-            item_id=data["item_id"],
-            cpf=event["cpf"],
-            value=data["value"],
-            event_id=event["event_id"],
-            occurred_at=event["occurred_at"],
+def add_items(session, events: list, kind: str) -> None:
+    """Record the items of many ``<kind>_added`` events, in two statements.
+
+    Raises ``MalformedEvent`` (before writing anything) if any event's data is unusable.
+    """
+    if not events:
+        return
+    rows = []
+    for event in events:
+        try:
+            data = _item_data.load(event["data"])
+        except ValidationError as exc:
+            raise MalformedEvent(f"{event['event_type']} {event['event_id']} data: {exc.messages}") from exc
+        rows.append(
+            {
+                "kind": kind,
+                "item_id": data["item_id"],
+                "cpf": event["cpf"],
+                "value": data["value"],
+                "event_id": event["event_id"],
+                "occurred_at": event["occurred_at"],
+            }
         )
-    )
+    note_people(session, events)
+    session.execute(insert(ScoredItem).values(rows))
 
 
 def read_score(session, cpf: str):

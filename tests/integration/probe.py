@@ -1,10 +1,10 @@
 """A stand-in producer: person's outbox dependency with a write that may roll back."""
 
 from nameko.rpc import rpc
-from nameko_sqlalchemy import Database
 from sqlalchemy import text
 
 from person.models import PersonBase, outbox
+from reliable_events.database import Database
 from reliable_events.outbox import Outbox, relay_timer
 
 

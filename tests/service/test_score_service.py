@@ -15,7 +15,7 @@ from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-from reliable_events.envelope import new_envelope, parse_envelope
+from reliable_events.envelope import MalformedEvent, new_envelope, parse_envelope
 from reliable_events.inbox import InboxClaim
 from score.exceptions import ScoreNotFound
 from score.models import processed_events
@@ -70,8 +70,9 @@ def count(engine, table):
     return rows(engine, f"SELECT count(*) AS n FROM {table}")[0]["n"]
 
 
-def apply(service, handler, evt):
-    getattr(service, handler)(evt)
+def apply(service, handler, *events):
+    """Call a batch handler with ``events`` as one batch."""
+    getattr(service, handler)(list(events))
 
 
 def test_seed_events_give_the_seed_score(service):
@@ -225,6 +226,51 @@ def test_handler_failure_rolls_back_the_inbox_claim(service, score_engine):
     assert service.get_score(CPF)["score"] == 20
 
 
+# --- batches ------------------------------------------------------------------
+
+
+def test_a_batch_applies_every_event_once(service, score_engine):
+    other = "01234567890"
+    incomes = [item_added("income", 2 + i, 1 + i, "100.00") for i in range(5)]
+    incomes.append(item_added("income", 2, 10, "50.00", cpf=other))
+
+    apply(service, "on_income_added", *incomes)
+
+    assert service.get_score(CPF)["breakdown"]["income"] == 10  # 5 x floor(100 / 50)
+    assert service.get_score(CPF)["last_sequence"] == 6  # the highest of the batch
+    assert service.get_score(other)["score"] == 1
+    assert count(score_engine, "processed_events") == 6
+    assert count(score_engine, "scored_item") == 6
+
+
+def test_a_batch_with_a_duplicate_inside_and_one_seen_before(service, score_engine, caplog):
+    """Duplicates within one batch and across batches are each applied once."""
+    first = item_added("income", 2, 1, "1000.00")
+    second = item_added("income", 3, 2, "500.00")
+    apply(service, "on_income_added", first)
+
+    with caplog.at_level(logging.INFO, logger="reliable_events.inbox"):
+        apply(service, "on_income_added", dict(first), second, dict(second))
+
+    assert service.get_score(CPF)["breakdown"]["income"] == 30  # 20 + 10, each once
+    assert count(score_engine, "scored_item") == 2
+    assert caplog.text.count(f"skipped duplicate event {first['event_id']}") == 1
+    assert caplog.text.count(f"skipped duplicate event {second['event_id']}") == 1
+
+
+def test_a_batch_with_one_malformed_event_writes_nothing(service, score_engine):
+    """The whole batch rolls back (the entrypoint then runs each event alone)."""
+    good = item_added("income", 2, 1, "1000.00")
+    bad = item_added("income", 3, 2, "-5.00")
+
+    with pytest.raises(MalformedEvent, match=bad["event_id"]):
+        apply(service, "on_income_added", good, bad)
+
+    assert count(score_engine, "processed_events") == 0
+    assert count(score_engine, "scored_item") == 0
+    assert count(score_engine, "known_person") == 0
+
+
 # --- a real container --------------------------------------------------------
 
 
@@ -238,7 +284,7 @@ def test_real_container_wires_database_and_inbox(config, score_engine):
 
         for handler, evt in SEED_EVENTS:
             with entrypoint_hook(container, handler) as handle:
-                handle(evt)
+                handle([evt])
 
         with entrypoint_hook(container, "get_score") as get_score:
             score = get_score("529.982.247-25")
