@@ -24,6 +24,7 @@ import signal
 import threading
 from weakref import WeakKeyDictionary
 
+import sqlalchemy.event
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
@@ -34,6 +35,8 @@ from reliable_events.confirms import BatchPublisher
 from reliable_events.envelope import new_envelope
 
 _log = logging.getLogger(__name__)
+
+_WAKES_RELAY = "outbox_wakes_relay"  # a session.info flag: the listener is on
 
 
 class OutboxRelay(Timer):
@@ -60,8 +63,8 @@ class OutboxWriter:
     def add(self, session, event_type: str, key: str, sequence: int, data: dict) -> dict:
         """Insert the event in ``session``'s transaction; return the envelope.
 
-        Nothing is published here. After the worker finishes, the rows it added
-        are published at once if their transaction committed.
+        Nothing is published here. The relay is woken as soon as the transaction
+        commits (a rollback leaves no row and wakes nothing).
         """
         envelope = new_envelope(event_type, key, sequence, data)
         session.execute(
@@ -73,7 +76,7 @@ class OutboxWriter:
                 payload=envelope,
             )
         )
-        self._outbox.wrote(self._worker_ctx)
+        self._outbox.wrote(session, self._worker_ctx)
         return envelope
 
     def relay_pending(self) -> int:
@@ -92,8 +95,8 @@ class Outbox(DependencyProvider):
     ``DB_URIS["<service>:<Base>"]``) holding ``table``; the relay keeps its own
     small connection pool so publishing never borrows a worker's session.
 
-    Two paths publish: a relay greenthread woken after every worker that wrote
-    an event (low latency; under load the rows of many workers go in one batch),
+    Two paths publish: a relay greenthread woken by every commit that wrote an
+    event (low latency; under load the rows of many workers go in one batch),
     and the service's ``@relay_timer`` sweep for anything left over. Both take
     rows with ``SKIP LOCKED``, so they and other instances never share a row.
     Events go to the exchange Nameko's ``EventDispatcher`` uses (declared on
@@ -110,7 +113,10 @@ class Outbox(DependencyProvider):
         exchange = get_event_exchange(self.container.service_name, config)
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], exchange)
         key = f"{self.container.service_name}:{self.declarative_base.__name__}"
-        self.engine = create_engine(config["DB_URIS"][key], pool_size=3, pool_pre_ping=True)
+        # No pre-ping: it would cost a round trip before every publish. After a
+        # database restart the first relay attempt fails (logged), the pool
+        # drops its stale connections and the next attempt or sweep succeeds.
+        self.engine = create_engine(config["DB_URIS"][key], pool_size=3)
         self.batch_size = int(config.get("OUTBOX_BATCH_SIZE", 500))
         # Fault injection for the crash-safety tests only: die between the
         # commit and the publish, as a kill -9 at the worst moment would.
@@ -135,16 +141,22 @@ class Outbox(DependencyProvider):
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
 
-    def wrote(self, worker_ctx) -> None:
-        self._writers[worker_ctx] = True
+    def wrote(self, session, worker_ctx) -> None:
+        if self._crash_before_publish:
+            self._writers[worker_ctx] = True  # worker_result kills the process
+        elif not session.info.get(_WAKES_RELAY):
+            # Woken right after the commit, not after the worker: the relay's
+            # publish then overlaps the RPC reply instead of waiting for it.
+            # Setting the event does not switch greenthreads, so the worker's
+            # reply is not delayed either.
+            session.info[_WAKES_RELAY] = True
+            sqlalchemy.event.listen(session, "after_commit", lambda _session: self._wake.set())
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
-        # Runs after the entrypoint replied, so the caller never waits for the
-        # broker. A rolled-back transaction left no row for the relay to find.
+        # Fault injection only: after the reply went out, die before anything
+        # could publish the committed row (only the sweep can, after a restart).
         if self._writers.pop(worker_ctx, False):
-            if self._crash_before_publish:
-                os.kill(os.getpid(), signal.SIGKILL)
-            self._wake.set()
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _relay_on_wake(self):
         while not self._stopping:
