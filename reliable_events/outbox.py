@@ -9,15 +9,20 @@ Guarantees:
   A failed or unroutable publish leaves the row pending; the sweep retries it.
   Publishing is therefore at least once: a crash between the confirm and the
   mark re-sends the row, and consumers dedupe on ``event_id`` (:mod:`.inbox`).
-- Relays in several processes share the work with ``FOR UPDATE SKIP LOCKED``:
-  a row is locked by one relay from selection to mark, so no two relays
-  publish it under normal operation.
+- Two paths publish. The fast path publishes the rows a process's own workers
+  just committed, from memory, the moment they commit, then marks them (only
+  if still unmarked); no other process knows those rows yet. The sweep takes
+  rows left pending for ``OUTBOX_SWEEP_GRACE`` seconds (broker down, publish
+  failed, process killed before publishing) with ``FOR UPDATE SKIP LOCKED``,
+  so sweeps in several processes never share a row. The grace keeps the sweep
+  off the fast path's rows: under normal operation no row is published twice.
 - Sent rows are kept, ordered by ``position``: they are the event history.
 
 Order across aggregates is not guaranteed (two relays, one queue per event
 type); each event carries a per-aggregate ``sequence`` for consumers that care.
 """
 
+import collections
 import logging
 import os
 import signal
@@ -36,7 +41,7 @@ from reliable_events.envelope import new_envelope
 
 _log = logging.getLogger(__name__)
 
-_WAKES_RELAY = "outbox_wakes_relay"  # a session.info flag: the listener is on
+_WRITTEN = "outbox_written"  # session.info: envelopes its transaction wrote
 
 
 class OutboxRelay(Timer):
@@ -76,12 +81,13 @@ class OutboxWriter:
                 payload=envelope,
             )
         )
-        self._outbox.wrote(session, self._worker_ctx)
+        self._outbox.wrote(session, self._worker_ctx, envelope)
         return envelope
 
-    def relay_pending(self) -> int:
-        """Publish every pending row; the sweep calls this. Returns rows sent."""
-        return self._outbox.relay_pending()
+    def relay_pending(self, min_age: float | None = None) -> int:
+        """Publish every row pending for ``min_age`` seconds (default
+        ``OUTBOX_SWEEP_GRACE``); the sweep calls this. Returns rows sent."""
+        return self._outbox.relay_pending(min_age)
 
     def backlog(self) -> dict:
         """Pending rows and the age in seconds of the oldest one."""
@@ -95,10 +101,10 @@ class Outbox(DependencyProvider):
     ``DB_URIS["<service>:<Base>"]``) holding ``table``; the relay keeps its own
     small connection pool so publishing never borrows a worker's session.
 
-    Two paths publish: a relay greenthread woken by every commit that wrote an
-    event (low latency; under load the rows of many workers go in one batch),
-    and the service's ``@relay_timer`` sweep for anything left over. Both take
-    rows with ``SKIP LOCKED``, so they and other instances never share a row.
+    Two paths publish (see the module's docstring): a relay greenthread woken
+    by every commit that wrote an event, which publishes what committed (under
+    load the rows of many workers go in one batch), and the service's
+    ``@relay_timer`` sweep for what was left pending.
     Events go to the exchange Nameko's ``EventDispatcher`` uses (declared on
     first publish, so the service starts while the broker is down).
     """
@@ -118,6 +124,8 @@ class Outbox(DependencyProvider):
         # drops its stale connections and the next attempt or sweep succeeds.
         self.engine = create_engine(config["DB_URIS"][key], pool_size=3)
         self.batch_size = int(config.get("OUTBOX_BATCH_SIZE", 500))
+        self.sweep_grace = float(config.get("OUTBOX_SWEEP_GRACE", 2.0))
+        self._committed = collections.deque()  # envelopes committed, not yet published
         # Fault injection for the crash-safety tests only: die between the
         # commit and the publish, as a kill -9 at the worst moment would.
         self._crash_before_publish = bool(config.get("FAULT_CRASH_BEFORE_PUBLISH", False))
@@ -141,16 +149,24 @@ class Outbox(DependencyProvider):
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
 
-    def wrote(self, session, worker_ctx) -> None:
+    def wrote(self, session, worker_ctx, envelope: dict) -> None:
         if self._crash_before_publish:
             self._writers[worker_ctx] = True  # worker_result kills the process
-        elif not session.info.get(_WAKES_RELAY):
-            # Woken right after the commit, not after the worker: the relay's
-            # publish then overlaps the RPC reply instead of waiting for it.
-            # Setting the event does not switch greenthreads, so the worker's
-            # reply is not delayed either.
-            session.info[_WAKES_RELAY] = True
-            sqlalchemy.event.listen(session, "after_commit", lambda _session: self._wake.set())
+            return
+        written = session.info.setdefault(_WRITTEN, [])
+        if not written:
+            sqlalchemy.event.listen(session, "after_commit", self._on_commit)
+            sqlalchemy.event.listen(session, "after_rollback", lambda s: s.info.pop(_WRITTEN, None))
+        written.append(envelope)
+
+    def _on_commit(self, session) -> None:
+        # Right after the commit, not after the worker: the relay's publish
+        # then overlaps the RPC reply instead of waiting for it. Setting the
+        # event does not switch greenthreads, so the reply is not delayed.
+        written = session.info.pop(_WRITTEN, None)
+        if written:
+            self._committed.extend(written)
+            self._wake.set()
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         # Fault injection only: after the reply went out, die before anything
@@ -159,30 +175,62 @@ class Outbox(DependencyProvider):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _relay_on_wake(self):
-        while not self._stopping:
-            self._wake.wait()
-            self._wake.clear()
+        while not self._stopping or self._committed:
+            if not self._committed:
+                self._wake.wait()
+                self._wake.clear()
+            take = min(self.batch_size, len(self._committed))
+            envelopes = [self._committed.popleft() for _ in range(take)]
+            if not envelopes:
+                continue
             try:
-                self.relay_pending()
+                self._relay_committed(envelopes)
             except Exception:  # the sweep retries; say so, do not hide it
-                _log.exception("relay failed; pending rows are left to the sweep")
+                _log.exception("relay of %d events failed; they are left to the sweep", len(envelopes))
 
-    def relay_pending(self) -> int:
-        """Publish pending rows batch by batch until none is left or one fails."""
+    def _relay_committed(self, envelopes: list) -> None:
+        """Publish events just committed by this process, then mark them sent."""
+        t = self.table
+        outcome = self.publisher.publish([(e["event_id"], e["event_type"], e) for e in envelopes])
+        sent = [e["event_id"] for e in envelopes if outcome[e["event_id"]] is None]
+        if sent:
+            with self.engine.begin() as conn:
+                marked = conn.execute(
+                    update(t)
+                    .where(t.c.event_id.in_(sent), t.c.published_at.is_(None))
+                    .values(published_at=func.clock_timestamp(), attempts=t.c.attempts + 1)
+                ).rowcount
+            if marked < len(sent):
+                # Only when publishing took longer than the sweep's grace.
+                _log.warning("%d of %d events were also published by a sweep", len(sent) - marked, len(sent))
+        for envelope in envelopes:
+            error = outcome[envelope["event_id"]]
+            if error is None:
+                _log.info("published event %s %s", envelope["event_id"], envelope["event_type"])
+            else:
+                _log.warning("event %s %s left to the sweep: %s", envelope["event_id"], envelope["event_type"], error)
+
+    def relay_pending(self, min_age: float | None = None) -> int:
+        """Publish rows pending for at least ``min_age`` seconds (default: the
+        grace), batch by batch until none is left or one fails."""
+        min_age = self.sweep_grace if min_age is None else min_age
         total = 0
         while True:
-            sent, attempted = self._relay_batch()
+            sent, attempted = self._relay_batch(min_age)
             total += sent
             if attempted < self.batch_size or sent < attempted:
                 return total
 
-    def _relay_batch(self) -> tuple:
+    def _relay_batch(self, min_age: float) -> tuple:
         """Publish one batch of pending rows; return (sent, attempted)."""
         t = self.table
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(t.c.position, t.c.event_id, t.c.event_type, t.c.payload)
-                .where(t.c.published_at.is_(None))
+                .where(
+                    t.c.published_at.is_(None),
+                    t.c.created_at <= func.clock_timestamp() - func.make_interval(0, 0, 0, 0, 0, 0, min_age),
+                )
                 .order_by(t.c.position)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)

@@ -61,6 +61,7 @@ def base_config(amqp_uri, db_uris):
         AMQP_URI=amqp_uri,
         DB_URIS=db_uris,
         OUTBOX_SWEEP_INTERVAL=0.2,
+        OUTBOX_SWEEP_GRACE=0.5,
         RPC_TIMEOUT=5,
     )
     config.pop("LOGGING", None)

@@ -34,6 +34,7 @@ class System:
             "SCORE_DB_URI": db_uris["score:ScoreBase"],
             "WEB_SERVER_ADDRESS": f"127.0.0.1:{self.port}",
             "OUTBOX_SWEEP_INTERVAL": "0.2",
+            "OUTBOX_SWEEP_GRACE": "0.5",
             "PYTHONWARNINGS": "ignore",
             **{key: str(value) for key, value in extra_env.items()},
         }

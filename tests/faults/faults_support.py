@@ -205,6 +205,7 @@ class FaultSystem(System):
     def __init__(self, amqp_uri, db_uris, log_dir, **extra_env):
         defaults = {
             "OUTBOX_SWEEP_INTERVAL": 0.2,
+            "OUTBOX_SWEEP_GRACE": 0.5,
             "EVENT_RETRY_DELAYS": json.dumps(list(RETRY_DELAYS)),
             "RPC_TIMEOUT": RPC_TIMEOUT,
             "LOG_LEVEL": "INFO",

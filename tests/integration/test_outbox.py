@@ -140,7 +140,7 @@ def test_two_relays_publish_each_event_once(run_container, tap, person_engine):
     # The relays themselves, called at once (entrypoint_hook would not do: two
     # hooks on one container both get the result of whichever worker ends first).
     relays = [get_extension(c, Outbox) for c in (first, second, first, second)]
-    sweeps = [eventlet.spawn(relay.relay_pending) for relay in relays]
+    sweeps = [eventlet.spawn(relay.relay_pending, 0) for relay in relays]
     sent = sum(gt.wait() for gt in sweeps)
 
     events = tap.drain(wait=1)

@@ -37,7 +37,7 @@ class RecordingOutbox:
     def __init__(self):
         self.writes = 0
 
-    def wrote(self, session, worker_ctx):
+    def wrote(self, session, worker_ctx, envelope):
         self.writes += 1
 
 
