@@ -26,7 +26,10 @@ _log = logging.getLogger(__name__)
 class ScoreService:
     name = "score"
 
-    db = Database(ScoreBase)
+    # No pre-ping: it costs a round trip before every event applied. A handler
+    # that meets a connection the database dropped (after a restart) fails once
+    # and is retried from its retry queue; the pool then replaces them all.
+    db = Database(ScoreBase, engine_options={"pool_pre_ping": False})
     inbox = Inbox(processed_events)
     dead_letters = DeadLetters()
 
