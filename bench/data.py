@@ -4,24 +4,13 @@ exactly as person writes them (``person.service._add_item`` + ``new_envelope``).
 import json
 from decimal import Decimal
 
+from harness.cpf import cpfs as harness_cpfs
 from reliable_events.envelope import new_envelope
 
 
-def cpf_from(base9: str) -> str:
-    """A valid CPF from 9 digits (the two mod-11 check digits computed here)."""
-
-    def check(digits):
-        total = sum(int(d) * w for d, w in zip(digits, range(len(digits) + 1, 1, -1), strict=True))
-        remainder = total * 10 % 11
-        return "0" if remainder == 10 else str(remainder)
-
-    first = base9 + check(base9)
-    return first + check(first)
-
-
 def cpfs(count: int, seed: int = 0) -> list:
-    """``count`` distinct valid CPFs (never all the same digit)."""
-    return [cpf_from(f"{(200000011 + 7919 * (i + seed * 100003)) % 10**9:09d}") for i in range(count)]
+    """``count`` distinct valid CPFs; another ``seed``, other CPFs."""
+    return harness_cpfs(count, start=200000011 + 7919 * 100003 * seed)
 
 
 def person_body(cpf: str) -> dict:

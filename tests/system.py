@@ -2,22 +2,13 @@
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-NAMEKO = str(Path(sys.executable).with_name("nameko"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from harness.processes import NAMEKO, ROOT, free_port  # noqa: F401  (re-exported to the suites)
 
 
 class System:

@@ -5,21 +5,10 @@ import time
 import requests
 from sqlalchemy import text
 
+from harness.cpf import cpf_from  # noqa: F401  (the e2e tests import it from here)
+
 PERSON_TABLES = ("person", "income", "asset", "debt", "outbox")
 HTTP_TIMEOUT = 15
-
-
-def cpf_from(base9: str) -> str:
-    """A valid CPF from 9 digits, with both mod 11 check digits (written here, not
-    imported from the product, so a wrong product algorithm cannot agree with itself)."""
-
-    def check(digits):
-        total = sum(int(d) * w for d, w in zip(digits, range(len(digits) + 1, 1, -1), strict=True))
-        remainder = total * 10 % 11
-        return "0" if remainder == 10 else str(remainder)
-
-    first = base9 + check(base9)
-    return first + check(first)
 
 
 def person_body(cpf="52998224725", **overrides):

@@ -8,6 +8,7 @@ when a test fails half-way.
 """
 
 import logging
+import uuid
 
 import pytest
 from faults_support import FaultSystem, Invariant, RabbitNode, Report
@@ -37,7 +38,8 @@ def broker(rabbit_node):
 @pytest.fixture
 def vhost_uri(broker):
     """An AMQP URI on a vhost of this test's own: queues of earlier tests cannot interfere."""
-    vhost, uri = broker.add_vhost()
+    vhost = f"f-{uuid.uuid4().hex[:10]}"
+    uri = broker.add_vhost(vhost)
     yield uri
     if not broker.app_running:
         broker.start_app()

@@ -19,11 +19,9 @@ import logging
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -39,6 +37,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 from system import NAMEKO, ROOT, System, free_port
 
+from harness.cpf import cpfs  # noqa: F401  (the fault tests import it from here)
+from harness.rabbit import RabbitNode as HarnessRabbitNode
 from score import rules
 
 log = logging.getLogger("tests.faults")
@@ -51,22 +51,6 @@ DEADLETTERS = str(Path(sys.executable).with_name("deadletters"))
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def cpf_from(base9: str) -> str:
-    """A valid CPF from 9 digits (mod 11 check digits computed here, not by the product)."""
-
-    def check(digits):
-        total = sum(int(d) * w for d, w in zip(digits, range(len(digits) + 1, 1, -1), strict=True))
-        remainder = total * 10 % 11
-        return "0" if remainder == 10 else str(remainder)
-
-    first = base9 + check(base9)
-    return first + check(first)
-
-
-def cpfs(count: int) -> list:
-    return [cpf_from(f"{123456789 + 7919 * i:09d}") for i in range(count)]
 
 
 def person_body(cpf):
@@ -105,94 +89,23 @@ def tail(textual: str, lines=60) -> str:
 # --- the private broker ----------------------------------------------------------------
 
 
-class RabbitNode:
-    """A RabbitMQ node of this session's own, started with ``rabbitmq-server -detached``."""
+class RabbitNode(HarnessRabbitNode):
+    """The harness's private node (:mod:`harness.rabbit`), and what the suite waits for on it."""
 
     def __init__(self):
-        self.name = f"faults-{uuid.uuid4().hex[:8]}@localhost"
-        self.port = free_port()
-        self.dist_port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="faults-rabbit-"))
-        self.app_running = False
-
-    @property
-    def pid_file(self):
-        return self.dir / "pid"
-
-    def ctl(self, *args, timeout=60, check=True):
-        result = subprocess.run(
-            ["rabbitmqctl", "-q", "-n", self.name, *args], capture_output=True, text=True, timeout=timeout
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
-        return result
-
-    def start(self):
-        if shutil.which("rabbitmq-server") is None:
-            raise RuntimeError("rabbitmq-server is not installed: the fault-injection suite needs it")
-        self.dir.chmod(0o755)
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, user="rabbitmq")
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
-            "RABBITMQ_PID_FILE": str(self.pid_file),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.dir / "none"),
-        }
-        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60, capture_output=True)
-        self.ctl("wait", str(self.pid_file), "--timeout", "60", timeout=90)
-        self.app_running = True
-        log.info("private RabbitMQ node %s on port %s (%s)", self.name, self.port, self.dir)
-
-    def stop(self):
-        try:
-            self.ctl("stop", str(self.pid_file), timeout=90, check=False)
-        finally:
-            if self.pid_file.exists():  # still there if the stop failed: the node we started
-                try:
-                    os.kill(int(self.pid_file.read_text().strip()), signal.SIGKILL)
-                except (ValueError, ProcessLookupError):
-                    pass
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def stop_app(self):
-        self.ctl("stop_app")
-        self.app_running = False
-
-    def start_app(self):
-        self.ctl("start_app")
-        self.app_running = True
-
-    def queue_depths(self, amqp_uri) -> dict:
-        """Messages (ready + unacknowledged) per queue of the vhost of ``amqp_uri``."""
-        vhost = amqp_uri.rsplit("/", 1)[1]
-        out = self.ctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers").stdout
-        return {name: int(count) for name, count in (line.split() for line in out.splitlines() if line.strip())}
+        super().__init__(prefix="faults")
 
     def wait_drained(self, amqp_uri, prefix="evt-person-", timeout=30, on_timeout=None):
         """Until every handler queue and retry queue (``prefix``..., not the dead-letter
         queues) is empty: each message was applied, skipped or parked."""
+        vhost = amqp_uri.rsplit("/", 1)[1]
 
         def drained():
-            depths = self.queue_depths(amqp_uri)
+            depths = self.queue_depths(vhost)
             live = {n: c for n, c in depths.items() if n.startswith(prefix) and not n.endswith(".dead")}
             return live and not any(live.values())
 
         return wait_for(drained, timeout, "score's event queues to drain", 0.3, on_timeout)
-
-    def add_vhost(self) -> tuple:
-        vhost = f"f-{uuid.uuid4().hex[:10]}"
-        self.ctl("add_vhost", vhost)
-        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        return vhost, f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
-
-    def delete_vhost(self, vhost):
-        self.ctl("delete_vhost", vhost, check=False)
 
 
 # --- the services ----------------------------------------------------------------------
