@@ -20,25 +20,28 @@ def py_spy_path() -> str | None:
 
 def start(pid: int, seconds: float, out: Path, rate: int = 100) -> subprocess.Popen:
     """Sample ``pid`` for ``seconds`` without pausing it (``--nonblocking``), into ``out``."""
-    return subprocess.Popen(
-        [
-            py_spy_path(),
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(int(seconds)),
-            "--rate",
-            str(rate),
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # Its progress output goes to a file, not a pipe: a pipe nobody reads until
+    # the end fills up, and py-spy then blocks on it for ever.
+    with open(out.with_suffix(".err"), "wb") as err:
+        return subprocess.Popen(
+            [
+                py_spy_path(),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 def _short(frame: str) -> str:

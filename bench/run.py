@@ -106,9 +106,16 @@ def run_profile(system: BenchSystem, people: list, connections: int, seconds: in
     wrk.run_wrk(system.services.url, people, seconds, connections, seed=9000)
     tops = {}
     for name, (proc, path) in samplers.items():
-        _, err = proc.communicate(timeout=seconds + 60)
+        try:
+            proc.wait(timeout=seconds + 120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            log.warning("py-spy on %s did not finish; no profile of it", name)
+            continue
         if proc.returncode != 0 or not path.exists():
-            log.warning("py-spy on %s failed: %s", name, err.decode(errors="replace")[-500:])
+            err = path.with_suffix(".err").read_text(errors="replace")
+            log.warning("py-spy on %s failed: %s", name, err[-500:])
             continue
         tops[name] = profile.top_functions(path)
     return tops
