@@ -72,12 +72,21 @@ def add_items(session, events: list, kind: str) -> None:
 
 
 def read_score(session, cpf: str):
-    """The score of ``cpf`` with its breakdown, or None if the CPF is unknown."""
-    person = session.get(KnownPerson, cpf)
-    if person is None:
+    """The score of ``cpf`` with its breakdown, or None if the CPF is unknown.
+
+    One statement, so one snapshot: the person's last sequence and the items
+    are from the same moment even while batches commit in between (two reads
+    could pair a fresh item list with an older sequence).
+    """
+    rows = session.execute(
+        select(KnownPerson.last_sequence, KnownPerson.updated_at, ScoredItem.kind, ScoredItem.value)
+        .outerjoin(ScoredItem, ScoredItem.cpf == KnownPerson.cpf)
+        .where(KnownPerson.cpf == cpf)
+    ).all()
+    if not rows:
         return None
-    items = session.execute(select(ScoredItem.kind, ScoredItem.value).where(ScoredItem.cpf == cpf)).all()
-    scored = rules.score_items((kind, value) for kind, value in items)
+    items = [(row.kind, row.value) for row in rows if row.kind is not None]
+    scored = rules.score_items(items)
     counts = dict.fromkeys(rules.KINDS, 0)
     for kind, _ in items:
         counts[kind] += 1
@@ -86,6 +95,6 @@ def read_score(session, cpf: str):
         "score": scored["score"],
         "breakdown": scored["breakdown"],
         "items": counts,
-        "last_sequence": person.last_sequence,
-        "updated_at": person.updated_at.isoformat(),
+        "last_sequence": rows[0].last_sequence,
+        "updated_at": rows[0].updated_at.isoformat(),
     }
