@@ -18,11 +18,7 @@ from psycopg2.extras import Json
 
 from bench.data import income_event
 from harness import databases
-from harness.rabbit import amqp_connection, message_count
-
-
-def _connect(amqp_uri: str, confirm_publish: bool = False) -> amqp.Connection:
-    return amqp_connection(amqp_uri, confirm_publish=confirm_publish)
+from harness.rabbit import amqp_connection
 
 
 def _message(body: bytes) -> amqp.Message:
@@ -43,7 +39,7 @@ class AmqpBaseline:
         self.queue = f"bench-baseline-{queue_type}-{uuid.uuid4().hex[:6]}"
         self.queue_type = queue_type
         self.body = body
-        conn = _connect(amqp_uri)
+        conn = amqp_connection(amqp_uri)
         try:
             conn.channel().queue_declare(
                 self.queue, durable=True, auto_delete=False, arguments={"x-queue-type": queue_type}
@@ -53,7 +49,7 @@ class AmqpBaseline:
 
     def publish_confirm_each(self, count: int) -> float:
         """msgs/s publishing ``count`` messages, each waiting for its confirm before the next."""
-        conn = _connect(self.amqp_uri, confirm_publish=True)
+        conn = amqp_connection(self.amqp_uri, confirm_publish=True)
         try:
             channel = conn.channel()
             channel.basic_publish(_message(self.body), exchange="", routing_key=self.queue, mandatory=True)
@@ -66,7 +62,7 @@ class AmqpBaseline:
 
     def publish_batched(self, count: int, batch: int) -> float:
         """msgs/s publishing ``batch`` messages then waiting for all their confirms, repeatedly."""
-        conn = _connect(self.amqp_uri)
+        conn = amqp_connection(self.amqp_uri)
         try:
             channel = conn.channel()
             channel.confirm_select()
@@ -97,7 +93,7 @@ class AmqpBaseline:
 
     def consume_ack(self, count: int, prefetch: int) -> float:
         """msgs/s consuming ``count`` messages with ``prefetch`` in flight, acking each one."""
-        conn = _connect(self.amqp_uri)
+        conn = amqp_connection(self.amqp_uri)
         try:
             channel = conn.channel()
             channel.basic_qos(0, prefetch, False)
@@ -115,11 +111,8 @@ class AmqpBaseline:
         finally:
             conn.close()
 
-    def depth(self) -> int:
-        return message_count(self.amqp_uri, self.queue)
-
     def delete(self) -> None:
-        conn = _connect(self.amqp_uri)
+        conn = amqp_connection(self.amqp_uri)
         try:
             conn.channel().queue_delete(self.queue)
         finally:

@@ -1,16 +1,9 @@
-"""What the benchmark writes: valid CPFs, people, item bodies, and events shaped
+"""What the benchmark writes: people, item bodies, and events shaped
 exactly as person writes them (``person.service._add_item`` + ``new_envelope``)."""
 
 import json
-from decimal import Decimal
 
-from harness.cpf import cpfs as harness_cpfs
 from reliable_events.envelope import new_envelope
-
-
-def cpfs(count: int, seed: int = 0) -> list:
-    """``count`` distinct valid CPFs; another ``seed``, other CPFs."""
-    return harness_cpfs(count, start=200000011 + 7919 * 100003 * seed)
 
 
 def person_body(cpf: str) -> dict:
@@ -25,10 +18,6 @@ def income_event(cpf: str, sequence: int, item_id: int, value: str = "1234.56") 
 def event_body_bytes(cpf: str = "52998224725") -> bytes:
     """The JSON body the relay publishes for one income event (its size is 'event-sized')."""
     return json.dumps(income_event(cpf, 2, 123456)).encode()
-
-
-def money(value) -> str:
-    return str(Decimal(value).quantize(Decimal("0.01")))
 
 
 # One statement commits ``count`` income writes the way person does: for each, an

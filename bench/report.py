@@ -152,30 +152,20 @@ def build_rows(results: dict) -> list:
         )
     if out and amqp:
         drain = out["drain_rate"]["median"]
-        rows.append(
-            _ratio_row(
-                S,
-                "outbox drain / publish-confirm-each, quorum (the relay's real queues)",
-                drain,
-                amqp["quorum"]["confirm_each"]["median"],
-                TARGET_DRAIN_VS_CONFIRM_EACH,
+        for qtype, label in (("quorum", "quorum (the relay's real queues)"), ("classic", "classic durable")):
+            rows.append(
+                _ratio_row(
+                    S,
+                    f"outbox drain / publish-confirm-each, {label}",
+                    drain,
+                    amqp[qtype]["confirm_each"]["median"],
+                    TARGET_DRAIN_VS_CONFIRM_EACH,
+                )
             )
-        )
-        rows.append(
-            _ratio_row(
-                S,
-                "outbox drain / publish-confirm-each, classic durable",
-                drain,
-                amqp["classic"]["confirm_each"]["median"],
-                TARGET_DRAIN_VS_CONFIRM_EACH,
+        for qtype in ("quorum", "classic"):
+            rows.append(
+                _ratio_row(S, f"outbox drain / batched confirms, {qtype}", drain, amqp[qtype]["batched"]["median"])
             )
-        )
-        rows.append(
-            _ratio_row(S, "outbox drain / batched confirms, quorum", drain, amqp["quorum"]["batched"]["median"])
-        )
-        rows.append(
-            _ratio_row(S, "outbox drain / batched confirms, classic", drain, amqp["classic"]["batched"]["median"])
-        )
     if out and pg_bound:
         rows.append(
             _ratio_row(

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import profile, report, scenarios, wrk
-from bench.data import cpfs
 from bench.system import BenchSystem
+from harness.cpf import cpfs
 
 log = logging.getLogger("bench")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         results["amqp"] = scenarios.amqp_baselines(system, p)
         results["pg"] = scenarios.pg_baselines(system, p)
         results["services_start_seconds"] = system.start_services()
-        people = cpfs(p.people)
+        people = cpfs(p.people, start=200000011)
         system.create_people(people)
         results["write_path"] = scenarios.write_path(system, people, p)
         best_c, best = max(((c, w["rps"]["median"]) for c, w in results["write_path"].items()), key=lambda t: t[1])

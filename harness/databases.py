@@ -61,17 +61,6 @@ def connect(uri: str, autocommit: bool = True):
     return conn
 
 
-def query(uri: str, sql: str, params=None) -> list:
-    """Run one statement on a short-lived connection; return its rows ([] if none)."""
-    conn = connect(uri)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
 def server_pids() -> list:
     """Process ids of the local PostgreSQL server (postmaster and backends), for CPU accounting."""
     from harness.processes import pids_named

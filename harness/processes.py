@@ -50,12 +50,6 @@ def peak_rss_mib(pid: int) -> float | None:
     return None if kib is None else kib / 1024
 
 
-def rss_mib(pid: int) -> float | None:
-    """Resident memory now (``VmRSS``), in MiB."""
-    kib = _kib(proc_status(pid).get("VmRSS"))
-    return None if kib is None else kib / 1024
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), 0 if it is gone."""
     try:

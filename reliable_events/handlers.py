@@ -19,14 +19,13 @@ with these guarantees added:
   :mod:`reliable_events.deadletters` lists, replays and purges it.
 - One failing message never blocks the ones behind it: it leaves the queue.
 
-The handler method gets the parsed event (a dict, ``event_id`` a string). Retries
-and replays can deliver an event again: handlers must be idempotent, which
+The handler method gets a *list* of parsed events (dicts, ``event_id`` a
+string), so it can apply them in one transaction: a replica catching up on a
+backlog then pays one commit per batch instead of one per event. Retries and
+replays can deliver an event again: handlers must be idempotent, which
 :mod:`reliable_events.inbox` makes them.
 
-**Batches.** ``@reliable_handler("person", "income_added", batch=True)`` hands the
-method a *list* of events, so it can apply them in one transaction: a replica
-catching up on a backlog then pays one commit per batch instead of one per
-event. No timer is involved: a batch holds whatever arrived while the previous
+**Batches.** No timer is involved: a batch holds whatever arrived while the previous
 batches of this handler (at most ``EVENT_BATCH_CONCURRENCY`` at once) were
 running, up to ``EVENT_BATCH_SIZE``. Under light load every batch holds one
 event and nothing waits; under a backlog they fill up. Each message is acked
@@ -118,10 +117,6 @@ class ReliableQueueConsumer(QueueConsumer):
 class ReliableEventHandler(EventHandler):
     queue_consumer = ReliableQueueConsumer()
 
-    def __init__(self, source_service, event_type, batch=False, **kwargs):
-        self.batch = batch
-        super().__init__(source_service, event_type, **kwargs)
-
     def setup(self):
         super().setup()  # sets self.queue: nameko's name, exchange and binding
         config = self.container.config
@@ -168,28 +163,25 @@ class ReliableEventHandler(EventHandler):
             mandatory=True,
             declare=[*self.retry_queues, self.dead_letters],
         )
-        if self.batch:
-            self.batch_size = int(config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE))
-            self.batch_concurrency = int(config.get("EVENT_BATCH_CONCURRENCY", DEFAULT_BATCH_CONCURRENCY))
-            self._waiting = collections.deque()  # (event, message), not yet in a batch
-            self._alone = collections.deque()  # from a failed batch: each runs on its own
-            self._running = 0  # batch workers of this handler
-            self._wake = threading.Event()
-            self._stopping = False
+        self.batch_size = int(config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE))
+        self.batch_concurrency = int(config.get("EVENT_BATCH_CONCURRENCY", DEFAULT_BATCH_CONCURRENCY))
+        self._waiting = collections.deque()  # (event, message), not yet in a batch
+        self._alone = collections.deque()  # from a failed batch: each runs on its own
+        self._running = 0  # batch workers of this handler
+        self._wake = threading.Event()
+        self._stopping = False
 
     def start(self):
         super().start()
-        if self.batch:
-            self._dispatcher = self.container.spawn_managed_thread(self._dispatch)
+        self._dispatcher = self.container.spawn_managed_thread(self._dispatch)
 
     def stop(self):
         super().stop()  # consumer cancelled: nothing more arrives
-        if self.batch:
-            # What already arrived is still applied (and acked) before the
-            # container waits for its workers.
-            self._stopping = True
-            self._wake.set()
-            self._dispatcher.wait()
+        # What already arrived is still applied (and acked) before the
+        # container waits for its workers.
+        self._stopping = True
+        self._wake.set()
+        self._dispatcher.wait()
 
     def _declare_companions(self, *args):
         # A connection of its own, not the pool's: right after a broker restart
@@ -210,11 +202,8 @@ class ReliableEventHandler(EventHandler):
         except MalformedEvent as exc:
             self._dead_letter(message, f"malformed event: {exc}", attempts=1)
             return
-        if self.batch:
-            self._waiting.append((event, message))
-            self._wake.set()
-        else:
-            super().handle_message(event, message)
+        self._waiting.append((event, message))
+        self._wake.set()
 
     # --- batches ------------------------------------------------------------------------
 
@@ -273,13 +262,6 @@ class ReliableEventHandler(EventHandler):
                 self._alone.extend(zip(worker_ctx.args[0], messages, strict=True))
         finally:
             self._wake.set()
-        return result, exc_info
-
-    def handle_result(self, message, worker_ctx, result=None, exc_info=None):
-        if exc_info is None:
-            self.queue_consumer.ack_message(message)
-        else:
-            self._failed(message, worker_ctx.args[0], exc_info)
         return result, exc_info
 
     def _failed(self, message, event, exc_info):

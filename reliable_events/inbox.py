@@ -1,18 +1,12 @@
 """Idempotent consumers: each event is applied at most once per consumer.
 
-A handler claims an event inside the transaction that applies it:
-
-    with self.db.get_session() as session:
-        if self.inbox.claim(session, event):
-            ...apply the effect in the same session...
-
-or, for a batch handler, every event of the batch at once:
+A handler claims the events of its batch inside the transaction that applies them:
 
     with self.db.get_session() as session:
         for event in self.inbox.claim_all(session, events):
             ...apply it in the same session...
 
-``claim`` inserts ``(consumer, event_id)`` into the inbox table; the primary
+``claim_all`` inserts ``(consumer, event_id)`` into the inbox table; the primary
 key makes a second insert a no-op, so a redelivered, replayed or duplicated
 event is skipped. Because the claim and the effect commit together, a crash
 before commit leaves neither, and the redelivery applies both.
@@ -31,28 +25,6 @@ class InboxClaim:
     def __init__(self, table: Table, consumer: str):
         self._table = table
         self.consumer = consumer
-
-    def claim(self, session, event: dict) -> bool:
-        """Record ``event`` as applied by this consumer; False if it already was."""
-        claimed = session.execute(
-            insert(self._table)
-            .values(
-                consumer=self.consumer,
-                event_id=event["event_id"],
-                event_type=event["event_type"],
-            )
-            .on_conflict_do_nothing()
-            .returning(self._table.c.event_id)
-        ).first()
-        if claimed is None:
-            _log.info(
-                "skipped duplicate event %s %s for %s",
-                event["event_id"],
-                event["event_type"],
-                self.consumer,
-            )
-            return False
-        return True
 
     def claim_all(self, session, events: list) -> list:
         """Record every event of ``events`` in one statement; return those that

@@ -153,11 +153,10 @@ class Outbox(DependencyProvider):
         if self._crash_before_publish:
             self._writers[worker_ctx] = True  # worker_result kills the process
             return
-        written = session.info.setdefault(_WRITTEN, [])
-        if not written:
+        if not sqlalchemy.event.contains(session, "after_commit", self._on_commit):
             sqlalchemy.event.listen(session, "after_commit", self._on_commit)
-            sqlalchemy.event.listen(session, "after_rollback", lambda s: s.info.pop(_WRITTEN, None))
-        written.append(envelope)
+            sqlalchemy.event.listen(session, "after_rollback", self._on_rollback)
+        session.info.setdefault(_WRITTEN, []).append(envelope)
 
     def _on_commit(self, session) -> None:
         # Right after the commit, not after the worker: the relay's publish
@@ -167,6 +166,10 @@ class Outbox(DependencyProvider):
         if written:
             self._committed.extend(written)
             self._wake.set()
+
+    @staticmethod
+    def _on_rollback(session) -> None:
+        session.info.pop(_WRITTEN, None)  # those rows are gone: nothing to publish
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         # Fault injection only: after the reply went out, die before anything

@@ -33,23 +33,23 @@ class ScoreService:
     inbox = Inbox(processed_events)
     dead_letters = DeadLetters()
 
-    # Batch handlers: each gets the events that queued up while its previous
-    # batches ran and applies them in one transaction (one event each under
-    # light load, up to EVENT_BATCH_SIZE when catching up on a backlog).
+    # Each handler gets the events that queued up while its previous batches
+    # ran and applies them in one transaction (one event each under light
+    # load, up to EVENT_BATCH_SIZE when catching up on a backlog).
 
-    @reliable_handler("person", "person_created", batch=True)
+    @reliable_handler("person", "person_created")
     def on_person_created(self, events):
         self._apply(events, replica.note_people)
 
-    @reliable_handler("person", "income_added", batch=True)
+    @reliable_handler("person", "income_added")
     def on_income_added(self, events):
         self._apply(events, replica.add_items, "income")
 
-    @reliable_handler("person", "asset_added", batch=True)
+    @reliable_handler("person", "asset_added")
     def on_asset_added(self, events):
         self._apply(events, replica.add_items, "asset")
 
-    @reliable_handler("person", "debt_added", batch=True)
+    @reliable_handler("person", "debt_added")
     def on_debt_added(self, events):
         self._apply(events, replica.add_items, "debt")
 

@@ -5,8 +5,6 @@ import time
 import requests
 from sqlalchemy import text
 
-from harness.cpf import cpf_from  # noqa: F401  (the e2e tests import it from here)
-
 PERSON_TABLES = ("person", "income", "asset", "debt", "outbox")
 HTTP_TIMEOUT = 15
 

@@ -10,12 +10,13 @@ import requests
 from e2e_support import (
     HTTP_TIMEOUT,
     assert_json_error,
-    cpf_from,
     create_person,
     person_body,
     table_counts,
 )
 from sqlalchemy import text
+
+from harness.cpf import cpf_from
 
 pytestmark = pytest.mark.e2e
 

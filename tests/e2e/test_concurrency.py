@@ -15,9 +15,11 @@ from decimal import Decimal
 import eventlet
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, cpf_from, create_person, person_body, wait_for_score
+from e2e_support import HTTP_TIMEOUT, create_person, person_body, wait_for_score
 from eventlet.event import Event
 from sqlalchemy import text
+
+from harness.cpf import cpfs as valid_cpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +81,7 @@ def test_identical_creates_make_exactly_one_person(api, person_engine):
 
 
 def test_creates_of_different_people_all_succeed(api, person_engine):
-    cpfs = [cpf_from(f"{100000000 + 7919 * i:09d}") for i in range(N)]
+    cpfs = valid_cpfs(N, start=100000000)
     assert len(set(cpfs)) == N
     outcomes = run_together([post(f"{api}/person", person_body(cpf)) for cpf in cpfs])
     assert_overlapped(outcomes)

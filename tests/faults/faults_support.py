@@ -37,7 +37,6 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 from system import NAMEKO, ROOT, System, free_port
 
-from harness.cpf import cpfs  # noqa: F401  (the fault tests import it from here)
 from harness.rabbit import RabbitNode as HarnessRabbitNode
 from score import rules
 

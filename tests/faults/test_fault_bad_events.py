@@ -11,12 +11,13 @@ import requests
 from faults_support import (
     HTTP_TIMEOUT,
     accept,
-    cpfs,
     lost_and_doubled,
     outbox_event,
     publish_event,
     wait_for,
 )
+
+from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

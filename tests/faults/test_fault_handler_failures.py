@@ -14,7 +14,6 @@ import pytest
 from faults_support import (
     RETRY_DELAYS,
     accept,
-    cpfs,
     log_records,
     lost_and_doubled,
     outbox_event,
@@ -22,6 +21,8 @@ from faults_support import (
     wait_for,
 )
 from sqlalchemy import text
+
+from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

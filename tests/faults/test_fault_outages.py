@@ -14,12 +14,13 @@ from faults_support import (
     Load,
     accept,
     accepted_of,
-    cpfs,
     lost_and_doubled,
     person_body,
     wait_for,
 )
 from sqlalchemy import text
+
+from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -6,8 +6,10 @@ import time
 from collections import Counter
 
 import pytest
-from faults_support import Load, accepted_of, cpfs, lost_and_doubled, wait_for
+from faults_support import Load, accepted_of, lost_and_doubled, wait_for
 from sqlalchemy import text
+
+from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
