@@ -27,6 +27,17 @@ class EmptyBody(Exception):
     """A POST came without a body."""
 
 
+class Unauthorized(Exception):
+    """A write without a valid bearer token (when ``API_TOKENS`` is set)."""
+
+    def __init__(self, message, invalid=False):
+        super().__init__(message)
+        challenge = 'Bearer realm="gateway"'
+        if invalid:
+            challenge += ', error="invalid_token"'
+        self.headers = [("WWW-Authenticate", challenge)]
+
+
 MAPPED_ERRORS = {
     InvalidInput: (422, "INVALID_INPUT"),
     PersonNotFound: (404, "PERSON_NOT_FOUND"),
@@ -36,6 +47,7 @@ MAPPED_ERRORS = {
     ServiceUnavailable: (503, "SERVICE_UNAVAILABLE"),
     GatewayTimeout: (504, "GATEWAY_TIMEOUT"),
     EmptyBody: (400, "EMPTY_BODY"),
+    Unauthorized: (401, "UNAUTHORIZED"),
     # Raised by werkzeug while reading the request.
     http_errors.BadRequest: (400, "MALFORMED_JSON"),
     http_errors.UnsupportedMediaType: (415, "UNSUPPORTED_MEDIA_TYPE"),

@@ -13,6 +13,7 @@ from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from gateway.auth import check_bearer, parse_tokens
 from gateway.exceptions import CLIENT_ERRORS, error_for
 
 _log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def error_response(exc: Exception) -> Response:
     body = {"error": code, "message": message}
     if fields:
         body["fields"] = fields
-    headers = None
+    headers = getattr(exc, "headers", None)  # e.g. the challenge of a 401
     if isinstance(exc, HTTPException):
         # keeps e.g. the Allow header of a 405
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
@@ -63,10 +64,25 @@ class JsonWebServer(WebServer):
 class JsonHttpEntrypoint(HttpRequestHandler):
     server = JsonWebServer()
 
-    def __init__(self, method, url, **kwargs):
+    def __init__(self, method, url, requires_token=False, **kwargs):
+        """``requires_token``: the route answers 401 without a valid bearer
+        token whenever ``API_TOKENS`` is configured (see :mod:`gateway.auth`)."""
         # 4xx answers are the client's mistakes, not the gateway's failures
         kwargs.setdefault("expected_exceptions", CLIENT_ERRORS)
+        self.requires_token = requires_token
         super().__init__(method, url, **kwargs)
+
+    def setup(self):
+        self.tokens = parse_tokens(self.container.config.get("API_TOKENS")) if self.requires_token else ()
+        super().setup()
+
+    def handle_request(self, request):
+        # Checked before a worker is spawned: a refused write costs no worker.
+        try:
+            check_bearer(request, self.tokens)
+        except Exception as exc:
+            return self.response_from_exception(exc)
+        return super().handle_request(request)
 
     def response_from_exception(self, exc):
         return error_response(exc)

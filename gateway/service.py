@@ -5,16 +5,20 @@ person or score over RPC; it owns no data.
 
 import logging
 import uuid
+from functools import partial
 
 from nameko.dependency_providers import Config
 from werkzeug.exceptions import BadRequest
 
 from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
+from gateway.freshness import ReplicaWatch
 from gateway.http import http, json_response
 from gateway.rpc import TimedRpcProxy
 from person.cpf import InvalidCPF, normalize_cpf
-from person.exceptions import InvalidInput
+from person.exceptions import InvalidInput, PersonNotFound
 from reliable_events.idempotency import MAX_KEY_LENGTH
+from score.exceptions import ScoreNotFound
+from score.rules import KINDS
 
 _log = logging.getLogger(__name__)
 
@@ -46,6 +50,30 @@ def _idempotency_key(request):
     return key
 
 
+MAX_SEQUENCE = 2**31 - 1  # person's sequence column is a PostgreSQL integer
+
+
+def _min_sequence(request):
+    """``?min_sequence=<n>`` or the ``Min-Event-Sequence`` header, or None."""
+    field, value = "min_sequence", request.args.get("min_sequence")
+    if value is None:
+        field, value = "Min-Event-Sequence", request.headers.get("Min-Event-Sequence")
+    if value is None:
+        return None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_SEQUENCE):
+        raise InvalidInput(
+            f"Invalid {field}.",
+            {field: [f"Must be a whole number from 1 to {MAX_SEQUENCE}: a write's sequence."]},
+        )
+    return int(value)
+
+
+def _written(body, status=201, headers=None):
+    """A write's answer: its event's position in the body and in ``Event-Sequence``."""
+    return json_response(body, status, [*(headers or {}).items(), ("Event-Sequence", str(body["sequence"]))])
+
+
 def _path_cpf(cpf):
     try:
         return normalize_cpf(cpf)
@@ -58,9 +86,10 @@ class GatewayService:
 
     person = TimedRpcProxy("person")
     score = TimedRpcProxy("score")
+    replica = ReplicaWatch()
     config = Config()
 
-    @http("POST", "/person")
+    @http("POST", "/person", requires_token=True)
     def create_person(self, request):
         """Create a person. 201 with the person and ``Location: /person/<cpf>``.
 
@@ -78,7 +107,7 @@ class GatewayService:
         fields, 409 CPF exists.
         """
         person = self.person.create_person(_json_body(request), idempotency_key=_idempotency_key(request))
-        return json_response(person, 201, {"Location": f"/person/{person['cpf']}"})
+        return _written(person, 201, {"Location": f"/person/{person['cpf']}"})
 
     @http("GET", "/person/<cpf>")
     def get_person(self, request, cpf):
@@ -88,7 +117,7 @@ class GatewayService:
         """
         return json_response(self.person.get_person(_path_cpf(cpf)))
 
-    @http("POST", "/person/<cpf>/<any(income, asset, debt):kind>")
+    @http("POST", "/person/<cpf>/<any(income, asset, debt):kind>", requires_token=True)
     def add_item(self, request, cpf, kind):
         """Add an income, asset or debt. 201 with the item; 404 unknown person.
 
@@ -102,7 +131,7 @@ class GatewayService:
         cpf = _path_cpf(cpf)
         add = getattr(self.person, ITEM_METHODS[kind])
         item = add(cpf, _json_body(request), idempotency_key=_idempotency_key(request))
-        return json_response(item, 201)
+        return _written(item)
 
     @http("GET", "/<cpf>/score")
     def get_score(self, request, cpf):
@@ -110,10 +139,67 @@ class GatewayService:
 
         Example: ``curl localhost:8000/52998224725/score`` ->
         ``{"cpf": "52998224725", "score": 4970,
-        "breakdown": {"income": 20, "asset": 5000, "debt": -50}, ...}``.
-        404 for a CPF score has never seen.
+        "breakdown": {"income": 20, "asset": 5000, "debt": -50}, ...,
+        "applied_sequence": 4, "stale": false}``. 404 for a CPF score has never seen.
+
+        Read-your-writes: with ``?min_sequence=<n>`` (or the header
+        ``Min-Event-Sequence: n``), ``n`` being the ``sequence`` a write
+        answered with, the answer waits until the replica has applied every
+        event of the person up to ``n``, at most ``READ_YOUR_WRITES_TIMEOUT``
+        seconds; then it is the current value with ``"stale": true`` (and
+        ``Replica-Stale: true``), never an error::
+
+            curl 'localhost:8000/52998224725/score?min_sequence=4'
+
+        Without it the read returns at once. ``Event-Sequence`` carries
+        ``applied_sequence``.
         """
-        return json_response(self.score.get_score(_path_cpf(cpf)))
+        cpf = _path_cpf(cpf)
+        wanted = _min_sequence(request)
+        if wanted is None:
+            return self._score_response(self.score.get_score(cpf), stale=False)
+        result, stale, waited = self.replica.read_at_least(cpf, wanted, partial(self._score_or_none, cpf))
+        if result is None:
+            result = self._unseen_score(cpf)
+        timing = [("Server-Timing", f"replica-wait;dur={waited * 1000:.1f}")]
+        return self._score_response(result, stale, timing)
+
+    def _score_or_none(self, cpf):
+        try:
+            return self.score.get_score(cpf)
+        except ScoreNotFound:
+            return None
+
+    def _unseen_score(self, cpf):
+        """The answer for a CPF score has not heard of when the wait ran out:
+        404 if person does not know it either, else its empty score, stale."""
+        try:
+            self.person.get_person(cpf)
+        except PersonNotFound:
+            raise ScoreNotFound(f"No score for CPF {cpf}.") from None
+        zeros = dict.fromkeys(KINDS, 0)
+        return {
+            "cpf": cpf,
+            "score": 0,
+            "breakdown": zeros,
+            "items": dict(zeros),
+            "last_sequence": 0,
+            "applied_sequence": 0,
+            "updated_at": None,
+        }
+
+    @staticmethod
+    def _score_response(result, stale, headers=()):
+        body = {**result, "stale": stale}
+        return json_response(
+            body,
+            200,
+            [
+                ("Event-Sequence", str(body["applied_sequence"])),
+                ("Replica-Stale", "true" if stale else "false"),
+                *headers,
+            ],
+        )
 
     @http("GET", "/health")
     def health(self, request):

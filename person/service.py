@@ -75,7 +75,11 @@ class PersonService:
             ...     "address": "Rua A, 1", "date_of_birth": "1990-05-01"})
             {'cpf': '52998224725', 'name': 'Ana', 'address': 'Rua A, 1',
              'date_of_birth': '1990-05-01', 'created_at': '...',
-             'incomes': [], 'assets': [], 'debts': []}
+             'incomes': [], 'assets': [], 'debts': [], 'sequence': 1}
+
+        ``sequence`` is the position of the event this write produced in the
+        person's history (1 for the creation, +1 per item); a reader passes it
+        to the score read to see this write (read-your-writes).
 
         With ``idempotency_key``, a retry of the same request returns the first
         answer and writes nothing (see :mod:`reliable_events.idempotency`).
@@ -103,7 +107,7 @@ class PersonService:
                         "date_of_birth": row.date_of_birth.isoformat(),
                     },
                 )
-                result = PersonOutSchema().dump(row)
+                result = {**PersonOutSchema().dump(row), "sequence": 1}
                 self._store(session, idempotency_key, result)
         except IntegrityError as exc:
             if getattr(exc.orig, "pgcode", None) == UNIQUE_VIOLATION:
@@ -138,7 +142,7 @@ class PersonService:
         Example::
 
             >>> n.rpc.person.add_income("52998224725", {"type": "renting", "value": 1000})
-            {'id': 1, 'type': 'renting', 'value': '1000.00', 'created_at': '...'}
+            {'id': 1, 'type': 'renting', 'value': '1000.00', 'created_at': '...', 'sequence': 2}
         """
         return self._add_item("income", cpf, income, idempotency_key)
 
@@ -149,7 +153,7 @@ class PersonService:
         Example::
 
             >>> n.rpc.person.add_asset("52998224725", {"type": "apartment", "value": 100000})
-            {'id': 1, 'type': 'apartment', 'value': '100000.00', 'created_at': '...'}
+            {'id': 1, 'type': 'apartment', 'value': '100000.00', 'created_at': '...', 'sequence': 3}
         """
         return self._add_item("asset", cpf, asset, idempotency_key)
 
@@ -160,7 +164,7 @@ class PersonService:
         Example::
 
             >>> n.rpc.person.add_debt("52998224725", {"value": 1000})
-            {'id': 1, 'value': '1000.00', 'created_at': '...'}
+            {'id': 1, 'value': '1000.00', 'created_at': '...', 'sequence': 4}
         """
         return self._add_item("debt", cpf, debt, idempotency_key)
 
@@ -189,7 +193,7 @@ class PersonService:
             if "type" in data:
                 event_data["type"] = item.type
             self.outbox.add(session, event_type, cpf, sequence, event_data)
-            result = out_schema.dump(item)
+            result = {**out_schema.dump(item), "sequence": sequence}
             self._store(session, idempotency_key, result)
             return result
 

@@ -10,13 +10,18 @@ A handler claims the events of its batch inside the transaction that applies the
 key makes a second insert a no-op, so a redelivered, replayed or duplicated
 event is skipped. Because the claim and the effect commit together, a crash
 before commit leaves neither, and the redelivery applies both.
+
+The claim also records each event's aggregate key and sequence, so a reader
+can ask how far the replica has got for one key: :func:`applied_through`.
 """
 
 import logging
 
 from nameko.extensions import DependencyProvider
-from sqlalchemy import Table
+from sqlalchemy import Table, distinct, func, select
 from sqlalchemy.dialects.postgresql import insert
+
+from reliable_events.envelope import KEY_FIELD
 
 _log = logging.getLogger(__name__)
 
@@ -26,6 +31,11 @@ class InboxClaim:
         self._table = table
         self.consumer = consumer
 
+    def as_consumer(self, consumer: str) -> "InboxClaim":
+        """The same inbox under another consumer's name: a backfill applies an
+        event type as its live handler would, so the two dedupe each other."""
+        return InboxClaim(self._table, consumer)
+
     def claim_all(self, session, events: list) -> list:
         """Record every event of ``events`` in one statement; return those that
         were not applied before (each once, in the order given)."""
@@ -34,7 +44,13 @@ class InboxClaim:
             first.setdefault(event["event_id"], event)
         # Sorted, so two batches that share an event id lock it in the same order.
         rows = [
-            {"consumer": self.consumer, "event_id": event_id, "event_type": event["event_type"]}
+            {
+                "consumer": self.consumer,
+                "event_id": event_id,
+                "event_type": event["event_type"],
+                "aggregate_key": event[KEY_FIELD],
+                "sequence": event["sequence"],
+            }
             for event_id, event in sorted(first.items())
         ]
         claimed = set(
@@ -66,3 +82,29 @@ class Inbox(DependencyProvider):
     def get_dependency(self, worker_ctx):
         consumer = f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}"
         return InboxClaim(self.table, consumer)
+
+
+def applied_through(table: Table, key: str):
+    """A scalar subquery: the highest sequence ``n`` of aggregate ``key`` such
+    that every event 1..n was applied by some consumer of this inbox (0 if none).
+
+    Events arrive out of order (a queue per event type), so "the highest
+    sequence seen" can run ahead of a gap; a read-your-writes check needs the
+    gapless prefix. Each consumer claims different event types, so their rows
+    together cover the aggregate's history.
+    """
+    sequences = (
+        select(distinct(table.c.sequence).label("sequence"))
+        .where(table.c.aggregate_key == key, table.c.sequence.is_not(None))
+        .subquery()
+    )
+    ranked = select(
+        sequences.c.sequence,
+        func.row_number().over(order_by=sequences.c.sequence).label("rank"),
+    ).subquery()
+    # Sequences start at 1 with no repeats: a gap makes every later rank lag its sequence.
+    return (
+        select(func.coalesce(func.max(ranked.c.sequence), 0))
+        .where(ranked.c.sequence == ranked.c.rank)
+        .scalar_subquery()
+    )

@@ -56,17 +56,26 @@ def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
 
 
 def inbox_table(metadata: MetaData, name: str = "processed_events") -> Table:
-    """Event ids each consumer has applied; the primary key is the dedupe."""
+    """Event ids each consumer has applied; the primary key is the dedupe.
+
+    ``aggregate_key`` and ``sequence`` say which position of which aggregate
+    each event was: a reader asks how far the replica has got for one key
+    (:func:`reliable_events.inbox.applied_through`). Nullable only for rows
+    written before they existed.
+    """
     return Table(
         name,
         metadata,
         Column("consumer", String(128), primary_key=True),
         Column("event_id", UUID(as_uuid=False), primary_key=True),
         Column("event_type", String(64), nullable=False),
+        Column("aggregate_key", String(64)),
+        Column("sequence", Integer),
         Column(
             "processed_at",
             DateTime(timezone=True),
             nullable=False,
             server_default=func.clock_timestamp(),
         ),
+        Index(f"ix_{name}_aggregate", "aggregate_key", "sequence"),
     )

@@ -5,8 +5,9 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from reliable_events.envelope import MalformedEvent
+from reliable_events.inbox import applied_through
 from score import rules
-from score.models import KnownPerson, ScoredItem
+from score.models import KnownPerson, ScoredItem, processed_events
 
 
 def note_people(session, events: list) -> None:
@@ -74,12 +75,22 @@ def add_items(session, events: list, kind: str) -> None:
 def read_score(session, cpf: str):
     """The score of ``cpf`` with its breakdown, or None if the CPF is unknown.
 
-    One statement, so one snapshot: the person's last sequence and the items
-    are from the same moment even while batches commit in between (two reads
-    could pair a fresh item list with an older sequence).
+    ``applied_sequence`` is the gapless prefix of the person's events applied
+    (``last_sequence``, the highest seen, can run ahead of a gap): a reader
+    who wrote sequence ``n`` sees that write once ``applied_sequence >= n``.
+
+    One statement, so one snapshot: the sequences and the items are from the
+    same moment even while batches commit in between (two reads could pair a
+    fresh item list with an older sequence).
     """
     rows = session.execute(
-        select(KnownPerson.last_sequence, KnownPerson.updated_at, ScoredItem.kind, ScoredItem.value)
+        select(
+            KnownPerson.last_sequence,
+            KnownPerson.updated_at,
+            ScoredItem.kind,
+            ScoredItem.value,
+            applied_through(processed_events, cpf).label("applied_sequence"),
+        )
         .outerjoin(ScoredItem, ScoredItem.cpf == KnownPerson.cpf)
         .where(KnownPerson.cpf == cpf)
     ).all()
@@ -96,5 +107,6 @@ def read_score(session, cpf: str):
         "breakdown": scored["breakdown"],
         "items": counts,
         "last_sequence": rows[0].last_sequence,
+        "applied_sequence": rows[0].applied_sequence,
         "updated_at": rows[0].updated_at.isoformat(),
     }

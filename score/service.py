@@ -8,6 +8,7 @@ so a redelivered or replayed event changes nothing.
 import logging
 import re
 
+from nameko.events import EventDispatcher
 from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
@@ -19,8 +20,18 @@ from reliable_events.rpc import rpc
 from score import replica
 from score.exceptions import ScoreNotFound
 from score.models import ScoreBase, processed_events
+from score.notices import REPLICA_ADVANCED
 
 _log = logging.getLogger(__name__)
+
+# What each of person's event types does to the replica, and the handler that
+# applies it live (its name is the inbox consumer, shared with a backfill).
+EFFECTS = {
+    "person_created": ("on_person_created", replica.note_people, ()),
+    "income_added": ("on_income_added", replica.add_items, ("income",)),
+    "asset_added": ("on_asset_added", replica.add_items, ("asset",)),
+    "debt_added": ("on_debt_added", replica.add_items, ("debt",)),
+}
 
 
 class ScoreService:
@@ -32,6 +43,9 @@ class ScoreService:
     db = Database(ScoreBase, engine_options={"pool_pre_ping": False})
     inbox = Inbox(processed_events)
     dead_letters = DeadLetters()
+    # A wake-up for waiting reads (score/notices.py), not data: neither
+    # persistent nor confirmed, and never retried.
+    notify = EventDispatcher(use_confirms=False, delivery_mode=1, retry=False)
 
     # Each handler gets the events that queued up while its previous batches
     # ran and applies them in one transaction (one event each under light
@@ -39,24 +53,28 @@ class ScoreService:
 
     @reliable_handler("person", "person_created")
     def on_person_created(self, events):
-        self._apply(events, replica.note_people)
+        self._apply(events)
 
     @reliable_handler("person", "income_added")
     def on_income_added(self, events):
-        self._apply(events, replica.add_items, "income")
+        self._apply(events)
 
     @reliable_handler("person", "asset_added")
     def on_asset_added(self, events):
-        self._apply(events, replica.add_items, "asset")
+        self._apply(events)
 
     @reliable_handler("person", "debt_added")
     def on_debt_added(self, events):
-        self._apply(events, replica.add_items, "debt")
+        self._apply(events)
 
-    def _apply(self, events, effect, *args):
-        """Claim the events in the inbox and apply the new ones, in one transaction."""
+    def _apply(self, events):
+        """Claim the events (all of one type) in the inbox and apply the new
+        ones, in one transaction, under the name of the type's live handler;
+        then tell the gateways which CPFs advanced. Returns those applied."""
+        handler, effect, args = EFFECTS[events[0]["event_type"]]
+        claim = self.inbox.as_consumer(f"{self.name}.{handler}")
         with self.db.get_session() as session:
-            fresh = self.inbox.claim_all(session, events)
+            fresh = claim.claim_all(session, events)
             effect(session, fresh, *args)
         for event in fresh:
             _log.info(
@@ -66,6 +84,15 @@ class ScoreService:
                 event["cpf"],
                 event["sequence"],
             )
+        if fresh:
+            self._announce(sorted({event["cpf"] for event in fresh}))
+        return fresh
+
+    def _announce(self, cpfs):
+        try:
+            self.notify(REPLICA_ADVANCED, {"cpfs": cpfs})
+        except Exception as exc:  # the events are applied; only the wake-up is lost
+            _log.warning("could not announce %d advanced CPFs: %r", len(cpfs), exc)
 
     @rpc(expected_exceptions=ScoreNotFound)
     def get_score(self, cpf):

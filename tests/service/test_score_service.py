@@ -100,11 +100,15 @@ def test_events_are_recorded_in_the_inbox_with_the_replica(service, score_engine
     for handler, evt in SEED_EVENTS:
         apply(service, handler, evt)
 
-    inbox = rows(score_engine, "SELECT consumer, event_id::text AS event_id, event_type FROM processed_events")
-    assert sorted((r["event_id"], r["event_type"]) for r in inbox) == sorted(
-        (evt["event_id"], evt["event_type"]) for _, evt in SEED_EVENTS
+    inbox = rows(
+        score_engine,
+        "SELECT consumer, event_id::text AS event_id, event_type, aggregate_key, sequence FROM processed_events",
     )
-    assert {r["consumer"] for r in inbox} == {CONSUMER}
+    # each event type is claimed under its live handler's name, with its position
+    claimed = sorted((r["consumer"], r["event_id"], r["event_type"], r["aggregate_key"], r["sequence"]) for r in inbox)
+    assert claimed == sorted(
+        (f"score.{handler}", evt["event_id"], evt["event_type"], CPF, evt["sequence"]) for handler, evt in SEED_EVENTS
+    )
 
     items = rows(
         score_engine,
@@ -185,6 +189,42 @@ def test_scores_are_per_cpf(service):
 
     assert service.get_score(other)["score"] == -2
     assert service.get_score(CPF)["score"] == 4970
+
+
+def test_applied_sequence_is_the_gapless_prefix(service):
+    # income (2) and debt (4) arrive; the asset (3) is still on its way
+    apply(service, "on_income_added", item_added("income", 2, 1, "1000.00"))
+    apply(service, "on_debt_added", item_added("debt", 4, 1, "1000.00"))
+    assert service.get_score(CPF)["applied_sequence"] == 0  # person_created (1) missing
+
+    apply(service, "on_person_created", person_created())
+    score = service.get_score(CPF)
+    assert (score["applied_sequence"], score["last_sequence"]) == (2, 4)
+
+    apply(service, "on_asset_added", item_added("asset", 3, 1, "100000.00", item_type="apartment"))
+    assert service.get_score(CPF)["applied_sequence"] == 4
+
+
+def test_applied_events_are_announced_once_per_batch_and_duplicates_are_not(service):
+    created = person_created()
+    other = person_created(cpf="11144477735")
+    apply(service, "on_person_created", created, other)
+
+    service.notify.assert_called_once_with("replica_advanced", {"cpfs": ["11144477735", CPF]})
+
+    service.notify.reset_mock()
+    apply(service, "on_person_created", created)
+    service.notify.assert_not_called()
+
+
+def test_a_failed_announcement_keeps_the_applied_events(service, caplog):
+    service.notify.side_effect = ConnectionError("broker gone")
+
+    with caplog.at_level(logging.WARNING):
+        apply(service, "on_person_created", person_created())
+
+    assert service.get_score(CPF)["applied_sequence"] == 1
+    assert "could not announce 1 advanced CPFs" in caplog.text
 
 
 def test_unknown_cpf_raises_score_not_found(service):

@@ -1,0 +1,110 @@
+"""Read-your-writes: wait, bounded, until score's replica holds a given write.
+
+Every write answers with the ``sequence`` its event got in the person's
+history. A read that passes it back (``min_sequence``) is answered once
+score's ``applied_sequence`` for that CPF reaches it. Nothing polls: score
+announces each commit (``replica_advanced``, see :mod:`score.notices`) and
+this gateway's own exclusive queue receives it, waking only the reads
+waiting for those CPFs, which then read again. Past the bound
+(``READ_YOUR_WRITES_TIMEOUT`` seconds) the read gets the current value,
+marked stale.
+
+The notices are consumed on the container's shared queue consumer without
+spawning a worker: a wake-up must not wait for a worker slot held by the
+very reads it would wake.
+"""
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+import uuid
+
+from kombu import Queue
+from nameko.events import get_event_exchange
+from nameko.extensions import DependencyProvider
+from nameko.messaging import QueueConsumer
+
+from score.notices import REPLICA_ADVANCED
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 2.0  # seconds
+
+
+class ReplicaWatch(DependencyProvider):
+    """Hands workers itself: :meth:`read_at_least` waits for a CPF's replica."""
+
+    queue_consumer = QueueConsumer()
+
+    def setup(self):
+        config = self.container.config
+        self.timeout = float(config.get("READ_YOUR_WRITES_TIMEOUT", DEFAULT_TIMEOUT))
+        # One queue per gateway instance (every instance hears every notice),
+        # gone with its connection: notices for nobody are dropped by the exchange.
+        self.queue = Queue(
+            f"gateway-replica-advanced-{uuid.uuid4().hex}",
+            exchange=get_event_exchange("score", config),
+            routing_key=REPLICA_ADVANCED,
+            durable=False,
+            exclusive=True,
+            auto_delete=True,
+        )
+        self._waiting = collections.defaultdict(set)  # cpf -> events of the reads waiting
+        self.queue_consumer.register_provider(self)
+
+    def stop(self):
+        self.queue_consumer.unregister_provider(self)
+
+    def kill(self):
+        self.queue_consumer.unregister_provider(self)
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    def handle_message(self, body, message):
+        self.queue_consumer.ack_message(message)
+        cpfs = body.get("cpfs") if isinstance(body, dict) else None
+        if not isinstance(cpfs, list):
+            _log.warning("ignored a malformed %s notice: %r", REPLICA_ADVANCED, body)
+            return
+        for cpf in cpfs:
+            for advanced in self._waiting.get(cpf, ()):
+                advanced.set()
+
+    @contextlib.contextmanager
+    def _watching(self, cpf):
+        advanced = threading.Event()
+        self._waiting[cpf].add(advanced)
+        try:
+            yield advanced
+        finally:
+            self._waiting[cpf].discard(advanced)
+            if not self._waiting[cpf]:
+                del self._waiting[cpf]
+
+    def read_at_least(self, cpf: str, sequence: int, read) -> tuple:
+        """Call ``read()`` until its ``applied_sequence`` reaches ``sequence``
+        or the bound runs out; return ``(last result or None, stale, waited seconds)``.
+
+        ``read`` returns the score dict, or None for a CPF the replica lacks.
+        """
+        start = time.monotonic()
+        deadline = start + self.timeout
+        with self._watching(cpf) as advanced:
+            while True:
+                # Cleared before the read: a notice that lands between the read
+                # and the wait still wakes the wait.
+                advanced.clear()
+                result = read()
+                if result is not None and result["applied_sequence"] >= sequence:
+                    return result, False, time.monotonic() - start
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return result, True, time.monotonic() - start
+                if not advanced.wait(remaining):
+                    # No notice in time; one last read covers a notice that was lost.
+                    result = read()
+                    fresh = result is not None and result["applied_sequence"] >= sequence
+                    return result, not fresh, time.monotonic() - start

@@ -1,0 +1,103 @@
+"""Read-your-writes through the gateway: a read that names a write's sequence sees it."""
+
+import time
+
+import pytest
+import requests
+from e2e_support import HTTP_TIMEOUT, assert_json_error, create_person
+
+from harness.cpf import cpfs
+
+pytestmark = pytest.mark.e2e
+
+ITEMS = [("income", {"type": "salary", "value": "1000.00"}, 20), ("asset", {"type": "car", "value": 100000}, 5000)]
+ITEMS.append(("debt", {"value": "1000"}, -50))
+
+
+def read(api, cpf, sequence=None, header=False):
+    if sequence is None:
+        return requests.get(f"{api}/{cpf}/score", timeout=HTTP_TIMEOUT)
+    if header:
+        return requests.get(f"{api}/{cpf}/score", headers={"Min-Event-Sequence": str(sequence)}, timeout=HTTP_TIMEOUT)
+    return requests.get(f"{api}/{cpf}/score", params={"min_sequence": sequence}, timeout=HTTP_TIMEOUT)
+
+
+def test_every_write_read_back_at_once_is_seen(api):
+    """No sleeps, no retries: each read right after its write must include it."""
+    for n, cpf in enumerate(cpfs(15, start=510000000)):
+        created = requests.post(
+            f"{api}/person",
+            json={"cpf": cpf, "name": "Ana", "address": "Rua A", "date_of_birth": "1990-05-01"},
+            timeout=HTTP_TIMEOUT,
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["sequence"] == 1
+        assert created.headers["Event-Sequence"] == "1"
+
+        first = read(api, cpf, 1, header=n % 2 == 1)
+        assert first.status_code == 200, first.text
+        assert first.json()["score"] == 0
+        assert first.json()["stale"] is False
+
+        expected = 0
+        for sequence, (kind, body, points) in enumerate(ITEMS, start=2):
+            written = requests.post(f"{api}/person/{cpf}/{kind}", json=body, timeout=HTTP_TIMEOUT)
+            assert written.status_code == 201, written.text
+            assert written.json()["sequence"] == sequence
+            assert written.headers["Event-Sequence"] == str(sequence)
+            expected += points
+
+            seen = read(api, cpf, written.headers["Event-Sequence"], header=n % 2 == 1)
+            assert seen.status_code == 200, seen.text
+            body_seen = seen.json()
+            assert body_seen["stale"] is False, body_seen
+            assert seen.headers["Replica-Stale"] == "false"
+            assert body_seen["applied_sequence"] >= sequence
+            assert seen.headers["Event-Sequence"] == str(body_seen["applied_sequence"])
+            assert body_seen["score"] == expected
+            assert body_seen["items"][kind] == 1
+            assert "replica-wait;dur=" in seen.headers["Server-Timing"]
+
+
+def test_a_read_without_a_sequence_returns_at_once_and_is_never_stale(api):
+    cpf = create_person(api)["cpf"]
+    read(api, cpf, 1)  # settled
+    response = read(api, cpf)
+    assert response.status_code == 200
+    assert response.json()["stale"] is False
+    assert "Server-Timing" not in response.headers
+
+
+def test_a_sequence_not_reached_in_time_answers_the_current_value_marked_stale(api):
+    cpf = create_person(api)["cpf"]
+    assert read(api, cpf, 1).json()["stale"] is False
+
+    started = time.monotonic()
+    response = read(api, cpf, 99)  # nothing will ever write sequence 99
+    waited = time.monotonic() - started
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stale"] is True
+    assert response.headers["Replica-Stale"] == "true"
+    assert body["applied_sequence"] == 1 and body["score"] == 0
+    # bounded by READ_YOUR_WRITES_TIMEOUT (2 s here): not an error, not a hang
+    assert 1.5 < waited < 10, waited
+
+
+def test_a_cpf_nobody_knows_is_still_404_after_the_wait(api):
+    response = read(api, "11144477735", 1)
+    assert_json_error(response, 404, "SCORE_NOT_FOUND")
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "1.5", "2147483648", "", "١"])
+def test_a_malformed_sequence_is_422(api, bad):
+    cpf = create_person(api)["cpf"]
+    response = requests.get(f"{api}/{cpf}/score", params={"min_sequence": bad}, timeout=HTTP_TIMEOUT)
+    assert_json_error(response, 422, "INVALID_INPUT")
+    assert "min_sequence" in response.json()["fields"]
+
+    response = read(api, cpf, bad, header=True) if bad.isascii() else None
+    if response is not None:
+        assert_json_error(response, 422, "INVALID_INPUT")
+        assert "Min-Event-Sequence" in response.json()["fields"]
