@@ -7,6 +7,7 @@ and request bodies are capped at ``MAX_CONTENT_LENGTH`` bytes.
 
 import json
 import logging
+import time
 
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
@@ -15,8 +16,11 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.auth import check_bearer, parse_tokens
 from gateway.exceptions import CLIENT_ERRORS, error_for
+from observability.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 _log = logging.getLogger(__name__)
+
+CALL_ID_STACK_KEY = "nameko.call_id_stack"  # in the WSGI environ
 
 
 def json_response(payload, status=200, headers=None) -> Response:
@@ -43,16 +47,40 @@ class JsonWsgiApp(WsgiApp):
         self.max_content_length = max_content_length
 
     def __call__(self, environ, start_response):
+        started = time.perf_counter()
         request = Request(environ, shallow=True)
         request.max_content_length = self.max_content_length
         adapter = self.url_map.bind_to_environ(environ)
+        route, values = "unmatched", {}
         try:
-            provider, values = adapter.match()
+            rule, values = adapter.match(return_rule=True)
+            route = rule.rule
             request.path_values = values
-            response = provider.handle_request(request)
+            response = rule.endpoint.handle_request(request)
         except HTTPException as exc:
             response = error_response(exc)
+        _observe(request, route, values, response.status_code, time.perf_counter() - started)
         return response(environ, start_response)
+
+
+def _observe(request, route, values, status, elapsed):
+    """One log line and the request metrics per HTTP request. The route is the
+    rule (``/person/<cpf>``), never the path: a label per CPF would not scale."""
+    HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+    HTTP_DURATION.labels(request.method, route).observe(elapsed)
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "route": route,
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    if "cpf" in values:
+        fields["cpf"] = values["cpf"]
+    stack = request.environ.get(CALL_ID_STACK_KEY)
+    if stack:
+        fields.update(call_id=stack[-1], call_id_stack=stack)
+    _log.info("%s %s %s in %.1f ms", request.method, request.path, status, elapsed * 1000, extra=fields)
 
 
 class JsonWebServer(WebServer):
@@ -83,6 +111,12 @@ class JsonHttpEntrypoint(HttpRequestHandler):
         except Exception as exc:
             return self.response_from_exception(exc)
         return super().handle_request(request)
+
+    def handle_result(self, event, worker_ctx, result, exc_info):
+        # The worker's call ids, for the request's log line (JsonWsgiApp): the
+        # request is the worker's first argument.
+        worker_ctx.args[0].environ[CALL_ID_STACK_KEY] = worker_ctx.call_id_stack
+        return super().handle_result(event, worker_ctx, result, exc_info)
 
     def response_from_exception(self, exc):
         return error_response(exc)

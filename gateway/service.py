@@ -14,6 +14,8 @@ from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, Ser
 from gateway.freshness import ReplicaWatch
 from gateway.http import http, json_response
 from gateway.rpc import TimedRpcProxy
+from observability.logs import CallContext
+from observability.metrics import READ_WAIT, metrics_response
 from person.cpf import InvalidCPF, normalize_cpf
 from person.exceptions import InvalidInput, PersonNotFound
 from reliable_events.idempotency import MAX_KEY_LENGTH
@@ -88,6 +90,7 @@ class GatewayService:
     score = TimedRpcProxy("score")
     replica = ReplicaWatch()
     config = Config()
+    call_context = CallContext()
 
     @http("POST", "/person", requires_token=True)
     def create_person(self, request):
@@ -159,6 +162,7 @@ class GatewayService:
         if wanted is None:
             return self._score_response(self.score.get_score(cpf), stale=False)
         result, stale, waited = self.replica.read_at_least(cpf, wanted, partial(self._score_or_none, cpf))
+        READ_WAIT.labels("stale" if stale else "fresh").observe(waited)
         if result is None:
             result = self._unseen_score(cpf)
         timing = [("Server-Timing", f"replica-wait;dur={waited * 1000:.1f}")]
@@ -201,6 +205,17 @@ class GatewayService:
             ],
         )
 
+    @http("GET", "/metrics")
+    def metrics(self, request):
+        """Prometheus metrics of this gateway instance (requests by route and
+        status, latencies, read-your-writes waits). Traefik does not route it
+        from outside; Prometheus scrapes it on the compose network.
+
+        Example: ``curl localhost:8000/metrics`` ->
+        ``http_requests_total{method="POST",route="/person",status="201"} 1.0`` ...
+        """
+        return metrics_response()
+
     @http("GET", "/health")
     def health(self, request):
         """200 when the broker, person and score answer and nothing is stuck; 503 otherwise.
@@ -237,3 +252,10 @@ class GatewayService:
             "services": services,
         }
         return json_response(body, 503 if problems else 200)
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request):
+        """The OpenAPI 3 document of this API. Example: ``curl localhost:8000/openapi.json``"""
+        from gateway.openapi import openapi_document  # here: this method is this file's only addition
+
+        return json_response(openapi_document())

@@ -13,6 +13,15 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
+from observability.logs import CallContext
+from observability.metrics import (
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_PENDING,
+    RpcMetrics,
+    metrics_http,
+    metrics_response,
+    read_at_scrape,
+)
 from person.cpf import InvalidCPF, normalize_cpf
 from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
 from person.models import Asset, Debt, Income, Person, PersonBase, idempotency_keys, outbox
@@ -58,12 +67,19 @@ def _cpf(value):
         raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
 
 
+def _set_outbox_gauges(backlog):
+    OUTBOX_PENDING.set(backlog["pending"])
+    OUTBOX_OLDEST_AGE.set(backlog["oldest_pending_age_seconds"])
+
+
 class PersonService:
     name = "person"
 
     db = Database(PersonBase)
     outbox = Outbox(PersonBase, outbox)
     idempotency = IdempotencyKeys(idempotency_keys)
+    call_context = CallContext()
+    rpc_metrics = RpcMetrics()
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
     def create_person(self, person, idempotency_key=None):
@@ -219,6 +235,16 @@ class PersonService:
         with self.db.get_session() as session:
             session.execute(text("SELECT 1"))
         return {"service": "person", "database": "ok", "outbox": self.outbox.backlog()}
+
+    @metrics_http("GET", "/metrics")
+    def metrics(self, request):
+        """Prometheus metrics of this instance, on ``METRICS_ADDRESS["person"]``.
+
+        Example: ``curl localhost:9101/metrics`` -> ``events_published_total{...} 4.0``,
+        ``outbox_pending_events 0.0``, ``rpc_requests_total{method="add_income",outcome="ok"} 1.0``...
+        """
+        read_at_scrape("outbox", self.outbox.backlog, _set_outbox_gauges)
+        return metrics_response()
 
     @relay_timer()
     def relay_outbox(self):

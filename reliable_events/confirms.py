@@ -35,7 +35,7 @@ class BatchPublisher:
         self._outcome, self._pending = {}, {}
 
     def publish(self, messages) -> dict:
-        """Publish ``(message_id, routing_key, body)`` tuples.
+        """Publish ``(message_id, routing_key, body, headers)`` tuples (headers may be None).
 
         Returns ``{message_id: None}`` for each message the broker confirmed and
         ``{message_id: "<error>"}`` for each it did not (unroutable, nacked, or
@@ -49,13 +49,13 @@ class BatchPublisher:
                 self._reset()
                 error = f"publish failed: {exc!r}"
                 _log.warning("batch of %d not confirmed: %s", len(messages), exc)
-                return {message_id: self._outcome.get(message_id) or error for message_id, _, _ in messages}
+                return {message_id: self._outcome.get(message_id) or error for message_id, *_ in messages}
 
     def _publish(self, messages) -> dict:
         channel = self._ready_channel()
         # Filled before publishing: py-amqp may read acks while we still publish.
         self._outcome, self._pending = {}, {}
-        for message_id, routing_key, body in messages:
+        for message_id, routing_key, body, headers in messages:
             self._tag += 1
             self._pending[self._tag] = message_id
             channel.basic_publish(
@@ -65,6 +65,7 @@ class BatchPublisher:
                     content_encoding="utf-8",
                     delivery_mode=2,
                     message_id=message_id,
+                    application_headers=headers or {},
                 ),
                 exchange=self.exchange.name,
                 routing_key=routing_key,
@@ -76,7 +77,7 @@ class BatchPublisher:
             if remaining <= 0:
                 raise TimeoutError(f"{len(self._pending)} confirms missing after {self.confirm_timeout}s")
             self._connection.drain_events(timeout=remaining)
-        return {message_id: self._outcome.get(message_id) for message_id, _, _ in messages}
+        return {message_id: self._outcome.get(message_id) for message_id, *_ in messages}
 
     def _ready_channel(self):
         if self._channel is None:

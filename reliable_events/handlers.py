@@ -21,7 +21,10 @@ with these guarantees added:
 
 The handler method gets a *list* of parsed events (dicts, ``event_id`` a
 string), so it can apply them in one transaction: a replica catching up on a
-backlog then pays one commit per batch instead of one per event. Retries and
+backlog then pays one commit per batch instead of one per event. It returns
+the events it applied (the others count as duplicates its inbox skipped), or
+None for all of them; the entrypoint logs one line per applied event, with
+the call ids of the request that wrote it, and observes its propagation lag. Retries and
 replays can deliver an event again: handlers must be idempotent, which
 :mod:`reliable_events.inbox` makes them.
 
@@ -49,7 +52,16 @@ from nameko.events import EventHandler
 from nameko.exceptions import ContainerBeingKilled
 from nameko.messaging import QueueConsumer
 
+from observability.logs import event_fields
+from observability.metrics import (
+    EVENTS_APPLIED,
+    EVENTS_DEAD_LETTERED,
+    EVENTS_DUPLICATE,
+    EVENTS_RETRIED,
+    PROPAGATION_LAG,
+)
 from reliable_events.envelope import MalformedEvent, parse_envelope
+from reliable_events.outbox import CALL_ID_STACK_HEADER
 
 _log = logging.getLogger(__name__)
 
@@ -248,6 +260,7 @@ class ReliableEventHandler(EventHandler):
             if exc_info is None:
                 for message in messages:
                     self.queue_consumer.ack_message(message)
+                self._applied(worker_ctx, worker_ctx.args[0], messages, result)
             elif len(messages) == 1:
                 self._failed(messages[0], worker_ctx.args[0][0], exc_info)
             else:
@@ -264,6 +277,33 @@ class ReliableEventHandler(EventHandler):
             self._wake.set()
         return result, exc_info
 
+    def _applied(self, worker_ctx, events, messages, applied):
+        """One line and the counters per event of a batch that committed."""
+        applied_ids = None if applied is None else {event["event_id"] for event in applied}
+        now = datetime.now(UTC)
+        for event, message in zip(events, messages, strict=True):
+            if applied_ids is not None and event["event_id"] not in applied_ids:
+                EVENTS_DUPLICATE.labels(event["event_type"]).inc()
+                continue
+            lag = (now - event["occurred_at"]).total_seconds()
+            EVENTS_APPLIED.labels(event["event_type"]).inc()
+            PROPAGATION_LAG.labels(event["event_type"]).observe(max(lag, 0.0))
+            # The writer's call chain (from the message), then this worker's call id.
+            origin = list((message.headers or {}).get(CALL_ID_STACK_HEADER) or [])
+            _log.info(
+                "applied event %s %s cpf=%s sequence=%s",
+                event["event_id"],
+                event["event_type"],
+                event["cpf"],
+                event["sequence"],
+                extra=event_fields(
+                    event,
+                    lag_ms=round(lag * 1000, 2),
+                    call_id=worker_ctx.call_id,
+                    call_id_stack=[*origin, worker_ctx.call_id],
+                ),
+            )
+
     def _failed(self, message, event, exc_info):
         """Retry ``message`` later, or dead-letter it after the last attempt."""
         attempt = int(message.headers.get(ATTEMPT, 0) or 0) + 1
@@ -273,6 +313,7 @@ class ReliableEventHandler(EventHandler):
             self._dead_letter(message, f"malformed event: {exc_info[1]}", attempt, error)
         elif attempt <= len(self.retry_delays):
             delay = self.retry_delays[attempt - 1]
+            EVENTS_RETRIED.labels(event["event_type"]).inc()
             _log.warning(
                 "event %s %s failed attempt %d (%s); retrying in %ss",
                 event["event_id"],
@@ -286,11 +327,13 @@ class ReliableEventHandler(EventHandler):
             self._dead_letter(message, f"failed {attempt} attempts; last error {error}", attempt, error)
 
     def _dead_letter(self, message, reason, attempts, error=None):
+        EVENTS_DEAD_LETTERED.labels(self.queue.name).inc()
         _log.error(
             "dead-lettered message %s from %s: %s",
             message.properties.get("message_id"),
             self.queue.name,
             reason,
+            extra={"event_id": message.properties.get("message_id"), "queue": self.queue.name, "reason": reason},
         )
         self._move(message, self.dead_letters.name, attempts, error or reason, {DEAD_REASON: reason})
 

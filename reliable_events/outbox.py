@@ -36,12 +36,15 @@ from nameko.standalone.events import get_event_exchange
 from nameko.timer import Timer
 from sqlalchemy import Table, create_engine, func, select, update
 
+from observability.logs import event_fields
+from observability.metrics import EVENT_PUBLISH_FAILURES, EVENTS_PUBLISHED
 from reliable_events.confirms import BatchPublisher
 from reliable_events.envelope import new_envelope
 
 _log = logging.getLogger(__name__)
 
-_WRITTEN = "outbox_written"  # session.info: envelopes its transaction wrote
+_WRITTEN = "outbox_written"  # session.info: (envelope, headers) its transaction wrote
+CALL_ID_STACK_HEADER = "nameko.call_id_stack"  # what Nameko's own publishers send
 
 
 class OutboxRelay(Timer):
@@ -72,6 +75,8 @@ class OutboxWriter:
         commits (a rollback leaves no row and wakes nothing).
         """
         envelope = new_envelope(event_type, key, sequence, data)
+        # None outside a container (a worker_factory test, a script).
+        headers = {CALL_ID_STACK_HEADER: self._worker_ctx.call_id_stack} if self._worker_ctx is not None else None
         session.execute(
             self._outbox.table.insert().values(
                 event_id=envelope["event_id"],
@@ -79,9 +84,10 @@ class OutboxWriter:
                 aggregate_key=key,
                 sequence=sequence,
                 payload=envelope,
+                headers=headers,
             )
         )
-        self._outbox.wrote(session, self._worker_ctx, envelope)
+        self._outbox.wrote(session, self._worker_ctx, envelope, headers)
         return envelope
 
     def relay_pending(self, min_age: float | None = None) -> int:
@@ -125,7 +131,7 @@ class Outbox(DependencyProvider):
         self.engine = create_engine(config["DB_URIS"][key], pool_size=3)
         self.batch_size = int(config.get("OUTBOX_BATCH_SIZE", 500))
         self.sweep_grace = float(config.get("OUTBOX_SWEEP_GRACE", 2.0))
-        self._committed = collections.deque()  # envelopes committed, not yet published
+        self._committed = collections.deque()  # (envelope, headers) committed, not yet published
         # Fault injection for the crash-safety tests only: die between the
         # commit and the publish, as a kill -9 at the worst moment would.
         self._crash_before_publish = bool(config.get("FAULT_CRASH_BEFORE_PUBLISH", False))
@@ -149,14 +155,14 @@ class Outbox(DependencyProvider):
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
 
-    def wrote(self, session, worker_ctx, envelope: dict) -> None:
+    def wrote(self, session, worker_ctx, envelope: dict, headers: dict) -> None:
         if self._crash_before_publish:
             self._writers[worker_ctx] = True  # worker_result kills the process
             return
         if not sqlalchemy.event.contains(session, "after_commit", self._on_commit):
             sqlalchemy.event.listen(session, "after_commit", self._on_commit)
             sqlalchemy.event.listen(session, "after_rollback", self._on_rollback)
-        session.info.setdefault(_WRITTEN, []).append(envelope)
+        session.info.setdefault(_WRITTEN, []).append((envelope, headers))
 
     def _on_commit(self, session) -> None:
         # Right after the commit, not after the worker: the relay's publish
@@ -183,19 +189,19 @@ class Outbox(DependencyProvider):
                 self._wake.wait()
                 self._wake.clear()
             take = min(self.batch_size, len(self._committed))
-            envelopes = [self._committed.popleft() for _ in range(take)]
-            if not envelopes:
+            written = [self._committed.popleft() for _ in range(take)]
+            if not written:
                 continue
             try:
-                self._relay_committed(envelopes)
+                self._relay_committed(written)
             except Exception:  # the sweep retries; say so, do not hide it
-                _log.exception("relay of %d events failed; they are left to the sweep", len(envelopes))
+                _log.exception("relay of %d events failed; they are left to the sweep", len(written))
 
-    def _relay_committed(self, envelopes: list) -> None:
+    def _relay_committed(self, written: list) -> None:
         """Publish events just committed by this process, then mark them sent."""
         t = self.table
-        outcome = self.publisher.publish([(e["event_id"], e["event_type"], e) for e in envelopes])
-        sent = [e["event_id"] for e in envelopes if outcome[e["event_id"]] is None]
+        outcome = self.publisher.publish([(e["event_id"], e["event_type"], e, h) for e, h in written])
+        sent = [e["event_id"] for e, _ in written if outcome[e["event_id"]] is None]
         if sent:
             with self.engine.begin() as conn:
                 marked = conn.execute(
@@ -206,12 +212,8 @@ class Outbox(DependencyProvider):
             if marked < len(sent):
                 # Only when publishing took longer than the sweep's grace.
                 _log.warning("%d of %d events were also published by a sweep", len(sent) - marked, len(sent))
-        for envelope in envelopes:
-            error = outcome[envelope["event_id"]]
-            if error is None:
-                _log.info("published event %s %s", envelope["event_id"], envelope["event_type"])
-            else:
-                _log.warning("event %s %s left to the sweep: %s", envelope["event_id"], envelope["event_type"], error)
+        for envelope, headers in written:
+            _published(envelope, headers, outcome[envelope["event_id"]], "commit")
 
     def relay_pending(self, min_age: float | None = None) -> int:
         """Publish rows pending for at least ``min_age`` seconds (default: the
@@ -229,7 +231,7 @@ class Outbox(DependencyProvider):
         t = self.table
         with self.engine.begin() as conn:
             rows = conn.execute(
-                select(t.c.position, t.c.event_id, t.c.event_type, t.c.payload)
+                select(t.c.position, t.c.event_id, t.c.event_type, t.c.payload, t.c.headers)
                 .where(
                     t.c.published_at.is_(None),
                     t.c.created_at <= func.clock_timestamp() - func.make_interval(0, 0, 0, 0, 0, 0, min_age),
@@ -240,7 +242,7 @@ class Outbox(DependencyProvider):
             ).all()
             if not rows:
                 return 0, 0
-            outcome = self.publisher.publish([(row.event_id, row.event_type, row.payload) for row in rows])
+            outcome = self.publisher.publish([(row.event_id, row.event_type, row.payload, row.headers) for row in rows])
             sent = [row.position for row in rows if outcome[row.event_id] is None]
             failed = [(row, outcome[row.event_id]) for row in rows if outcome[row.event_id] is not None]
             if sent:
@@ -254,10 +256,7 @@ class Outbox(DependencyProvider):
                     update(t).where(t.c.position == row.position).values(attempts=t.c.attempts + 1, last_error=error)
                 )
         for row in rows:
-            if outcome[row.event_id] is None:
-                _log.info("published event %s %s position=%s", row.event_id, row.event_type, row.position)
-            else:
-                _log.warning("event %s %s kept pending: %s", row.event_id, row.event_type, outcome[row.event_id])
+            _published(row.payload, row.headers, outcome[row.event_id], "sweep", position=row.position)
         return len(sent), len(rows)
 
     def backlog(self) -> dict:
@@ -270,3 +269,24 @@ class Outbox(DependencyProvider):
                 ).where(t.c.published_at.is_(None))
             ).one()
         return {"pending": count, "oldest_pending_age_seconds": float(oldest or 0)}
+
+
+def _published(envelope: dict, headers: dict | None, error: str | None, path: str, **more) -> None:
+    """One log line and the counters for one publish attempt."""
+    stack = (headers or {}).get(CALL_ID_STACK_HEADER)
+    fields = event_fields(envelope, path=path, **more)
+    if stack:
+        # The writer's call ids: this line joins the request that wrote the event.
+        fields.update(call_id_stack=stack, call_id=stack[-1])
+    if error is None:
+        EVENTS_PUBLISHED.labels(envelope["event_type"], path).inc()
+        _log.info("published event %s %s", envelope["event_id"], envelope["event_type"], extra=fields)
+    else:
+        EVENT_PUBLISH_FAILURES.labels(envelope["event_type"]).inc()
+        _log.warning(
+            "event %s %s left pending: %s",
+            envelope["event_id"],
+            envelope["event_type"],
+            error,
+            extra={**fields, "error": error},
+        )

@@ -37,6 +37,9 @@ def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
         Column("aggregate_key", String(64), nullable=False),
         Column("sequence", Integer, nullable=False),
         Column("payload", JSONB, nullable=False),
+        # Message headers to publish with: the writer's Nameko call ids, so the
+        # consumer's worker (and its log lines) continue the same call chain.
+        Column("headers", JSONB),
         Column(
             "created_at",
             DateTime(timezone=True),

@@ -63,6 +63,7 @@ def base_config(amqp_uri, db_uris):
         OUTBOX_SWEEP_INTERVAL=0.2,
         OUTBOX_SWEEP_GRACE=0.5,
         RPC_TIMEOUT=5,
+        METRICS_ADDRESS={"person": "127.0.0.1:0", "score": "127.0.0.1:0"},
     )
     config.pop("LOGGING", None)
     return config

@@ -24,6 +24,9 @@ class System:
             "PERSON_DB_URI": db_uris["person:PersonBase"],
             "SCORE_DB_URI": db_uris["score:ScoreBase"],
             "WEB_SERVER_ADDRESS": f"127.0.0.1:{self.port}",
+            # Any free port: two runs, or two instances of a service, never collide.
+            "PERSON_METRICS_ADDRESS": "127.0.0.1:0",
+            "SCORE_METRICS_ADDRESS": "127.0.0.1:0",
             "OUTBOX_SWEEP_INTERVAL": "0.2",
             "OUTBOX_SWEEP_GRACE": "0.5",
             "PYTHONWARNINGS": "ignore",

@@ -37,7 +37,7 @@ class RecordingOutbox:
     def __init__(self):
         self.writes = 0
 
-    def wrote(self, session, worker_ctx, envelope):
+    def wrote(self, session, worker_ctx, envelope, headers):
         self.writes += 1
 
 

@@ -21,7 +21,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 NAMEKO_SERVICES = ("person", "score", "gateway")
 # Everything except the one-shot migrate job must stay up and report health.
-LONG_RUNNING = ("traefik", "rabbitmq", "postgres") + NAMEKO_SERVICES
+LONG_RUNNING = ("traefik", "rabbitmq", "postgres") + NAMEKO_SERVICES + ("prometheus",)
 
 
 def _compose_schema():
@@ -131,7 +131,10 @@ def test_gateway_is_routed_by_host_to_port_8000(services):
 
     routers = {key.split(".")[3] for key in labels if key.startswith("traefik.http.routers.") and key.endswith(".rule")}
     rules = {labels[f"traefik.http.routers.{r}.rule"] for r in routers}
-    assert rules == {"Host(`person.localhost`)", "Host(`score.localhost`)"}
+    assert rules == {
+        "Host(`person.localhost`) && !PathPrefix(`/metrics`)",
+        "Host(`score.localhost`) && !PathPrefix(`/metrics`)",
+    }
 
     for router in routers:
         assert labels[f"traefik.http.routers.{router}.entrypoints"] == "web"
@@ -324,3 +327,497 @@ def test_cluster_services_can_fail_over_to_every_node(cluster, name):
     assert {dep: cond["condition"] for dep, cond in service["depends_on"].items()} == {
         f"rabbitmq-{i}": "service_healthy" for i in (1, 2, 3)
     }
+
+
+# --- Protected endpoints and observability -----------------------------------
+#
+# Each check below is a function that returns the problems it finds, so that the
+# tests can run it on the real files (no problem) and on broken copies (the
+# problem is found): a check that cannot fail proves nothing.
+
+PROMETHEUS_FILE = ROOT / "docker" / "prometheus.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+# Services that may be on a network that is not internal, and publish ports.
+EDGE_SERVICES = {"traefik", "gateway"}
+LOOPBACK_ONLY = {"gateway", "prometheus"}
+BACKEND_ONLY = ("rabbitmq", "postgres", "migrate", "person", "score")
+
+# ${NAME}, ${NAME:-default}, ${NAME:?message}, ... (Compose's interpolation forms).
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+REQUIRED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):\?(?P<message>[^}]+)\}")
+# Variable, environment and label names that hold a credential.
+SECRET_NAME = re.compile(r"PASS|TOKEN|SECRET|COOKIE|_USERS?$|basicauth\.users$", re.IGNORECASE)
+# Well-known default credentials that must never be written into the file.
+KNOWN_DEFAULTS = re.compile(r"guest|postgres:postgres|admin:admin|\$\$?apr1\$", re.IGNORECASE)
+# A URI's user:password, where either may be a whole ${...} (whose message has spaces and colons).
+URI_USERINFO = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://"
+    r"(?P<user>(?:\$\{[^}]*\}|[^/;\s@:$])*)(?::(?P<password>(?:\$\{[^}]*\}|[^/;\s@$])*))?@"
+)
+
+
+def _variables(document):
+    """(name, operator, argument) of every interpolation in a parsed compose file."""
+    for _, text in _walk_strings(document):
+        for match in VARIABLE.finditer(text):
+            yield match.groups()
+
+
+def _credential_problems(document):
+    problems = []
+    for name, service in (document.get("services") or {}).items():
+        settings = {**_as_dict(service.get("environment")), **_as_dict(service.get("labels"))}
+        for key, value in settings.items():
+            where = f"{name}: {key}"
+            if KNOWN_DEFAULTS.search(value):
+                problems.append(f"{where}: default credential in {value!r}")
+            if SECRET_NAME.search(key) and not REQUIRED.fullmatch(value):
+                problems.append(f"{where}: a credential must be exactly ${{VAR:?message}}, not {value!r}")
+            for uri in URI_USERINFO.finditer(value):
+                user, password = uri["user"], uri["password"] or ""
+                if not REQUIRED.fullmatch(password):
+                    problems.append(f"{where}: password in {uri['scheme']} URI is not ${{VAR:?message}}: {value!r}")
+                if uri["scheme"] == "amqp" and not REQUIRED.fullmatch(user):
+                    problems.append(f"{where}: AMQP user is not ${{VAR:?message}}: {value!r}")
+    for variable, operator, argument in _variables(document):
+        if SECRET_NAME.search(variable) and operator != ":?":
+            problems.append(f"${{{variable}{operator or ''}{argument or ''}}}: a credential has no default")
+    return problems
+
+
+def _published_ports(service):
+    """(host_ip, published, target) of every published port, short or long syntax."""
+    ports = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            if entry.get("published") is not None:
+                ports.append((entry.get("host_ip", ""), str(entry["published"]), str(entry["target"])))
+            else:
+                # A long-syntax port without `published` still gets a random host port.
+                ports.append((entry.get("host_ip", ""), "", str(entry["target"])))
+            continue
+        spec = str(entry).split("/")[0]
+        parts = spec.rsplit(":", 2)
+        if len(parts) == 3:
+            ports.append((parts[0].strip("[]"), parts[1], parts[2]))
+        elif len(parts) == 2:
+            ports.append(("", parts[0], parts[1]))
+        else:
+            ports.append(("", "", parts[0]))
+    return ports
+
+
+def _port_problems(document):
+    problems = []
+    for name, service in document["services"].items():
+        if service.get("network_mode") == "host":
+            problems.append(f"{name}: network_mode host bypasses the networks")
+        for host_ip, published, target in _published_ports(service):
+            if name == "traefik":
+                continue
+            if name in LOOPBACK_ONLY and host_ip == "127.0.0.1" and published:
+                continue
+            problems.append(f"{name}: publishes {host_ip or '*'}:{published or '?'}->{target}")
+    return problems
+
+
+def _service_networks(service):
+    networks = service.get("networks")
+    if networks is None:
+        return {"default": {}}
+    if isinstance(networks, list):
+        return {network: {} for network in networks}
+    return {network: spec or {} for network, spec in networks.items()}
+
+
+def _internal(document, network):
+    return bool(((document.get("networks") or {}).get(network) or {}).get("internal"))
+
+
+def _network_problems(document):
+    services = document["services"]
+    problems = []
+    for name, service in services.items():
+        networks = _service_networks(service)
+        outside = sorted(n for n in networks if not _internal(document, n))
+        inside = sorted(n for n in networks if _internal(document, n))
+        if name in EDGE_SERVICES or name == "prometheus":
+            if name != "traefik" and not inside:
+                problems.append(f"{name}: not on the internal network")
+            if name == "traefik" and inside:
+                problems.append("traefik: must not reach the internal network")
+            if name == "prometheus":
+                # Its non-internal network only carries the loopback port:
+                # nothing else may be on it.
+                for network in outside:
+                    others = [o for o, s in services.items() if o != name and network in _service_networks(s)]
+                    if others:
+                        problems.append(f"prometheus: shares non-internal {network} with {others}")
+        elif outside:
+            problems.append(f"{name}: on non-internal network(s) {outside}")
+        if _published_ports(service):
+            # Docker publishes no port of a container on an internal network:
+            # the first (highest priority) network must be one that is not.
+            if not outside:
+                problems.append(f"{name}: publishes a port but is only on internal networks")
+            else:
+                first = max(networks, key=lambda n: networks[n].get("priority", 0))
+                if _internal(document, first) or len({networks[n].get("priority", 0) for n in networks}) < len(
+                    networks
+                ):
+                    problems.append(f"{name}: its non-internal network is not explicitly first (priority)")
+    return problems
+
+
+def _router_problems(document):
+    """Every Traefik router on the public `web` entrypoint must exclude /metrics."""
+    problems = []
+    for name, service in document["services"].items():
+        labels = _as_dict(service.get("labels"))
+        for key, rule in labels.items():
+            if not (key.startswith("traefik.http.routers.") and key.endswith(".rule")):
+                continue
+            router = key.split(".")[3]
+            if labels.get(f"traefik.http.routers.{router}.entrypoints") != "web":
+                continue
+            terms = [term.strip() for term in rule.split("&&")]
+            # `||` at the top level would let a second alternative match /metrics.
+            if "||" in rule or "!PathPrefix(`/metrics`)" not in terms:
+                problems.append(f"{name}: router {router} does not exclude /metrics: {rule}")
+    return problems
+
+
+def _address_port(address):
+    host, _, port = address.rpartition(":")
+    return host, port
+
+
+def _metrics_address(service_name, service):
+    env = _as_dict(service.get("environment"))
+    key = f"{service_name.upper()}_METRICS_ADDRESS"
+    # The gateway serves /metrics on its HTTP API port.
+    return env.get(key) or env.get("WEB_SERVER_ADDRESS")
+
+
+def _scrape_problems(document, prometheus_config):
+    services = document["services"]
+    prometheus_networks = set(_service_networks(services["prometheus"]))
+    problems = []
+    global_interval = (prometheus_config.get("global") or {}).get("scrape_interval")
+    jobs = {}
+    for job in prometheus_config.get("scrape_configs") or []:
+        jobs[job["job_name"]] = job
+        if job.get("scrape_interval", global_interval) != "15s":
+            problems.append(f"job {job['job_name']}: scrape_interval is not 15s")
+        if job.get("metrics_path", "/metrics") != "/metrics":
+            problems.append(f"job {job['job_name']}: metrics_path {job['metrics_path']}")
+        targets = [t for static in job.get("static_configs") or [] for t in static.get("targets") or []]
+        if not targets:
+            problems.append(f"job {job['job_name']}: no targets")
+        for target in targets:
+            host, port = _address_port(target)
+            if host not in services:
+                problems.append(f"job {job['job_name']}: target {target} is not a compose service")
+                continue
+            if host != job["job_name"]:
+                problems.append(f"job {job['job_name']}: scrapes {host}")
+            address = _metrics_address(host, services[host])
+            if not address:
+                problems.append(f"{host}: no metrics address configured")
+                continue
+            bind_host, bind_port = _address_port(address)
+            if bind_port != port:
+                problems.append(f"job {job['job_name']}: target port {port}, {host} serves metrics on {address}")
+            if bind_host != "0.0.0.0":
+                problems.append(f"{host}: metrics on {address} cannot be reached from another container")
+            if not prometheus_networks & set(_service_networks(services[host])):
+                problems.append(f"prometheus shares no network with {host}")
+    if set(jobs) != set(NAMEKO_SERVICES):
+        problems.append(f"jobs {sorted(jobs)} are not one per service {sorted(NAMEKO_SERVICES)}")
+    return problems
+
+
+def _env_example():
+    """{name: value} of .env.example, and the names preceded by no comment."""
+    values, uncommented = {}, []
+    previous = ""
+    for raw in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f".env.example: not NAME=value: {raw!r}"
+            if not previous.startswith("#"):
+                uncommented.append(name)
+            values[name] = value
+        previous = line
+    return values, uncommented
+
+
+@pytest.fixture(scope="module")
+def prometheus_config():
+    return yaml.safe_load(PROMETHEUS_FILE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def compose_files(compose, cluster):
+    return {"docker-compose.yml": compose, "docker-compose.cluster.yml": cluster}
+
+
+def test_no_credential_is_written_into_the_compose_files(compose_files):
+    for name, document in compose_files.items():
+        assert _credential_problems(document) == [], name
+
+
+def _set_env(service, key, value):
+    return lambda d: d["services"][service]["environment"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(_set_env("person", "AMQP_URI", "amqp://guest:guest@rabbitmq:5672/"), id="guest-amqp"),
+        pytest.param(
+            _set_env("person", "AMQP_URI", "amqp://${RABBITMQ_USER:?x}:hunter2@rabbitmq:5672/"), id="amqp-password"
+        ),
+        pytest.param(
+            _set_env("person", "AMQP_URI", "amqp://nameko:${RABBITMQ_PASSWORD:?x}@rabbitmq:5672/"), id="amqp-user"
+        ),
+        pytest.param(
+            _set_env("migrate", "PERSON_DB_URI", "postgresql+psycopg2://postgres:postgres@postgres:5432/person"),
+            id="postgres-postgres",
+        ),
+        pytest.param(_set_env("postgres", "POSTGRES_PASSWORD", "${POSTGRES_PASSWORD:-postgres}"), id="pg-default"),
+        pytest.param(_set_env("postgres", "POSTGRES_PASSWORD", "s3cret"), id="pg-literal"),
+        pytest.param(_set_env("rabbitmq", "RABBITMQ_DEFAULT_PASS", "guest"), id="rabbitmq-literal"),
+        pytest.param(_set_env("gateway", "API_TOKENS", "${API_TOKENS:-}"), id="tokens-optional"),
+        pytest.param(_set_env("gateway", "API_TOKENS", "token-1"), id="tokens-literal"),
+        pytest.param(
+            lambda d: d["services"]["traefik"]["labels"].append(
+                "traefik.http.middlewares.dashboard-auth.basicauth.users=admin:$$apr1$$WzE6Ep0m$$66iPBLrn8p"
+            ),
+            id="htpasswd-literal",
+        ),
+    ],
+)
+def test_credential_check_finds_a_literal(compose, mutate):
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    assert _credential_problems(broken)
+
+
+def test_credentials_come_from_the_same_variables(services):
+    rabbitmq = _as_dict(services["rabbitmq"]["environment"])
+    user = REQUIRED.fullmatch(rabbitmq["RABBITMQ_DEFAULT_USER"])["name"]
+    password = REQUIRED.fullmatch(rabbitmq["RABBITMQ_DEFAULT_PASS"])["name"]
+    assert (user, password) == ("RABBITMQ_USER", "RABBITMQ_PASSWORD")
+    for name in NAMEKO_SERVICES:
+        uri = URI_USERINFO.match(_as_dict(services[name]["environment"])["AMQP_URI"])
+        assert REQUIRED.fullmatch(uri["user"])["name"] == user, name
+        assert REQUIRED.fullmatch(uri["password"])["name"] == password, name
+
+    pg = REQUIRED.fullmatch(_as_dict(services["postgres"]["environment"])["POSTGRES_PASSWORD"])["name"]
+    assert pg == "POSTGRES_PASSWORD"
+    for name, key in (("migrate", "PERSON_DB_URI"), ("migrate", "SCORE_DB_URI"), ("person", "PERSON_DB_URI")):
+        uri = URI_USERINFO.match(_as_dict(services[name]["environment"])[key])
+        assert uri["user"] == "postgres", (name, key)
+        assert REQUIRED.fullmatch(uri["password"])["name"] == pg, (name, key)
+
+    gateway = _as_dict(services["gateway"]["environment"])
+    assert REQUIRED.fullmatch(gateway["API_TOKENS"])["name"] == "API_TOKENS"
+    traefik = _as_dict(services["traefik"]["labels"])
+    users = traefik["traefik.http.middlewares.dashboard-auth.basicauth.users"]
+    assert REQUIRED.fullmatch(users)["name"] == "TRAEFIK_DASHBOARD_USERS"
+
+
+def test_required_variables_say_what_to_do(compose_files):
+    for document in compose_files.values():
+        for name, operator, message in _variables(document):
+            if operator == ":?":
+                assert ".env" in message, f"${{{name}:?...}} should point at .env"
+
+
+def test_only_traefik_and_loopback_ports_are_published(services, compose):
+    assert _port_problems(compose) == []
+    assert {(p[1], p[2]) for p in _published_ports(services["traefik"])} == {("80", "80"), ("8080", "8080")}
+    assert _published_ports(services["gateway"]) == [("127.0.0.1", "8000", "8000")]
+    assert _published_ports(services["prometheus"]) == [("127.0.0.1", "9090", "9090")]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda d: d["services"]["rabbitmq"].__setitem__("ports", ["127.0.0.1:15672:15672"]), id="rabbit"),
+        pytest.param(lambda d: d["services"]["postgres"].__setitem__("ports", ["5432:5432"]), id="postgres"),
+        pytest.param(lambda d: d["services"]["person"].__setitem__("ports", [{"target": 9101}]), id="long-syntax"),
+        pytest.param(lambda d: d["services"]["gateway"].__setitem__("ports", ["8000:8000"]), id="gateway-all-ifaces"),
+        pytest.param(lambda d: d["services"]["prometheus"].__setitem__("ports", ["9090:9090"]), id="prometheus-all"),
+        pytest.param(lambda d: d["services"]["score"].__setitem__("network_mode", "host"), id="host-network"),
+    ],
+)
+def test_port_check_finds_a_published_port(compose, mutate):
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    assert _port_problems(broken)
+
+
+def test_backend_services_are_only_on_internal_networks(compose, services):
+    assert _network_problems(compose) == []
+    networks = compose["networks"]
+    internal = {name for name, spec in networks.items() if (spec or {}).get("internal") is True}
+    assert internal, "no internal network"
+    for name in BACKEND_ONLY:
+        assert set(_service_networks(services[name])) <= internal, name
+    assert set(_service_networks(services["gateway"])) & internal
+    assert set(_service_networks(services["gateway"])) - internal
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda d: d["services"]["postgres"].pop("networks"), id="postgres-on-default"),
+        pytest.param(lambda d: d["services"]["rabbitmq"]["networks"].append("edge"), id="rabbitmq-on-edge"),
+        pytest.param(lambda d: d["networks"]["backend"].pop("internal"), id="backend-not-internal"),
+        pytest.param(lambda d: d["services"]["traefik"]["networks"].append("backend"), id="traefik-inside"),
+        pytest.param(lambda d: d["services"]["gateway"]["networks"].pop("edge"), id="gateway-port-unpublishable"),
+        pytest.param(lambda d: d["services"]["score"].__setitem__("networks", ["monitoring"]), id="score-monitoring"),
+    ],
+)
+def test_network_check_finds_a_service_outside(compose, mutate):
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    assert _network_problems(broken)
+
+
+def test_cluster_nodes_are_on_the_internal_network(compose, cluster):
+    nodes = {name: svc for name, svc in cluster["services"].items() if name.startswith("rabbitmq-")}
+    for name, node in nodes.items():
+        networks = _service_networks(node)
+        assert networks and all(_internal(compose, n) for n in networks), name
+
+
+def test_traefik_reaches_the_gateway_over_the_named_edge_network(compose, services):
+    labels = _as_dict(services["gateway"]["labels"])
+    docker_network = labels["traefik.docker.network"]
+    # With an explicit `name:` the network is called exactly that, whatever
+    # the compose project is called.
+    by_name = {(spec or {}).get("name"): key for key, spec in compose["networks"].items()}
+    assert docker_network in by_name, "traefik.docker.network is not a network's explicit name"
+    edge = by_name[docker_network]
+    assert not _internal(compose, edge)
+    assert edge in _service_networks(services["gateway"])
+    assert set(_service_networks(services["traefik"])) == {edge}
+    args = [a for a in _as_argv(services["traefik"]["command"]) if a.startswith("--providers.docker.network=")]
+    assert all(a.split("=", 1)[1] == docker_network for a in args)
+
+
+def test_public_routers_do_not_serve_metrics(compose):
+    assert _router_problems(compose) == []
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "Host(`person.localhost`)",
+        "Host(`person.localhost`) && !PathPrefix(`/metric`)",
+        "Host(`person.localhost`) && !PathPrefix(`/metrics`) || Host(`score.localhost`)",
+    ],
+)
+def test_router_check_finds_an_exposed_metrics_path(compose, rule):
+    broken = copy.deepcopy(compose)
+    labels = broken["services"]["gateway"]["labels"]
+    index = next(i for i, label in enumerate(labels) if label.startswith("traefik.http.routers.person.rule="))
+    labels[index] = f"traefik.http.routers.person.rule={rule}"
+    assert _router_problems(broken)
+
+
+def test_prometheus_is_an_optional_pinned_service(compose, services):
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert re.fullmatch(r"prom/prometheus:v[23]\.\d+\.\d+", prometheus["image"])
+    args = _as_argv(prometheus["command"])
+    config_path = next(a.split("=", 1)[1] for a in args if a.startswith("--config.file="))
+    assert f"./docker/prometheus.yml:{config_path}:ro" in prometheus["volumes"]
+    data_path = next(a.split("=", 1)[1] for a in args if a.startswith("--storage.tsdb.path="))
+    data_volumes = [v.split(":")[0] for v in prometheus["volumes"] if v.split(":")[1] == data_path]
+    assert data_volumes and data_volumes[0] in compose["volumes"], "no named volume for Prometheus' data"
+    # Nothing starts it without the profile.
+    for name, service in services.items():
+        assert "prometheus" not in (service.get("depends_on") or {}), name
+
+
+def test_person_and_score_serve_metrics_on_their_own_ports(services):
+    assert _as_dict(services["person"]["environment"])["PERSON_METRICS_ADDRESS"] == "0.0.0.0:9101"
+    assert _as_dict(services["score"]["environment"])["SCORE_METRICS_ADDRESS"] == "0.0.0.0:9102"
+
+
+def test_prometheus_scrapes_every_service_where_it_serves_metrics(compose, prometheus_config):
+    assert prometheus_config["global"]["scrape_interval"] == "15s"
+    assert _scrape_problems(compose, prometheus_config) == []
+
+
+def _set_target(job_name, target):
+    def mutate(document, config):
+        job = next(j for j in config["scrape_configs"] if j["job_name"] == job_name)
+        job["static_configs"] = [{"targets": [target]}]
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(_set_target("person", "person:9102"), id="wrong-port"),
+        pytest.param(_set_target("score", "scorer:9102"), id="unknown-service"),
+        pytest.param(_set_target("gateway", "gateway:9100"), id="gateway-not-api-port"),
+        pytest.param(
+            lambda d, c: d["services"]["score"]["environment"].__setitem__("SCORE_METRICS_ADDRESS", "0.0.0.0:9109"),
+            id="service-moved",
+        ),
+        pytest.param(
+            lambda d, c: d["services"]["person"]["environment"].__setitem__("PERSON_METRICS_ADDRESS", "127.0.0.1:9101"),
+            id="loopback-bind",
+        ),
+        pytest.param(lambda d, c: c["scrape_configs"].pop(), id="missing-job"),
+        pytest.param(lambda d, c: c["global"].__setitem__("scrape_interval", "1m"), id="interval"),
+        pytest.param(lambda d, c: d["services"]["prometheus"].__setitem__("networks", ["monitoring"]), id="no-route"),
+    ],
+)
+def test_scrape_check_finds_a_mismatch(compose, prometheus_config, mutate):
+    document, config = copy.deepcopy(compose), copy.deepcopy(prometheus_config)
+    mutate(document, config)
+    assert _scrape_problems(document, config)
+
+
+@pytest.mark.parametrize("name", NAMEKO_SERVICES + ("migrate",))
+def test_every_variable_set_for_a_service_is_read_by_config_yml(services, name):
+    # A misspelt name (PERSON_METRIC_ADDRESS) would be set and silently ignored.
+    config = (ROOT / "config.yml").read_text(encoding="utf-8")
+    for key in _as_dict(services[name].get("environment")):
+        assert "${" + key + ":" in config or "${" + key + "}" in config, f"{name}: config.yml does not read {key}"
+
+
+def test_env_example_sets_every_variable_the_compose_files_use(compose_files):
+    values, uncommented = _env_example()
+    assert not uncommented, f".env.example: no comment before {uncommented}"
+    for file_name, document in compose_files.items():
+        for name, operator, _ in _variables(document):
+            assert name in values, f"{file_name} uses {name}, missing from .env.example"
+            if operator in (":?", "?"):
+                assert values[name].strip("'\""), f"{name} is required but empty in .env.example"
+
+
+def test_env_example_dashboard_users_is_a_literal_htpasswd_line():
+    values, _ = _env_example()
+    line = values["TRAEFIK_DASHBOARD_USERS"]
+    # Single quotes: Compose takes the value literally, `$` included.
+    assert re.fullmatch(r"'[^:',]+:(\$apr1\$|\$2[aby]\$|\{SHA\})[^']+'", line), line
+
+
+def test_env_files_stay_out_of_git_and_the_image():
+    for ignore_file in (".gitignore", ".dockerignore"):
+        entries = {line.strip() for line in (ROOT / ignore_file).read_text(encoding="utf-8").splitlines()}
+        assert ".env" in entries, f"{ignore_file} does not ignore .env"
+    # ... but the example is versioned.
+    gitignore = (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+    assert not {".env*", ".env.*", "*.example"} & set(gitignore)
