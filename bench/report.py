@@ -186,6 +186,25 @@ def build_rows(results: dict) -> list:
             )
         )
 
+    ryw = results.get("read_your_writes")
+    if ryw:
+        S = "10 read-your-writes: a write, then its score read with ?min_sequence= at once"
+        for label, title in (("idle", "idle"), ("loaded", "under writes at half the best rate")):
+            r = ryw[label]
+            rows.append(_row(S, f"{title}: gateway's wait p50", r["wait_p50_ms"], "ms"))
+            rows.append(_row(S, f"{title}: gateway's wait p99", r["wait_p99_ms"], "ms"))
+            note = f"of {r['reads_per_round']} per run"
+            rows.append(_row(S, f"{title}: reads answered stale", r["stale"], "count", note))
+            rows.append(
+                _ratio_row(
+                    S,
+                    f"{title}: read p50 with the wait / plain read p50",
+                    r["read_p50_ms"]["median"],
+                    r["plain_read_p50_ms"]["median"],
+                    note="the cost of seeing one's own write",
+                )
+            )
+
     if e2e and e2e.get("cpu_ms_per_write"):
         S = "9 CPU per write during the end-to-end runs (where the time goes; 2 cores)"
         cpu = e2e["cpu_ms_per_write"]

@@ -42,6 +42,7 @@ class Params:
     outbox_rows: int = 20000
     outage_reps: int = 3
     profile_seconds: int = 20
+    ryw_reads: int = 300  # write-then-read rounds per repetition
 
 
 QUICK = Params(
@@ -58,6 +59,7 @@ QUICK = Params(
     outbox_rows=2000,
     outage_reps=1,
     profile_seconds=8,
+    ryw_reads=60,
 )
 
 
@@ -162,6 +164,7 @@ def main(argv=None) -> int:
         results["write_path"] = scenarios.write_path(system, people, p)
         best_c, best = max(((c, w["rps"]["median"]) for c, w in results["write_path"].items()), key=lambda t: t[1])
         results["lag"] = scenarios.lag(system, people, best / 2, p)
+        results["read_your_writes"] = scenarios.read_your_writes(system, people, best / 2, p)
         results["outages"] = scenarios.outages(system, p)
         results["e2e"] = scenarios.end_to_end(system, people, best_c, p)
         results["peak_rss_mb"] = {

@@ -2,8 +2,11 @@
 
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict
+
+import requests
 
 from bench import baselines, wrk
 from bench.data import BULK_INCOME_SQL, event_body_bytes
@@ -341,3 +344,77 @@ def outages(system: BenchSystem, p) -> dict:
         "catch_up_rate_from_process_start": summary(c["catch_up"]["rate_from_process_start"] for c in cycles),
         "cycles": cycles,
     }
+
+
+# --- 10. read-your-writes ------------------------------------------------------------------------
+
+
+def _ryw_round(url: str, people: list, count: int, offset: int) -> dict:
+    """``count`` times: add an income, then read the score with the write's
+    sequence at once. The gateway's own wait (``Server-Timing``) and the client's
+    read time per read; plain reads (no sequence) in between, as the baseline."""
+    waits, reads, plain, stale = [], [], [], 0
+    with requests.Session() as http:
+        for i in range(count):
+            cpf = people[(offset + i) % len(people)]
+            written = http.post(f"{url}/person/{cpf}/income", json={"type": "bench", "value": "100.00"}, timeout=10)
+            written.raise_for_status()
+            started = time.perf_counter()
+            seen = http.get(f"{url}/{cpf}/score", params={"min_sequence": written.json()["sequence"]}, timeout=10)
+            reads.append((time.perf_counter() - started) * 1000)
+            seen.raise_for_status()
+            stale += seen.json()["stale"]
+            waits.append(float(seen.headers["Server-Timing"].split("dur=")[1]))
+            started = time.perf_counter()
+            http.get(f"{url}/{cpf}/score", timeout=10).raise_for_status()
+            plain.append((time.perf_counter() - started) * 1000)
+    waits.sort(), reads.sort(), plain.sort()
+    return {
+        "reads": count,
+        "stale": stale,
+        "wait_p50_ms": percentile(waits, 50),
+        "wait_p99_ms": percentile(waits, 99),
+        "wait_max_ms": waits[-1],
+        "read_p50_ms": percentile(reads, 50),
+        "read_p99_ms": percentile(reads, 99),
+        "plain_read_p50_ms": percentile(plain, 50),
+        "plain_read_p99_ms": percentile(plain, 99),
+    }
+
+
+def read_your_writes(system: BenchSystem, people: list, background_rate: float, p) -> dict:
+    """Write-then-read rounds on an idle system, then under background writes at ``background_rate``."""
+    out = {}
+    for label, rate in (("idle", None), ("loaded", background_rate)):
+        rounds = []
+        for rep in range(p.reps):
+            system.wait_quiet()
+            load = None
+            if rate:
+                seconds = max(2, p.ryw_reads // 50)
+                load = threading.Thread(
+                    target=wrk.run_wrk,
+                    args=(system.services.url, people, seconds, p.lag_connections),
+                    kwargs={"rate": rate, "seed": 3000 + rep},
+                )
+                load.start()
+                time.sleep(0.5)  # let the load reach its rate
+            rounds.append(_ryw_round(system.services.url, people, p.ryw_reads, rep * p.ryw_reads))
+            if load is not None:
+                load.join()
+            log.info(
+                "read-your-writes %s: wait p50 %.2f ms p99 %.2f ms, read p50 %.2f ms (plain %.2f ms), %d stale",
+                label,
+                rounds[-1]["wait_p50_ms"],
+                rounds[-1]["wait_p99_ms"],
+                rounds[-1]["read_p50_ms"],
+                rounds[-1]["plain_read_p50_ms"],
+                rounds[-1]["stale"],
+            )
+        out[label] = {
+            "background_rate": rate,
+            **{key: summary(r[key] for r in rounds) for key in rounds[0] if key != "reads"},
+            "reads_per_round": p.ryw_reads,
+            "rounds": rounds,
+        }
+    return out

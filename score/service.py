@@ -8,7 +8,6 @@ so a redelivered or replayed event changes nothing.
 import logging
 import re
 
-from nameko.events import EventDispatcher
 from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
@@ -22,7 +21,7 @@ from reliable_events.rpc import rpc
 from score import replica
 from score.exceptions import ScoreNotFound
 from score.models import ScoreBase, processed_events
-from score.notices import REPLICA_ADVANCED
+from score.notices import REPLICA_ADVANCED, NoticeDispatcher
 
 _log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class ScoreService:
     rpc_metrics = RpcMetrics()
     # A wake-up for waiting reads (score/notices.py), not data: neither
     # persistent nor confirmed, and never retried.
-    notify = EventDispatcher(use_confirms=False, delivery_mode=1, retry=False)
+    notify = NoticeDispatcher(use_confirms=False, delivery_mode=1, retry=False)
 
     # Each handler gets the events that queued up while its previous batches
     # ran and applies them in one transaction (one event each under light
