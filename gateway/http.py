@@ -8,10 +8,12 @@ and request bodies are capped at ``MAX_CONTENT_LENGTH`` bytes.
 import json
 import logging
 import time
+from decimal import Decimal
 
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 
 from gateway.auth import check_bearer, parse_tokens
@@ -41,6 +43,22 @@ def error_response(exc: Exception) -> Response:
     return json_response(body, status, headers)
 
 
+class _ExactJson:
+    """``json`` for werkzeug's ``get_json``, with JSON numbers that have a
+    fraction or exponent read as ``Decimal``: a float would round money
+    (``1.0000000000000001`` would become ``1.0``) before it is validated."""
+
+    dumps = staticmethod(json.dumps)
+
+    @staticmethod
+    def loads(data, **kwargs):
+        return json.loads(data, parse_float=Decimal, **kwargs)
+
+
+class JsonRequest(Request):
+    json_module = _ExactJson
+
+
 class JsonWsgiApp(WsgiApp):
     def __init__(self, server, max_content_length):
         super().__init__(server)
@@ -48,7 +66,7 @@ class JsonWsgiApp(WsgiApp):
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        request = Request(environ, shallow=True)
+        request = JsonRequest(environ, shallow=True)
         request.max_content_length = self.max_content_length
         adapter = self.url_map.bind_to_environ(environ)
         route, values = "unmatched", {}
@@ -84,6 +102,16 @@ def _observe(request, route, values, status, elapsed):
 
 
 class JsonWebServer(WebServer):
+    def make_url_map(self):
+        # Nameko's, but werkzeug would answer "//" in a path with a redirect to
+        # the merged path: an empty path segment is a route that does not exist (404).
+        url_map = Map(merge_slashes=False)
+        for provider in self._providers:
+            rule = provider.get_url_rule()
+            rule.endpoint = provider
+            url_map.add(rule)
+        return url_map
+
     def get_wsgi_app(self):
         limit = int(self.container.config.get("MAX_CONTENT_LENGTH", 65536))
         return JsonWsgiApp(self, limit)

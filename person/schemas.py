@@ -36,7 +36,9 @@ class Money(fields.Field):
     """A positive amount with at most 2 decimal places, bounded.
 
     Accepts a JSON number or a decimal string; a float is read through its
-    shortest repr so ``1000.1`` stays ``1000.1``. Dumped as a string so no
+    shortest repr so ``1000.1`` stays ``1000.1``, and a ``Decimal`` (the
+    gateway parses JSON numbers exactly) as it is, so ``1.0000000000000001``
+    is refused rather than rounded. Dumped as a string so no
     consumer ever turns it into a float.
     """
 
@@ -47,7 +49,7 @@ class Money(fields.Field):
     }
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
             raise self.make_error("invalid")
         # Plain decimals only: Decimal() alone would also take "1_000", "1e3"
         # and non-ASCII digits.
@@ -113,6 +115,8 @@ def _text(max_length):
             validate.Regexp(r"\S", error="Must not be blank."),
             # PostgreSQL text cannot hold NUL; say so instead of failing the insert.
             validate.Regexp(r"\A[^\x00]*\Z", error="Must not contain NUL characters."),
+            # JSON can spell a lone UTF-16 surrogate ("\ud800"); no database encoding can store it.
+            validate.Regexp(r"\A[^\ud800-\udfff]*\Z", error="Must not contain unpaired surrogates."),
         ],
     )
 

@@ -116,6 +116,14 @@ def test_blank_text_is_rejected(field, blank):
     assert list(errors) == [field]
 
 
+@pytest.mark.parametrize("field", ["name", "address"])
+@pytest.mark.parametrize("text", ["\ud800", "Ana \udfff", "\udc00x"])
+def test_text_with_an_unpaired_surrogate_is_rejected(field, text):
+    errors = load_errors(CreatePersonSchema(), person(**{field: text}))
+
+    assert errors == {field: ["Must not contain unpaired surrogates."]}
+
+
 @pytest.mark.parametrize(("field", "limit"), [("name", 200), ("address", 500)])
 def test_text_longer_than_its_column_is_rejected(field, limit):
     assert CreatePersonSchema().load(person(**{field: "x" * limit}))[field] == "x" * limit
@@ -156,6 +164,7 @@ def load_value(value):
         (" 42 ", "42.00"),
         ("0.01", "0.01"),
         (str(MAX_MONEY), str(MAX_MONEY)),
+        (Decimal("1000.5"), "1000.50"),  # a JSON number as the gateway parses it
     ],
 )
 def test_money_loads_as_an_exact_two_place_decimal(value, expected):
@@ -165,7 +174,7 @@ def test_money_loads_as_an_exact_two_place_decimal(value, expected):
     assert str(loaded) == expected
 
 
-@pytest.mark.parametrize("value", ["1000.123", 1000.123, "0.001", 0.005])
+@pytest.mark.parametrize("value", ["1000.123", 1000.123, "0.001", 0.005, Decimal("1.0000000000000001")])
 def test_money_with_more_than_two_places_is_rejected(value):
     errors = load_errors(TypedItemSchema(), {"type": "renting", "value": value})
 
