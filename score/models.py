@@ -49,3 +49,18 @@ class ScoredItem(ScoreBase):
 
 
 processed_events = inbox_table(ScoreBase.metadata)
+
+
+class ReplicaCheckpoint(ScoreBase):
+    """How far a rebuild from a source's event history has got (score/rebuild.py).
+
+    ``position`` is the source's history position up to which every event was
+    applied by a rebuild (or found applied already); a rebuild started without
+    a position resumes after it. Live events never move it.
+    """
+
+    __tablename__ = "replica_checkpoint"
+
+    source = Column(String(64), primary_key=True)
+    position = Column(BigInteger, nullable=False)
+    updated_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())

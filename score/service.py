@@ -8,6 +8,7 @@ so a redelivered or replayed event changes nothing.
 import logging
 import re
 
+from nameko.rpc import RpcProxy
 from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
@@ -18,10 +19,12 @@ from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
 from reliable_events.inbox import Inbox
 from reliable_events.rpc import rpc
+from score import rebuild as rebuilder
 from score import replica
 from score.exceptions import ScoreNotFound
 from score.models import ScoreBase, processed_events
 from score.notices import REPLICA_ADVANCED, NoticeDispatcher
+from score.rebuild import RebuildError
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class ScoreService:
     # A wake-up for waiting reads (score/notices.py), not data: neither
     # persistent nor confirmed, and never retried.
     notify = NoticeDispatcher(use_confirms=False, delivery_mode=1, retry=False)
+    # Only the rebuild calls person (its event history, score/rebuild.py); reads never do.
+    person = RpcProxy("person")
 
     # Each handler gets the events that queued up while its previous batches
     # ran and applies them in one transaction (one event each under light
@@ -179,3 +184,50 @@ class ScoreService:
         Example: ``n.rpc.score.purge_dead_letters("43eb6e47-...")``
         """
         return self.dead_letters.purge(event_id)
+
+    @rpc(expected_exceptions=RebuildError)
+    def rebuild_step(self, from_position=None, page_size=rebuilder.DEFAULT_PAGE_SIZE):
+        """Apply one page of person's event history to the replica (see
+        :mod:`score.rebuild`); the command line ``python -m ops.rebuild``
+        calls this page after page.
+
+        Example (``nameko shell``)::
+
+            >>> n.rpc.score.rebuild_step(0, 1000)
+            {'from_position': 0, 'position': 1000, 'fetched': 1000, 'applied': 1000,
+             'skipped': 0, 'malformed': 0, 'malformed_positions': [],
+             'head_position': 10500, 'done': False}
+            >>> n.rpc.score.rebuild_step()   # from the checkpoint: after 1000
+
+        ``from_position`` None starts after the checkpoint (0 if none), 0 at
+        the start of the history. Events already applied (live or before) are
+        skipped by the inbox; the checkpoint moves to ``position``. Raises
+        ``RebuildError`` for bad arguments or when person does not answer.
+        """
+        return rebuilder.step(
+            fetch=rebuilder.fetch_history(self.person),
+            apply=self._apply,
+            db=self.db,
+            event_types=EFFECTS,
+            from_position=from_position,
+            page_size=page_size,
+        )
+
+    @rpc(expected_exceptions=RebuildError)
+    def rebuild(self, from_position=None, page_size=rebuilder.DEFAULT_PAGE_SIZE):
+        """Catch up with person's event history, page after page, up to the
+        head as of the start (what commits later arrives live). Live events
+        keep being applied meanwhile; the overlap is applied once.
+
+        Example (``nameko shell``)::
+
+            >>> n.rpc.score.rebuild(0)   # from the start; rebuild() resumes from the checkpoint
+            {'from_position': 0, 'target_position': 10500, 'pages': 11, 'fetched': 10500,
+             'applied': 10500, 'skipped': 0, 'malformed': 0, 'malformed_positions': [],
+             'position': 10500, 'seconds': 3.1, 'events_per_second': 3387.1}
+        """
+        return rebuilder.run(
+            lambda start, size: self.rebuild_step(start, size),
+            from_position=from_position,
+            page_size=page_size,
+        )

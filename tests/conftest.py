@@ -80,7 +80,7 @@ def clean_databases(db_uris):
     """Empty every table before the test, so tests never see each other's rows."""
     tables = {
         "person:PersonBase": "outbox, idempotency_keys, income, asset, debt, person",
-        "score:ScoreBase": "processed_events, scored_item, known_person",
+        "score:ScoreBase": "processed_events, scored_item, known_person, replica_checkpoint",
     }
     for key, names in tables.items():
         engine = create_engine(db_uris[key])

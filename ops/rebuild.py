@@ -1,0 +1,190 @@
+"""Rebuild score's replica from person's event history, with a progress bar.
+
+    python -m ops.rebuild [--config config.yml] [--from-start | --from-position N] [--page-size N]
+    rebuild-replica ...     (the same, as the installed console script)
+
+Calls ``score.rebuild_step`` page after page (the RPC method that ``nameko
+shell`` offers too, see score/rebuild.py) until score has applied person's
+history up to its head as it was at the start; what person writes meanwhile
+reaches score live, and an event that comes both ways is applied once.
+Without --from-start or --from-position it resumes from score's checkpoint.
+
+Needs the broker (``AMQP_URI`` or --config) and person and score running.
+Shows the positions done out of the history to go, the rate and the time
+left on stderr; prints a one-line summary on stdout. Exit status: 0 done
+(malformed history events, if any, are listed here and logged by score with
+their positions), 1 broker, score or person unreachable or a page failed
+(running it again resumes from the checkpoint), 2 bad arguments, 130
+interrupted (also resumable).
+"""
+
+import argparse
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # not this tool's to fix; keep stderr clear
+
+import eventlet  # noqa: E402
+
+eventlet.monkey_patch()  # noqa: E402  (the standalone proxy needs a patched socket)
+
+from amqp.exceptions import AMQPError, ChannelError  # noqa: E402
+from kombu import Connection  # noqa: E402
+from kombu.exceptions import OperationalError  # noqa: E402
+from nameko.exceptions import RemoteError, RpcTimeout, UnknownService  # noqa: E402
+from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from ops.config import load_config  # noqa: E402
+from score.rebuild import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RebuildError  # noqa: E402
+
+PROG = "rebuild-replica"
+
+
+class Unreachable(Exception):
+    """The broker, score or person cannot be reached: nothing was done by this page."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="path to config.yml (default: the repository's)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--from-start", action="store_true", help="from the first event of the history")
+    start.add_argument("--from-position", type=int, metavar="N", help="after history position N")
+    parser.add_argument(
+        "--page-size",
+        type=int,
+        default=DEFAULT_PAGE_SIZE,
+        metavar="N",
+        help=f"events per page, 1..{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one page (default 60)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar, only the summary")
+    return parser
+
+
+def check_consumers(amqp_uri: str, services=("score", "person")) -> None:
+    """Fail fast, and say which: the broker down, or a service with no running
+    instance (its durable ``rpc-<service>`` queue outlives it, so a request
+    would only wait there until the timeout)."""
+    try:
+        with Connection(amqp_uri, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0)
+            channel = conn.channel()
+            for service in services:
+                try:
+                    _, _, consumers = channel.queue_declare(f"rpc-{service}", passive=True)
+                except ChannelError:
+                    consumers = 0  # no such queue: the service never ran on this broker
+                    channel = conn.channel()  # the failed passive declare closed the channel
+                if not consumers:
+                    raise Unreachable(f"{service} is not running (no consumer on rpc-{service}).")
+    except (OperationalError, OSError, AMQPError) as exc:  # down, refused, bad vhost or credentials
+        raise Unreachable(f"the message broker at {_safe(amqp_uri)} is unreachable ({exc}).") from None
+
+
+def _safe(uri: str) -> str:
+    """The URI without its password, for a message."""
+    scheme, sep, rest = uri.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}{sep}{rest}"
+
+
+def run(config: dict, from_position, page_size: int, timeout: float, progress: bool, out=sys.stdout) -> dict:
+    """Step until the head as of the first step; returns the totals."""
+    check_consumers(config["AMQP_URI"])
+    started = time.monotonic()
+    try:
+        with ClusterRpcProxy(config, timeout=timeout) as rpc:
+            result = _step(rpc, from_position, page_size, timeout)
+            start, target = result["from_position"], result["head_position"]
+            totals = {"from_position": start, "target_position": target, "pages": 1, "malformed_positions": []}
+            for key in ("fetched", "applied", "skipped", "malformed"):
+                totals[key] = 0
+            bar = tqdm(
+                total=max(target - start, 0),
+                unit="events",
+                unit_scale=True,
+                dynamic_ncols=True,
+                disable=not progress,
+                desc="rebuild",
+                file=sys.stderr,
+            )
+            with bar:
+                while True:
+                    for key in ("fetched", "applied", "skipped", "malformed"):
+                        totals[key] += result[key]
+                    totals["malformed_positions"] += result["malformed_positions"]
+                    bar.update(max(0, min(result["position"], target) - max(result["from_position"], start)))
+                    bar.set_postfix_str(f"applied={totals['applied']}, skipped={totals['skipped']}", refresh=False)
+                    if result["position"] >= target or not result["fetched"]:
+                        break
+                    result = _step(rpc, result["position"], page_size, timeout)
+                    totals["pages"] += 1
+    except (OperationalError, OSError, AMQPError) as exc:
+        raise Unreachable(f"lost the message broker ({exc}); run again to resume from the checkpoint.") from None
+    seconds = time.monotonic() - started
+    totals.update(position=result["position"], seconds=seconds, events_per_second=totals["fetched"] / seconds)
+    return totals
+
+
+def _step(rpc, from_position, page_size, timeout) -> dict:
+    try:
+        return rpc.score.rebuild_step(from_position, page_size)
+    except RpcTimeout:
+        raise Unreachable(f"score did not answer a page within {timeout:g} s; run again to resume.") from None
+    except UnknownService:
+        raise Unreachable("score is not running.") from None
+
+
+def summary(totals: dict) -> str:
+    return (
+        f"rebuilt score from person's history, positions {totals['from_position']} to {totals['position']}: "
+        f"{totals['fetched']} events, {totals['applied']} applied, {totals['skipped']} skipped "
+        f"(already applied), {totals['malformed']} malformed, in {totals['seconds']:.1f} s "
+        f"({totals['events_per_second']:.0f} events/s)"
+    )
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 1 <= args.page_size <= MAX_PAGE_SIZE:
+        parser.error(f"--page-size must be between 1 and {MAX_PAGE_SIZE}")
+    if args.from_position is not None and args.from_position < 0:
+        parser.error("--from-position must be >= 0")
+    from_position = 0 if args.from_start else args.from_position  # None: from score's checkpoint
+    tqdm.monitor_interval = 0  # no monitor thread (a green one under eventlet)
+    try:
+        totals = run(load_config(args.config), from_position, args.page_size, args.timeout, not args.no_progress)
+    except Unreachable as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except RebuildError as exc:
+        print(f"{PROG}: score could not do a page: {exc}", file=sys.stderr)
+        return 1
+    except RemoteError as exc:
+        print(f"{PROG}: a page failed in score ({exc}); run again to resume from the checkpoint.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run again to resume from the checkpoint.", file=sys.stderr)
+        return 130
+    print(summary(totals), flush=True)
+    if totals["malformed"]:
+        listed = ", ".join(map(str, totals["malformed_positions"][:20]))
+        more = " ..." if totals["malformed"] > 20 else ""
+        print(
+            f"{PROG}: {totals['malformed']} malformed history events were not applied, at positions {listed}{more} "
+            "(score's log has each one's reason)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

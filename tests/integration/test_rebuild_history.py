@@ -1,0 +1,91 @@
+"""score's rebuild calling person's event history over the real broker (RPC
+between two real containers), on real PostgreSQL: a replica lost under a
+running score is filled again, once per event."""
+
+import time
+
+import eventlet
+import pytest
+from nameko.testing.services import entrypoint_hook
+from sqlalchemy import text
+
+from harness.cpf import cpfs
+from person.service import PersonService
+from score import rules
+from score.rebuild import RebuildError
+from score.service import ScoreService
+
+pytestmark = pytest.mark.integration
+
+PEOPLE = cpfs(4, start=555000111)
+
+
+def scalar(engine, sql):
+    with engine.connect() as conn:
+        return conn.execute(text(sql)).scalar()
+
+
+def wait_until(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        eventlet.sleep(0.05)
+
+
+def call(container, method, *args):
+    with entrypoint_hook(container, method) as hook:
+        return hook(*args)
+
+
+def expected_scores(person_engine):
+    items = {cpf: [] for cpf in PEOPLE}
+    with person_engine.connect() as conn:
+        for kind in rules.KINDS:
+            for cpf, value in conn.execute(text(f"SELECT cpf, value FROM {kind}")):
+                items[cpf].append((kind, value))
+    return {cpf: rules.score_items(found)["score"] for cpf, found in items.items()}
+
+
+@pytest.fixture
+def empty_checkpoint(score_engine):
+    with score_engine.begin() as conn:
+        conn.execute(text("TRUNCATE replica_checkpoint"))
+    yield
+    with score_engine.begin() as conn:
+        conn.execute(text("TRUNCATE replica_checkpoint"))
+
+
+def test_a_replica_lost_under_a_running_score_is_rebuilt(run_container, person_engine, score_engine, empty_checkpoint):
+    person = run_container(PersonService)
+    score = run_container(ScoreService)
+    for n, cpf in enumerate(PEOPLE):
+        call(person, "create_person", {"cpf": cpf, "name": "R", "address": "Rua C, 3", "date_of_birth": "1970-07-07"})
+        call(person, "add_income", cpf, {"type": "salary", "value": 2500 + n})
+        call(person, "add_asset", cpf, {"type": "house", "value": "150000.10"})
+        call(person, "add_debt", cpf, {"value": 99 * (n + 1)})
+    history = scalar(person_engine, "SELECT count(*) FROM outbox")
+    wait_until(lambda: scalar(score_engine, "SELECT count(*) FROM processed_events") == history)
+    before = {cpf: call(score, "get_score", cpf)["score"] for cpf in PEOPLE}
+    assert before == expected_scores(person_engine)
+
+    with score_engine.begin() as conn:  # the replica is lost; score keeps running
+        conn.execute(text("TRUNCATE processed_events, scored_item, known_person"))
+
+    totals = call(score, "rebuild", 0, 3)
+
+    assert (totals["fetched"], totals["applied"], totals["skipped"], totals["malformed"]) == (history, history, 0, 0)
+    assert totals["pages"] == -(-history // 3)
+    assert {cpf: call(score, "get_score", cpf)["score"] for cpf in PEOPLE} == before
+    assert scalar(score_engine, "SELECT count(*) FROM processed_events") == history
+    assert scalar(score_engine, "SELECT position FROM replica_checkpoint WHERE source = 'person'") == history
+
+    again = call(score, "rebuild_step", None, 1000)  # from the checkpoint: nothing left
+    assert (again["from_position"], again["fetched"], again["done"]) == (history, 0, True)
+
+
+def test_a_rebuild_without_person_fails_and_says_so(run_container, score_engine, empty_checkpoint):
+    score = run_container(ScoreService)  # person never ran on this vhost
+
+    with pytest.raises(RebuildError, match="person is not running"):
+        call(score, "rebuild_step", 0, 10)
+    assert scalar(score_engine, "SELECT count(*) FROM replica_checkpoint") == 0

@@ -1,0 +1,364 @@
+"""person's event history and score's rebuild from it, on real PostgreSQL.
+
+Both services run as ``worker_factory`` workers on this session's databases;
+score's ``person`` RPC proxy is person's worker behind a JSON round trip (what
+the wire does to a page). The broker is not involved: tests/integration and
+tests/e2e/test_rebuild.py do the same over RabbitMQ.
+"""
+
+import json
+import logging
+import uuid
+
+import eventlet
+import pytest
+from nameko.testing.services import worker_factory
+from nameko_sqlalchemy.database import DatabaseWrapper, Session
+from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
+
+from harness.cpf import cpfs
+from person.exceptions import InvalidInput
+from person.models import outbox
+from person.service import PersonService
+from reliable_events.envelope import new_envelope, parse_envelope
+from reliable_events.inbox import InboxClaim
+from reliable_events.outbox import OutboxWriter
+from score import rules
+from score.models import processed_events
+from score.rebuild import RebuildError, fetch_history
+from score.service import EFFECTS, ScoreService
+
+PEOPLE = cpfs(3, start=987654321)
+KIND_OF = {"income_added": "income", "asset_added": "asset", "debt_added": "debt"}
+
+
+class NoBroker:
+    """Stands in for person's ``Outbox`` provider: the real table, nothing published."""
+
+    table = outbox
+
+    def wrote(self, session, worker_ctx, envelope, headers):
+        pass
+
+
+class HistoryOverJson:
+    """score's ``person`` proxy: person's worker, its answer through JSON as over RPC."""
+
+    def __init__(self, person, after_first_page=None):
+        self.person = person
+        self.pages = []
+        self.after_first_page = after_first_page
+
+    def event_history(self, after_position=0, limit=1000):
+        page = json.loads(json.dumps(self.person.event_history(after_position=after_position, limit=limit)))
+        self.pages.append((after_position, limit))
+        if len(self.pages) == 1 and self.after_first_page:
+            self.after_first_page()
+        return page
+
+
+@pytest.fixture
+def wrappers(person_engine, score_engine):
+    made = []
+
+    def make(engine):
+        wrapper = DatabaseWrapper(sessionmaker(bind=engine, class_=Session))
+        made.append(wrapper)
+        return wrapper
+
+    yield make
+    for wrapper in made:
+        wrapper.close()
+
+
+@pytest.fixture
+def no_checkpoint(score_engine):
+    """The shared fixtures do not know the checkpoint table: empty it here."""
+    with score_engine.begin() as conn:
+        conn.execute(text("TRUNCATE replica_checkpoint"))
+    yield
+    with score_engine.begin() as conn:
+        conn.execute(text("TRUNCATE replica_checkpoint"))
+
+
+@pytest.fixture
+def person(wrappers, person_engine):
+    return worker_factory(PersonService, db=wrappers(person_engine), outbox=OutboxWriter(NoBroker(), worker_ctx=None))
+
+
+@pytest.fixture
+def proxy(person):
+    return HistoryOverJson(person)
+
+
+@pytest.fixture
+def score(wrappers, score_engine, proxy, no_checkpoint):
+    # The RPC worker's own inbox name: _apply must claim under the live handlers' names instead.
+    return worker_factory(
+        ScoreService,
+        db=wrappers(score_engine),
+        inbox=InboxClaim(processed_events, "score.rebuild_step"),
+        person=proxy,
+    )
+
+
+def write_history(person):
+    """Three people with items of every kind: 3 + 9 events."""
+    for n, cpf in enumerate(PEOPLE):
+        person.create_person({"cpf": cpf, "name": f"P{n}", "address": "Rua B, 2", "date_of_birth": "1980-01-02"})
+        person.add_income(cpf, {"type": "salary", "value": f"{1000 + 111 * n}.50"})
+        person.add_asset(cpf, {"type": "car", "value": 20000 + n})
+        person.add_debt(cpf, {"value": f"{300 + n}.99"})
+
+
+def rows(engine, sql, **params):
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(text(sql), params)]
+
+
+def history(person_engine):
+    return rows(person_engine, "SELECT position, event_type, payload FROM outbox ORDER BY position")
+
+
+def expected_scores(person_engine):
+    """Every CPF's score from person's own rows, by the rules: the source of truth."""
+    items = {cpf["cpf"]: [] for cpf in rows(person_engine, "SELECT cpf FROM person")}
+    for kind in rules.KINDS:
+        for row in rows(person_engine, f"SELECT cpf, value FROM {kind}"):
+            items[row["cpf"]].append((kind, row["value"]))
+    return {cpf: rules.score_items(its)["score"] for cpf, its in items.items()}
+
+
+def replica_scores(score):
+    return {cpf: score.get_score(cpf)["score"] for cpf in PEOPLE}
+
+
+def checkpoint(score_engine):
+    found = rows(score_engine, "SELECT position FROM replica_checkpoint WHERE source = 'person'")
+    return found[0]["position"] if found else None
+
+
+def insert_history_event(person_engine, payload, event_type):
+    """An outbox row written behind person's back (a bad producer, a bad migration)."""
+    with person_engine.begin() as conn:
+        return conn.execute(
+            outbox.insert()
+            .values(
+                event_id=str(uuid.uuid4()),
+                event_type=event_type,
+                aggregate_key=PEOPLE[0],
+                sequence=99,
+                payload=payload,
+            )
+            .returning(outbox.c.position)
+        ).scalar_one()
+
+
+# --- person.event_history ------------------------------------------------------------
+
+
+def test_an_empty_history(person):
+    assert person.event_history() == {"events": [], "last_position": 0, "head_position": 0}
+
+
+def test_history_pages_in_position_order_with_the_envelopes(person, person_engine):
+    write_history(person)
+    stored = history(person_engine)
+
+    pages, after = [], 0
+    while True:
+        page = person.event_history(after_position=after, limit=5)
+        assert page["head_position"] == stored[-1]["position"]
+        if not page["events"]:
+            assert page["last_position"] == after
+            break
+        assert page["last_position"] == page["events"][-1]["position"]
+        pages.append(page["events"])
+        after = page["last_position"]
+
+    assert [len(p) for p in pages] == [5, 5, 2]
+    events = [event for page in pages for event in page]
+    assert [e["position"] for e in events] == [row["position"] for row in stored]
+    assert [{k: v for k, v in e.items() if k != "position"} for e in events] == [row["payload"] for row in stored]
+    for event in events:
+        parse_envelope(event)  # what score will do with it
+
+
+def test_history_after_a_position_and_past_the_head(person, person_engine):
+    write_history(person)
+    head = history(person_engine)[-1]["position"]
+
+    page = person.event_history(after_position=head - 2, limit=1000)
+    assert [e["position"] for e in page["events"]] == [head - 1, head]
+    assert person.event_history(after_position=head + 10) == {
+        "events": [],
+        "last_position": head + 10,
+        "head_position": head,
+    }
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 5001}, "limit"),
+        ({"limit": "10"}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"after_position": -1}, "after_position"),
+        ({"after_position": 1.5}, "after_position"),
+        ({"after_position": None}, "after_position"),
+    ],
+)
+def test_history_rejects_bad_paging(person, arguments, field):
+    with pytest.raises(InvalidInput) as caught:
+        person.event_history(**arguments)
+    assert set(caught.value.fields) == {field}
+
+
+# --- score.rebuild_step and score.rebuild ------------------------------------------------
+
+
+def test_a_lost_replica_is_rebuilt_page_by_page(person, score, person_engine, score_engine):
+    write_history(person)
+    head = history(person_engine)[-1]["position"]
+
+    steps = [score.rebuild_step(0, 5)]
+    while not steps[-1]["done"]:
+        steps.append(score.rebuild_step(steps[-1]["position"], 5))
+
+    assert [(s["from_position"], s["position"], s["fetched"], s["applied"]) for s in steps] == [
+        (0, 5, 5, 5),
+        (5, 10, 5, 5),
+        (10, 12, 2, 2),
+    ]
+    assert all(s["skipped"] == 0 and s["malformed"] == 0 and s["head_position"] == head for s in steps)
+    assert replica_scores(score) == expected_scores(person_engine)
+    assert checkpoint(score_engine) == head
+    # Claimed under the live handlers' names, so live deliveries of the same events are duplicates.
+    consumers = rows(score_engine, "SELECT consumer, count(*) AS n FROM processed_events GROUP BY consumer")
+    assert {r["consumer"]: r["n"] for r in consumers} == {
+        "score.on_person_created": 3,
+        "score.on_income_added": 3,
+        "score.on_asset_added": 3,
+        "score.on_debt_added": 3,
+    }
+
+
+def test_events_applied_live_are_skipped_and_nothing_is_applied_twice(person, score, person_engine, score_engine):
+    write_history(person)
+    stored = history(person_engine)
+    # Half of the history already came live, through the handlers.
+    for row in stored[::2]:
+        handler = EFFECTS[row["event_type"]][0]
+        getattr(score, handler)([parse_envelope(row["payload"])])
+
+    first = score.rebuild(0, 4)
+    again = score.rebuild(0, 1000)
+
+    assert (first["fetched"], first["applied"], first["skipped"]) == (12, 6, 6)
+    assert (again["fetched"], again["applied"], again["skipped"]) == (12, 0, 12)
+    assert replica_scores(score) == expected_scores(person_engine)
+    assert rows(score_engine, "SELECT count(*) AS n FROM processed_events")[0]["n"] == len(stored)
+    assert rows(score_engine, "SELECT count(*) AS n FROM scored_item")[0]["n"] == 9
+
+
+def test_without_a_position_it_resumes_from_the_checkpoint(person, score, person_engine, score_engine, proxy):
+    write_history(person)
+
+    assert score.rebuild_step(None, 5)["from_position"] == 0  # no checkpoint yet: the start
+    assert checkpoint(score_engine) == 5
+    second = score.rebuild_step(page_size=5)
+    assert (second["from_position"], second["position"], second["applied"]) == (5, 10, 5)
+
+    totals = score.rebuild()  # the rest, from the checkpoint
+    assert (totals["from_position"], totals["position"], totals["fetched"], totals["pages"]) == (10, 12, 2, 1)
+    assert replica_scores(score) == expected_scores(person_engine)
+    # 0 is the start, not "the checkpoint": everything again, all of it skipped.
+    restart = score.rebuild_step(0, 1000)
+    assert (restart["fetched"], restart["applied"], restart["skipped"]) == (12, 0, 12)
+
+
+def test_rebuild_totals(person, score, person_engine):
+    write_history(person)
+
+    totals = score.rebuild(0, 5)
+
+    assert {k: totals[k] for k in ("from_position", "target_position", "position", "pages", "fetched")} == {
+        "from_position": 0,
+        "target_position": 12,
+        "position": 12,
+        "pages": 3,
+        "fetched": 12,
+    }
+    assert (totals["applied"], totals["skipped"], totals["malformed"]) == (12, 0, 0)
+    assert totals["events_per_second"] > 0
+    assert totals["seconds"] >= 0
+
+
+def test_rebuild_stops_at_the_head_as_of_its_start(person, score, person_engine, score_engine, proxy):
+    """What commits after the first page comes live; the rebuild does not chase it."""
+    write_history(person)
+
+    def more_writes():
+        for n in range(6):  # positions 13..18
+            person.add_income(PEOPLE[0], {"type": "bonus", "value": 5000 + n})
+
+    proxy.after_first_page = more_writes
+
+    totals = score.rebuild(0, 5)
+
+    # The third page (after 10) reaches past the head of 12 and ends the rebuild.
+    assert (totals["target_position"], totals["position"], totals["fetched"], totals["pages"]) == (12, 15, 15, 3)
+    assert proxy.pages == [(0, 5), (5, 5), (10, 5)]
+    not_fetched = {row["payload"]["event_id"] for row in history(person_engine)[15:]}
+    assert len(not_fetched) == 3
+    claimed = {r["event_id"] for r in rows(score_engine, "SELECT event_id::text AS event_id FROM processed_events")}
+    assert len(claimed) == 15 and not claimed & not_fetched
+
+
+def test_malformed_history_events_are_logged_counted_and_passed(person, score, person_engine, score_engine, caplog):
+    write_history(person)
+    cpf = PEOPLE[0]
+    bad_envelope = {**new_envelope("income_added", cpf, 50, {"item_id": 900, "value": "1.00"}), "cpf": "123"}
+    bad_data = new_envelope("income_added", cpf, 51, {"item_id": 901, "value": "-5.00"})
+    good = new_envelope("income_added", cpf, 52, {"item_id": 902, "value": "500.00", "type": "gift"})
+    unknown = new_envelope("person_renamed", cpf, 53, {"name": "X"})
+    at_envelope = insert_history_event(person_engine, bad_envelope, "income_added")
+    at_data = insert_history_event(person_engine, bad_data, "income_added")
+    insert_history_event(person_engine, good, "income_added")
+    insert_history_event(person_engine, unknown, "person_renamed")
+    not_an_object = insert_history_event(person_engine, ["not", "an", "event"], event_type="income_added")
+
+    with caplog.at_level(logging.INFO, logger="score.rebuild"):
+        totals = score.rebuild(0, 1000)
+
+    assert totals["fetched"] == 17
+    assert totals["malformed"] == 3
+    assert totals["malformed_positions"] == [at_envelope, at_data, not_an_object]
+    assert totals["applied"] == 13  # the 12 good ones written by person, and the good one after the bad
+    assert totals["skipped"] == 1  # the type score does not consume
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 3
+    for record, position in zip(errors, [at_envelope, at_data, not_an_object], strict=True):
+        assert record.position == position
+        assert f"position {position}" in record.getMessage()
+    assert "malformed 3" in caplog.text
+    scores = replica_scores(score)
+    assert scores[cpf] == expected_scores(person_engine)[cpf] + rules.item_points("income", 500)
+
+
+def test_bad_arguments_are_refused_before_anything_is_read(score, proxy):
+    for arguments in ({"page_size": 0}, {"page_size": 5001}, {"from_position": -1}, {"from_position": "0"}):
+        with pytest.raises(RebuildError):
+            score.rebuild_step(**arguments)
+    assert proxy.pages == []
+
+
+def test_a_person_that_does_not_answer_fails_the_step():
+    class Silent:
+        def event_history(self, **kwargs):
+            eventlet.sleep(5)
+
+    with pytest.raises(RebuildError, match="did not answer within 0.1 s"):
+        fetch_history(Silent(), timeout=0.1)(0, 10)
