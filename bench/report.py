@@ -205,6 +205,25 @@ def build_rows(results: dict) -> list:
                 )
             )
 
+    rebuilt = results.get("rebuild")
+    if rebuilt:
+        S = "11 replica rebuild: score's tables emptied, refilled from person's history (python -m ops.rebuild's loop)"
+        rows.append(_row(S, "history events", rebuilt["events"], "count"))
+        rows.append(_row(S, "events applied per second", rebuilt["rate"], "events/s"))
+        if out:
+            rows.append(
+                _ratio_row(
+                    S,
+                    "rebuild / catch-up from the queues",
+                    rebuilt["rate"]["median"],
+                    out["catch_up_rate"]["median"],
+                )
+            )
+        if pg_bound:
+            rows.append(
+                _ratio_row(S, "rebuild / PG commits (best of 1, 8 clients)", rebuilt["rate"]["median"], pg_bound)
+            )
+
     if e2e and e2e.get("cpu_ms_per_write"):
         S = "9 CPU per write during the end-to-end runs (where the time goes; 2 cores)"
         cpu = e2e["cpu_ms_per_write"]

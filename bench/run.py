@@ -166,6 +166,7 @@ def main(argv=None) -> int:
         results["lag"] = scenarios.lag(system, people, best / 2, p)
         results["read_your_writes"] = scenarios.read_your_writes(system, people, best / 2, p)
         results["outages"] = scenarios.outages(system, p)
+        results["rebuild"] = scenarios.rebuild(system, p)
         results["e2e"] = scenarios.end_to_end(system, people, best_c, p)
         results["peak_rss_mb"] = {
             name: None if mib is None else mib * 1024 * 1024 / report.MB

@@ -16,6 +16,7 @@ from harness import databases
 from harness.cpf import cpfs
 from harness.processes import CpuMeter
 from harness.rabbit import message_count
+from ops import rebuild as ops_rebuild
 
 log = logging.getLogger("bench")
 
@@ -418,3 +419,24 @@ def read_your_writes(system: BenchSystem, people: list, background_rate: float, 
             "rounds": rounds,
         }
     return out
+
+
+# --- 11. replica rebuild --------------------------------------------------------------------------
+
+
+def rebuild(system: BenchSystem, p) -> dict:
+    """Score's replica emptied (a lost database), then rebuilt from person's whole
+    history with the command line's own loop (``ops.rebuild.run``, no progress bar),
+    score running as in production. Checks that every event was applied once."""
+    runs = []
+    for _ in range(p.reps):
+        system.wait_quiet()
+        history = system.person("SELECT count(*) FROM outbox")[0][0]
+        system.score("TRUNCATE processed_events, scored_item, known_person, replica_checkpoint")
+        totals = ops_rebuild.run({"AMQP_URI": system.amqp_uri}, 0, 1000, 120, progress=False)
+        applied = system.score("SELECT count(*) FROM processed_events")[0][0]
+        if totals["applied"] != history or applied != history:
+            raise RuntimeError(f"rebuild applied {totals['applied']} ({applied} in the inbox) of {history} events")
+        runs.append({"events": history, "seconds": totals["seconds"], "rate": totals["events_per_second"]})
+        log.info("rebuild of %d events: %.0f events/s", history, totals["events_per_second"])
+    return {"events": summary(r["events"] for r in runs), "rate": summary(r["rate"] for r in runs), "runs": runs}

@@ -18,7 +18,7 @@ can ask how far the replica has got for one key: :func:`applied_through`.
 import logging
 
 from nameko.extensions import DependencyProvider
-from sqlalchemy import Table, distinct, func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from reliable_events.envelope import KEY_FIELD
@@ -97,8 +97,9 @@ def applied_through(table: Table, key: str):
     together cover the aggregate's history.
     """
     sequences = (
-        select(distinct(table.c.sequence).label("sequence"))
+        select(table.c.sequence)
         .where(table.c.aggregate_key == key, table.c.sequence.is_not(None))
+        .distinct()
         .subquery()
     )
     ranked = select(
