@@ -13,8 +13,10 @@ import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 from broker import create_vhost, delete_vhost  # noqa: E402
+from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from ops.config import load_config  # noqa: E402
 from ops.migrate import migrate  # noqa: E402
@@ -101,3 +103,19 @@ def score_engine(db_uris, clean_databases):
     engine = create_engine(db_uris["score:ScoreBase"])
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def db_wrappers():
+    """``make(engine)``: nameko-sqlalchemy's ``DatabaseWrapper`` on ``engine``, for
+    ``worker_factory``; closed after the test."""
+    made = []
+
+    def make(engine):
+        wrapper = DatabaseWrapper(sessionmaker(bind=engine, class_=Session))
+        made.append(wrapper)
+        return wrapper
+
+    yield make
+    for wrapper in made:
+        wrapper.close()

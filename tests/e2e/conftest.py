@@ -1,15 +1,12 @@
 import pytest
-from system import System
+from system import started
 
 
 @pytest.fixture(scope="module")
 def system(amqp_uri, db_uris, tmp_path_factory):
     """person, score and gateway running as processes for the module's tests."""
-    running = System(amqp_uri, db_uris, tmp_path_factory.mktemp("logs"))
-    try:
-        yield running.start_all()
-    finally:
-        running.stop_all()
+    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("logs")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ failure reproduces; ``API_FUZZ_RANDOM=1`` explores new ones.
 
 import collections
 import os
-import signal
-import subprocess
 import time
 from datetime import date
 from urllib.parse import quote
@@ -28,7 +26,7 @@ from e2e_support import HTTP_TIMEOUT, create_person, person_body
 from hypothesis import strategies as st
 from schemathesis.generation.feedback import FeedbackSources
 from schemathesis.pytest._test_builder import build_operation_test  # what schemathesis' pytest plugin runs
-from system import System
+from system import started
 
 from gateway.openapi import openapi_document
 from harness.cpf import cpf_from
@@ -66,24 +64,8 @@ def system(amqp_uri, db_uris, tmp_path_factory):
     """The e2e system, with a short read-your-writes wait: the fuzzer asks for
     ``min_sequence`` values no write ever produced, and each such read waits
     the whole bound before answering stale (2 s by default)."""
-    running = System(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-logs"), READ_YOUR_WRITES_TIMEOUT="0.1")
-    try:
-        yield running.start_all()
-    finally:
-        stop_together(running)
-
-
-def stop_together(running):
-    """``stop_all``, with the three services shutting down at once (each takes
-    2 to 3 s to stop gracefully; this module runs two systems)."""
-    for proc in running.processes.values():
-        proc.send_signal(signal.SIGTERM)
-    for proc in running.processes.values():
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-    running.stop_all()  # kills whatever did not stop
+    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-logs"), READ_YOUR_WRITES_TIMEOUT="0.1") as running:
+        yield running
 
 
 def load_schema(url, *, coverage=True, headers=None):
@@ -247,11 +229,8 @@ def test_inputs_the_generator_does_not_make(
 @pytest.fixture(scope="module")
 def secured(amqp_uri, db_uris, tmp_path_factory):
     """A second system, with ``API_TOKENS`` set: the writes' 401 answers."""
-    running = System(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-auth-logs"), API_TOKENS=TOKEN)
-    try:
-        yield running.start_all()
-    finally:
-        stop_together(running)
+    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-auth-logs"), API_TOKENS=TOKEN) as running:
+        yield running
 
 
 @pytest.mark.parametrize("method, path", WRITES, ids=[f"{m} {p}" for m, p in WRITES])

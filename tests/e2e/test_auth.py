@@ -3,7 +3,7 @@
 import pytest
 import requests
 from e2e_support import HTTP_TIMEOUT, assert_json_error, person_body, table_counts
-from system import System
+from system import started
 
 pytestmark = pytest.mark.e2e
 
@@ -12,11 +12,8 @@ TOKENS = "first-token,second-token"
 
 @pytest.fixture(scope="module")
 def secured(amqp_uri, db_uris, tmp_path_factory):
-    running = System(amqp_uri, db_uris, tmp_path_factory.mktemp("auth-logs"), API_TOKENS=TOKENS)
-    try:
-        yield running.start_all()
-    finally:
-        running.stop_all()
+    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("auth-logs"), API_TOKENS=TOKENS) as running:
+        yield running
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from e2e_support import HTTP_TIMEOUT, assert_json_error, create_person, person_body, wait_for_score
-from system import NAMEKO, ROOT, System
+from system import NAMEKO, ROOT, System, started
 
 pytestmark = pytest.mark.e2e
 
@@ -69,13 +69,9 @@ def _rabbitmqctl(*args):
 
 @pytest.fixture(scope="module")
 def own_system(amqp_uri, db_uris, tmp_path_factory):
-    running = StandInSystem(
-        amqp_uri, db_uris, tmp_path_factory.mktemp("failure-logs"), RPC_TIMEOUT=SCORE_DOWN_RPC_TIMEOUT
-    )
-    try:
-        yield running.start_all()
-    finally:
-        running.stop_all()
+    log_dir = tmp_path_factory.mktemp("failure-logs")
+    with started(amqp_uri, db_uris, log_dir, StandInSystem, RPC_TIMEOUT=SCORE_DOWN_RPC_TIMEOUT) as running:
+        yield running
 
 
 @pytest.fixture

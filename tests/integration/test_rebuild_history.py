@@ -46,16 +46,7 @@ def expected_scores(person_engine):
     return {cpf: rules.score_items(found)["score"] for cpf, found in items.items()}
 
 
-@pytest.fixture
-def empty_checkpoint(score_engine):
-    with score_engine.begin() as conn:
-        conn.execute(text("TRUNCATE replica_checkpoint"))
-    yield
-    with score_engine.begin() as conn:
-        conn.execute(text("TRUNCATE replica_checkpoint"))
-
-
-def test_a_replica_lost_under_a_running_score_is_rebuilt(run_container, person_engine, score_engine, empty_checkpoint):
+def test_a_replica_lost_under_a_running_score_is_rebuilt(run_container, person_engine, score_engine):
     person = run_container(PersonService)
     score = run_container(ScoreService)
     for n, cpf in enumerate(PEOPLE):
@@ -83,7 +74,7 @@ def test_a_replica_lost_under_a_running_score_is_rebuilt(run_container, person_e
     assert (again["from_position"], again["fetched"], again["done"]) == (history, 0, True)
 
 
-def test_a_rebuild_without_person_fails_and_says_so(run_container, score_engine, empty_checkpoint):
+def test_a_rebuild_without_person_fails_and_says_so(run_container, score_engine):
     score = run_container(ScoreService)  # person never ran on this vhost
 
     with pytest.raises(RebuildError, match="person is not running"):

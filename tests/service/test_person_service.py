@@ -10,9 +10,7 @@ from datetime import date, datetime, timedelta
 
 import pytest
 from nameko.testing.services import worker_factory
-from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
 
 from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
 from person.models import outbox
@@ -54,17 +52,8 @@ class CrashingOutboxWriter(OutboxWriter):
 
 
 @pytest.fixture
-def wrappers(person_engine):
-    made = []
-
-    def make():
-        wrapper = DatabaseWrapper(sessionmaker(bind=person_engine, class_=Session))
-        made.append(wrapper)
-        return wrapper
-
-    yield make
-    for wrapper in made:
-        wrapper.close()
+def wrappers(db_wrappers, person_engine):
+    return lambda: db_wrappers(person_engine)
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import uuid
 import eventlet
 import pytest
 from nameko.testing.services import worker_factory
-from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
 
 from harness.cpf import cpfs
 from person.exceptions import InvalidInput
@@ -59,32 +57,10 @@ class HistoryOverJson:
 
 
 @pytest.fixture
-def wrappers(person_engine, score_engine):
-    made = []
-
-    def make(engine):
-        wrapper = DatabaseWrapper(sessionmaker(bind=engine, class_=Session))
-        made.append(wrapper)
-        return wrapper
-
-    yield make
-    for wrapper in made:
-        wrapper.close()
-
-
-@pytest.fixture
-def no_checkpoint(score_engine):
-    """The shared fixtures do not know the checkpoint table: empty it here."""
-    with score_engine.begin() as conn:
-        conn.execute(text("TRUNCATE replica_checkpoint"))
-    yield
-    with score_engine.begin() as conn:
-        conn.execute(text("TRUNCATE replica_checkpoint"))
-
-
-@pytest.fixture
-def person(wrappers, person_engine):
-    return worker_factory(PersonService, db=wrappers(person_engine), outbox=OutboxWriter(NoBroker(), worker_ctx=None))
+def person(db_wrappers, person_engine):
+    return worker_factory(
+        PersonService, db=db_wrappers(person_engine), outbox=OutboxWriter(NoBroker(), worker_ctx=None)
+    )
 
 
 @pytest.fixture
@@ -93,11 +69,11 @@ def proxy(person):
 
 
 @pytest.fixture
-def score(wrappers, score_engine, proxy, no_checkpoint):
+def score(db_wrappers, score_engine, proxy):
     # The RPC worker's own inbox name: _apply must claim under the live handlers' names instead.
     return worker_factory(
         ScoreService,
-        db=wrappers(score_engine),
+        db=db_wrappers(score_engine),
         inbox=InboxClaim(processed_events, "score.rebuild_step"),
         person=proxy,
     )

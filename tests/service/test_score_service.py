@@ -11,9 +11,7 @@ from decimal import Decimal
 import pytest
 from nameko.containers import ServiceContainer
 from nameko.testing.services import entrypoint_hook, worker_factory
-from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
 
 from reliable_events.envelope import MalformedEvent, new_envelope, parse_envelope
 from reliable_events.inbox import InboxClaim
@@ -55,10 +53,8 @@ SEED_EVENTS = [
 
 
 @pytest.fixture
-def service(score_engine):
-    db = DatabaseWrapper(sessionmaker(bind=score_engine, class_=Session))
-    yield worker_factory(ScoreService, db=db, inbox=InboxClaim(processed_events, CONSUMER))
-    db.close()
+def service(db_wrappers, score_engine):
+    return worker_factory(ScoreService, db=db_wrappers(score_engine), inbox=InboxClaim(processed_events, CONSUMER))
 
 
 def rows(engine, sql):
