@@ -1,7 +1,10 @@
 """The measurements, each repeated; every function returns plain data for the report."""
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -14,9 +17,8 @@ from bench.stats import percentile, rate_from_timestamps, summary
 from bench.system import BenchSystem
 from harness import databases
 from harness.cpf import cpfs
-from harness.processes import CpuMeter
+from harness.processes import ROOT, CpuMeter
 from harness.rabbit import message_count
-from ops import rebuild as ops_rebuild
 
 log = logging.getLogger("bench")
 
@@ -424,6 +426,15 @@ def read_your_writes(system: BenchSystem, people: list, background_rate: float, 
 # --- 11. replica rebuild --------------------------------------------------------------------------
 
 
+# The command line's loop, in a process of its own: ops.rebuild patches
+# eventlet into whatever imports it, and this process must stay unpatched
+# (its threads and psycopg2 baselines would run as green threads).
+REBUILD = (
+    "import json, sys; from ops.rebuild import run; "
+    "print(json.dumps(run({'AMQP_URI': sys.argv[1]}, 0, 1000, 120, progress=False)))"
+)
+
+
 def rebuild(system: BenchSystem, p) -> dict:
     """Score's replica emptied (a lost database), then rebuilt from person's whole
     history with the command line's own loop (``ops.rebuild.run``, no progress bar),
@@ -433,7 +444,12 @@ def rebuild(system: BenchSystem, p) -> dict:
         system.wait_quiet()
         history = system.person("SELECT count(*) FROM outbox")[0][0]
         system.score("TRUNCATE processed_events, scored_item, known_person, replica_checkpoint")
-        totals = ops_rebuild.run({"AMQP_URI": system.amqp_uri}, 0, 1000, 120, progress=False)
+        done = subprocess.run(
+            [sys.executable, "-c", REBUILD, system.amqp_uri], capture_output=True, text=True, timeout=600, cwd=ROOT
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rebuild failed ({done.returncode}): {done.stderr[-2000:]}")
+        totals = json.loads(done.stdout.strip().splitlines()[-1])
         applied = system.score("SELECT count(*) FROM processed_events")[0][0]
         if totals["applied"] != history or applied != history:
             raise RuntimeError(f"rebuild applied {totals['applied']} ({applied} in the inbox) of {history} events")
