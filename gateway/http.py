@@ -77,13 +77,16 @@ class JsonWsgiApp(WsgiApp):
             response = rule.endpoint.handle_request(request)
         except HTTPException as exc:
             response = error_response(exc)
-        _observe(request, route, values, response.status_code, time.perf_counter() - started)
+        _observe(request, route, values, response, time.perf_counter() - started)
         return response(environ, start_response)
 
 
-def _observe(request, route, values, status, elapsed):
+def _observe(request, route, values, response, elapsed):
     """One log line and the request metrics per HTTP request. The route is the
-    rule (``/person/<cpf>``), never the path: a label per CPF would not scale."""
+    rule (``/person/<cpf>``), never the path: a label per CPF would not scale.
+    A write's line has the ``sequence`` its event got: with the CPF it names
+    the event in person's and score's lines."""
+    status = response.status_code
     HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
     HTTP_DURATION.labels(request.method, route).observe(elapsed)
     fields = {
@@ -95,6 +98,11 @@ def _observe(request, route, values, status, elapsed):
     }
     if "cpf" in values:
         fields["cpf"] = values["cpf"]
+    elif response.headers.get("Location", "").startswith("/person/"):  # a person created
+        fields["cpf"] = response.headers["Location"].rsplit("/", 1)[1]
+    sequence = response.headers.get("Event-Sequence")
+    if sequence is not None and request.method == "POST":
+        fields["sequence"] = int(sequence)
     stack = request.environ.get(CALL_ID_STACK_KEY)
     if stack:
         fields.update(call_id=stack[-1], call_id_stack=stack)

@@ -46,10 +46,13 @@ def test_one_write_is_followed_across_the_three_services_by_its_call_id(system, 
     written = requests.post(f"{api}/person/{cpf}/income", json={"type": "salary", "value": 100}, timeout=HTTP_TIMEOUT)
     assert written.status_code == 201
 
+    (created,) = wait_for_record(system, "gateway.1", lambda r: r.get("route") == "/person")
+    assert (created["cpf"], created["sequence"], created["status"]) == (cpf, 1, 201)
     (request,) = wait_for_record(
         system, "gateway.1", lambda r: r.get("route") == "/person/<cpf>/<any(income, asset, debt):kind>"
     )
     assert request["status"] == 201 and request["cpf"] == cpf and request["method"] == "POST"
+    assert request["sequence"] == 2  # with the CPF, it names the event in person's and score's lines
     assert request["level"] == "INFO" and request["duration_ms"] > 0 and request["timestamp"].endswith("+00:00")
     origin = request["call_id"]
     assert origin.startswith("gateway.add_item.") and request["call_id_stack"] == [origin]

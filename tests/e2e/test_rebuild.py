@@ -32,7 +32,7 @@ import requests
 from e2e_support import HTTP_TIMEOUT, person_body
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from system import ROOT, System
+from system import ROOT, started
 
 from bench.data import BULK_INCOME_SQL
 from harness import databases
@@ -53,11 +53,8 @@ CONCURRENCY = 16
 def system(amqp_uri, db_uris, tmp_path_factory):
     """The three services, logging warnings only: at INFO a line per event
     published and applied costs more CPU than the rebuild being measured."""
-    running = System(amqp_uri, db_uris, tmp_path_factory.mktemp("logs"), LOG_LEVEL="WARNING")
-    try:
-        yield running.start_all()
-    finally:
-        running.stop_all()
+    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("logs"), LOG_LEVEL="WARNING") as running:
+        yield running
 
 
 def scalar(engine, sql, **params):
