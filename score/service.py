@@ -2,7 +2,9 @@
 
 It never calls person to answer a read: the replica is the point (SEED.md).
 Each handler claims the event in the inbox and applies it in one transaction,
-so a redelivered or replayed event changes nothing.
+so a redelivered or replayed event changes nothing. After each commit it tells
+the gateways which CPFs advanced (score/notices.py: read-your-writes), and it
+can refill its replica from person's history (score/rebuild.py).
 """
 
 import logging

@@ -5,6 +5,7 @@ import time
 import pytest
 import requests
 from e2e_support import HTTP_TIMEOUT, assert_json_error, create_person
+from kombu import Connection, Exchange, Queue
 
 from harness.cpf import cpfs
 
@@ -101,3 +102,25 @@ def test_a_malformed_sequence_is_422(api, bad):
     if response is not None:
         assert_json_error(response, 422, "INVALID_INPUT")
         assert "Min-Event-Sequence" in response.json()["fields"]
+
+
+def test_score_announces_each_commit_to_the_gateways(api, amqp_uri):
+    """The wake-up itself: without it every waiting read would only end at its bound."""
+    with Connection(amqp_uri) as conn:
+        queue = Queue(
+            "test-replica-advanced",
+            exchange=Exchange("score.events", type="topic", durable=True),
+            routing_key="replica_advanced",
+            exclusive=True,
+            auto_delete=True,
+        )
+        notices = []
+        with conn.Consumer(queue, callbacks=[lambda body, message: (notices.append(body), message.ack())]):
+            cpf = create_person(api)["cpf"]
+            deadline = time.monotonic() + 10
+            while not any(cpf in notice["cpfs"] for notice in notices) and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.5)
+                except TimeoutError:
+                    pass
+    assert any(notice == {"cpfs": [cpf]} for notice in notices), notices
