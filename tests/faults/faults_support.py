@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -142,20 +141,6 @@ class FaultSystem(System):
                 stderr=subprocess.STDOUT,
             )
         return self.processes[name]
-
-    def stop_all(self, timeout=10):
-        """SIGTERM every process at once, then wait (SIGKILL what is left)."""
-        processes = [self.processes.pop(name) for name in list(self.processes)]
-        for proc in processes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in processes:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     def assert_running(self):
         for name, proc in self.processes.items():
