@@ -90,6 +90,10 @@ class ReplicaWatch(DependencyProvider):
 
         ``read`` returns the score dict, or None for a CPF the replica lacks.
         """
+
+        def reached(result):
+            return result is not None and result["applied_sequence"] >= sequence
+
         start = time.monotonic()
         deadline = start + self.timeout
         with self._watching(cpf) as advanced:
@@ -98,13 +102,10 @@ class ReplicaWatch(DependencyProvider):
                 # and the wait still wakes the wait.
                 advanced.clear()
                 result = read()
-                if result is not None and result["applied_sequence"] >= sequence:
-                    return result, False, time.monotonic() - start
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return result, True, time.monotonic() - start
+                if reached(result) or remaining <= 0:
+                    return result, not reached(result), time.monotonic() - start
                 if not advanced.wait(remaining):
                     # No notice in time; one last read covers a notice that was lost.
                     result = read()
-                    fresh = result is not None and result["applied_sequence"] >= sequence
-                    return result, not fresh, time.monotonic() - start
+                    return result, not reached(result), time.monotonic() - start

@@ -89,6 +89,8 @@ def _observe(request, route, values, response, elapsed):
     status = response.status_code
     HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
     HTTP_DURATION.labels(request.method, route).observe(elapsed)
+    if not _log.isEnabledFor(logging.INFO):
+        return  # per request: build the line's fields only if it is written
     fields = {
         "method": request.method,
         "path": request.path,

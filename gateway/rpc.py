@@ -12,7 +12,6 @@ import time
 from functools import partial
 
 import eventlet
-from amqp.exceptions import ChannelError
 from kombu import Connection
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
@@ -21,6 +20,7 @@ from nameko.exceptions import UnknownService
 from nameko.rpc import MethodProxy, RpcProxy
 
 from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
+from reliable_events.rpc import rpc_consumers
 
 _log = logging.getLogger(__name__)
 
@@ -97,11 +97,7 @@ class TimedServiceProxy:
         try:
             with Connection(amqp_uri, connect_timeout=2) as conn:
                 conn.ensure_connection(max_retries=1, interval_start=0)
-                channel = conn.channel()
-                try:
-                    _, _, consumers = channel.queue_declare(f"rpc-{self._service_name}", passive=True)
-                except ChannelError:
-                    consumers = 0  # the queue does not exist: the service never ran
+                consumers = rpc_consumers(conn, self._service_name)
         except (OperationalError, OSError, AttributeError) as exc:
             raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc!r}).") from None
         if not consumers:

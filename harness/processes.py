@@ -84,6 +84,22 @@ def machine_cpu() -> tuple:
     return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
 
 
+def stop_together(processes: dict, timeout: float = 15) -> None:
+    """Empty ``processes`` (name -> Popen): SIGTERM them all at once (a service
+    takes 2 to 3 s to stop gracefully), then wait; SIGKILL what is left."""
+    procs = [processes.pop(name) for name in list(processes)]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class CpuMeter:
     """CPU seconds spent by named groups of processes between :meth:`start` and :meth:`stop`.
 
@@ -213,18 +229,7 @@ class Services:
             proc.wait()
 
     def stop_all(self, timeout: float = 15) -> None:
-        """SIGTERM every process at once, then wait (SIGKILL what is left)."""
-        procs = [self.processes.pop(name) for name in list(self.processes)]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_together(self.processes, timeout)
 
     def peak_rss_mib(self) -> dict:
         """``VmHWM`` of every running service process, in MiB."""

@@ -20,7 +20,6 @@ interrupted (also resumable).
 
 import argparse
 import sys
-import time
 import warnings
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # not this tool's to fix; keep stderr clear
@@ -29,7 +28,7 @@ import eventlet  # noqa: E402
 
 eventlet.monkey_patch()  # noqa: E402  (the standalone proxy needs a patched socket)
 
-from amqp.exceptions import AMQPError, ChannelError  # noqa: E402
+from amqp.exceptions import AMQPError  # noqa: E402
 from kombu import Connection  # noqa: E402
 from kombu.exceptions import OperationalError  # noqa: E402
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService  # noqa: E402
@@ -37,6 +36,8 @@ from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ops.config import load_config  # noqa: E402
+from reliable_events.rpc import rpc_consumers  # noqa: E402
+from score import rebuild as rebuilder  # noqa: E402
 from score.rebuild import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RebuildError  # noqa: E402
 
 PROG = "rebuild-replica"
@@ -73,14 +74,8 @@ def check_consumers(amqp_uri: str, services=("score", "person")) -> None:
     try:
         with Connection(amqp_uri, connect_timeout=5) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0)
-            channel = conn.channel()
             for service in services:
-                try:
-                    _, _, consumers = channel.queue_declare(f"rpc-{service}", passive=True)
-                except ChannelError:
-                    consumers = 0  # no such queue: the service never ran on this broker
-                    channel = conn.channel()  # the failed passive declare closed the channel
-                if not consumers:
+                if not rpc_consumers(conn, service):
                     raise Unreachable(f"{service} is not running (no consumer on rpc-{service}).")
     except (OperationalError, OSError, AMQPError) as exc:  # down, refused, bad vhost or credentials
         raise Unreachable(f"the message broker at {_safe(amqp_uri)} is unreachable ({exc}).") from None
@@ -95,19 +90,17 @@ def _safe(uri: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-def run(config: dict, from_position, page_size: int, timeout: float, progress: bool, out=sys.stdout) -> dict:
-    """Step until the head as of the first step; returns the totals."""
+def run(config: dict, from_position, page_size: int, timeout: float, progress: bool) -> dict:
+    """Step until the head as of the first step (score.rebuild's own loop, each
+    step an RPC to score); returns the totals."""
     check_consumers(config["AMQP_URI"])
-    started = time.monotonic()
-    try:
-        with ClusterRpcProxy(config, timeout=timeout) as rpc:
-            result = _step(rpc, from_position, page_size, timeout)
-            start, target = result["from_position"], result["head_position"]
-            totals = {"from_position": start, "target_position": target, "pages": 1, "malformed_positions": []}
-            for key in ("fetched", "applied", "skipped", "malformed"):
-                totals[key] = 0
+    bar = None
+
+    def show(result, totals):
+        nonlocal bar
+        if bar is None:  # the first step tells how far there is to go
             bar = tqdm(
-                total=max(target - start, 0),
+                total=max(totals["target_position"] - totals["from_position"], 0),
                 unit="events",
                 unit_scale=True,
                 dynamic_ncols=True,
@@ -115,22 +108,20 @@ def run(config: dict, from_position, page_size: int, timeout: float, progress: b
                 desc="rebuild",
                 file=sys.stderr,
             )
-            with bar:
-                while True:
-                    for key in ("fetched", "applied", "skipped", "malformed"):
-                        totals[key] += result[key]
-                    totals["malformed_positions"] += result["malformed_positions"]
-                    bar.update(max(0, min(result["position"], target) - max(result["from_position"], start)))
-                    bar.set_postfix_str(f"applied={totals['applied']}, skipped={totals['skipped']}", refresh=False)
-                    if result["position"] >= target or not result["fetched"]:
-                        break
-                    result = _step(rpc, result["position"], page_size, timeout)
-                    totals["pages"] += 1
+        start, target = totals["from_position"], totals["target_position"]
+        bar.update(max(0, min(result["position"], target) - max(result["from_position"], start)))
+        bar.set_postfix_str(f"applied={totals['applied']}, skipped={totals['skipped']}", refresh=False)
+
+    try:
+        with ClusterRpcProxy(config, timeout=timeout) as rpc:
+            return rebuilder.run(
+                lambda start, size: _step(rpc, start, size, timeout), from_position, page_size, on_step=show
+            )
     except (OperationalError, OSError, AMQPError) as exc:
         raise Unreachable(f"lost the message broker ({exc}); run again to resume from the checkpoint.") from None
-    seconds = time.monotonic() - started
-    totals.update(position=result["position"], seconds=seconds, events_per_second=totals["fetched"] / seconds)
-    return totals
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _step(rpc, from_position, page_size, timeout) -> dict:

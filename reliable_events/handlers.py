@@ -288,6 +288,8 @@ class ReliableEventHandler(EventHandler):
             lag = (now - event["occurred_at"]).total_seconds()
             EVENTS_APPLIED.labels(event["event_type"]).inc()
             PROPAGATION_LAG.labels(event["event_type"]).observe(max(lag, 0.0))
+            if not _log.isEnabledFor(logging.INFO):
+                continue  # per event: build the line's fields only if it is written
             # The writer's call chain (from the message), then this worker's call id.
             origin = list((message.headers or {}).get(CALL_ID_STACK_HEADER) or [])
             _log.info(

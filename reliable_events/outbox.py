@@ -30,7 +30,7 @@ import threading
 from weakref import WeakKeyDictionary
 
 import sqlalchemy.event
-from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.constants import AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY, HEADER_PREFIX
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 from nameko.timer import Timer
@@ -44,7 +44,8 @@ from reliable_events.envelope import new_envelope
 _log = logging.getLogger(__name__)
 
 _WRITTEN = "outbox_written"  # session.info: (envelope, headers) its transaction wrote
-CALL_ID_STACK_HEADER = "nameko.call_id_stack"  # what Nameko's own publishers send
+# The header Nameko's own publishers carry the call ids in.
+CALL_ID_STACK_HEADER = f"{HEADER_PREFIX}.{CALL_ID_STACK_CONTEXT_KEY}"
 
 
 class OutboxRelay(Timer):
@@ -273,16 +274,20 @@ class Outbox(DependencyProvider):
 
 def _published(envelope: dict, headers: dict | None, error: str | None, path: str, **more) -> None:
     """One log line and the counters for one publish attempt."""
+    if error is None:
+        EVENTS_PUBLISHED.labels(envelope["event_type"], path).inc()
+        if not _log.isEnabledFor(logging.INFO):
+            return  # per event: build the line's fields only if it is written
+    else:
+        EVENT_PUBLISH_FAILURES.labels(envelope["event_type"]).inc()
     stack = (headers or {}).get(CALL_ID_STACK_HEADER)
     fields = event_fields(envelope, path=path, **more)
     if stack:
         # The writer's call ids: this line joins the request that wrote the event.
         fields.update(call_id_stack=stack, call_id=stack[-1])
     if error is None:
-        EVENTS_PUBLISHED.labels(envelope["event_type"], path).inc()
         _log.info("published event %s %s", envelope["event_id"], envelope["event_type"], extra=fields)
     else:
-        EVENT_PUBLISH_FAILURES.labels(envelope["event_type"]).inc()
         _log.warning(
             "event %s %s left pending: %s",
             envelope["event_id"],

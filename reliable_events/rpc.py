@@ -11,6 +11,7 @@ the gateway ensures by sending every write with an idempotency key
 
 import logging
 
+from amqp.exceptions import ChannelError
 from kombu.exceptions import OperationalError
 from nameko.rpc import Rpc
 
@@ -33,3 +34,18 @@ class ResilientRpc(Rpc):
 
 
 rpc = ResilientRpc.decorator
+
+
+def rpc_consumers(conn, service: str) -> int:
+    """Consumers on ``rpc-<service>`` over the kombu connection ``conn`` (0 if
+    the queue does not exist: the service never ran on this broker).
+
+    Nameko's RPC queue is durable and outlives a stopped service, so a request
+    sent to a service with no consumer would only wait there until its timeout;
+    a caller checks this first to fail fast. A channel each: a failed passive
+    declare closes its channel.
+    """
+    try:
+        return conn.channel().queue_declare(f"rpc-{service}", passive=True)[2]
+    except ChannelError:
+        return 0

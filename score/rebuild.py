@@ -238,10 +238,12 @@ def step(
     return result
 
 
-def run(do_step: Callable, from_position=None, page_size: int = DEFAULT_PAGE_SIZE) -> dict:
+def run(do_step: Callable, from_position=None, page_size: int = DEFAULT_PAGE_SIZE, on_step=None) -> dict:
     """Steps until the head as of the first step is reached; returns the totals.
 
-    ``do_step(from_position, page_size)`` is :func:`step` bound to a service.
+    ``do_step(from_position, page_size)`` is :func:`step` bound to a service
+    (or, on the command line, the RPC call to it); ``on_step(result, totals)``,
+    if given, is called after each step (the command line's progress bar).
     What commits after the first step's head comes live (see the module's
     docstring), so the loop does not chase it. ``events_per_second`` counts
     every history event processed (applied, skipped or malformed).
@@ -254,6 +256,8 @@ def run(do_step: Callable, from_position=None, page_size: int = DEFAULT_PAGE_SIZ
         "pages": 1,
         **{key: result[key] for key in ("fetched", "applied", "skipped", "malformed", "malformed_positions")},
     }
+    if on_step:
+        on_step(result, totals)
     # An empty page ends it too: nothing is left below the target (rows are never deleted).
     while result["position"] < totals["target_position"] and result["fetched"]:
         result = do_step(result["position"], page_size)
@@ -263,6 +267,8 @@ def run(do_step: Callable, from_position=None, page_size: int = DEFAULT_PAGE_SIZ
         totals["malformed_positions"] = (totals["malformed_positions"] + result["malformed_positions"])[
             :MALFORMED_LISTED
         ]
+        if on_step:
+            on_step(result, totals)
     seconds = time.monotonic() - started
     totals.update(
         position=result["position"],

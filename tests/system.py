@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from harness.processes import NAMEKO, ROOT, free_port  # noqa: F401  (re-exported to the suites)
+from harness.processes import NAMEKO, ROOT, free_port, stop_together  # noqa: F401  (re-exported to the suites)
 
 
 class System:
@@ -79,19 +79,7 @@ class System:
                 proc.wait()
 
     def stop_all(self, timeout=15):
-        """SIGTERM every process at once (each takes 2 to 3 s to stop
-        gracefully), then wait; SIGKILL what is left."""
-        processes = [self.processes.pop(name) for name in list(self.processes)]
-        for proc in processes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in processes:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_together(self.processes, timeout)
 
     def log(self, name):
         path = self.log_dir / f"{name}.log"
