@@ -20,7 +20,7 @@ from nameko.exceptions import UnknownService
 from nameko.rpc import MethodProxy, RpcProxy
 
 from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
-from reliable_events.rpc import rpc_consumers
+from reliable_events.rpc import DEADLINE_HEADER, rpc_consumers
 
 _log = logging.getLogger(__name__)
 
@@ -35,6 +35,12 @@ class _FailFastPublisher(Publisher):
 
 class _TimedMethodProxy(MethodProxy):
     publisher_cls = _FailFastPublisher
+    deadline = None  # seconds since the epoch
+
+    def get_message_headers(self, worker_ctx):
+        # The callee drops a request it gets after this (reliable_events.rpc):
+        # one already handed to a stalled process no longer expires in the queue.
+        return {**super().get_message_headers(worker_ctx), DEADLINE_HEADER: self.deadline}
 
 
 class TimedServiceProxy:
@@ -61,6 +67,7 @@ class TimedServiceProxy:
             self._reply_listener,
             expiration=self._timeout,
         )
+        method.deadline = time.time() + self._timeout
         reply = None
         deadline = eventlet.Timeout(self._timeout)
         try:

@@ -216,7 +216,15 @@ class PersonService:
     def _claim(self, session, idempotency_key, operation, *request):
         if idempotency_key is None:
             return None
-        return self.idempotency.claim(session, idempotency_key, request_hash(operation, *request))
+        earlier = self.idempotency.claim(session, idempotency_key, request_hash(operation, *request))
+        if earlier is not None:
+            _log.info(
+                "%s answered with the stored answer of idempotency key %s (a retry or a redelivery); nothing written",
+                operation,
+                idempotency_key,
+                extra={"idempotency_key": idempotency_key},
+            )
+        return earlier
 
     def _store(self, session, idempotency_key, result):
         if idempotency_key is not None:

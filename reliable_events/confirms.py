@@ -20,6 +20,7 @@ from kombu import Connection
 _log = logging.getLogger(__name__)
 
 UNROUTABLE = "unroutable: no queue bound for this event type"
+NACKED = "nacked by the broker"
 
 
 class BatchPublisher:
@@ -44,7 +45,14 @@ class BatchPublisher:
         """
         with self._lock:
             try:
-                return self._publish(messages)
+                outcome = self._publish(messages)
+                if NACKED in outcome.values():
+                    # A quorum queue over its length limit (reject-publish)
+                    # tells the channel, which then nacks everything for that
+                    # queue even after the queue has room again: the next
+                    # attempt needs a new channel.
+                    self._reset()
+                return outcome
             except Exception as exc:
                 self._reset()
                 error = f"publish failed: {exc!r}"
@@ -104,7 +112,7 @@ class BatchPublisher:
         self._settle(delivery_tag, multiple, None)
 
     def _on_nack(self, delivery_tag, multiple):
-        self._settle(delivery_tag, multiple, "nacked by the broker")
+        self._settle(delivery_tag, multiple, NACKED)
 
     def _on_return(self, exc, exchange, routing_key, message):
         # Comes before the message's ack: remember it, the ack settles it.

@@ -41,6 +41,19 @@ def _body(message):
         return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
 
 
+def _reason(headers):
+    """Why it was parked: the handler's own reason, or the broker's (its delivery
+    limit: the message kept coming back, say it crashed its consumer each time)."""
+    if headers.get(DEAD_REASON):
+        return headers[DEAD_REASON]
+    deaths = headers.get("x-death") or []  # the broker's record, latest first
+    if deaths:
+        death = deaths[0]
+        reason = f"dead-lettered by the broker: {death.get('reason')} on {death.get('queue')}"
+        return f"{reason}; last error {headers[LAST_ERROR]}" if headers.get(LAST_ERROR) else reason
+    return headers.get(LAST_ERROR)
+
+
 def _summary(handler_queue, message):
     headers = message.headers or {}
     body = _body(message)  # an undecodable body is exactly what may be parked here
@@ -49,7 +62,7 @@ def _summary(handler_queue, message):
         "queue": handler_queue,
         "event_id": event.get("event_id") or message.properties.get("message_id"),
         "event_type": event.get("event_type"),
-        "reason": headers.get(DEAD_REASON) or headers.get(LAST_ERROR),
+        "reason": _reason(headers),
         "attempts": headers.get(ATTEMPT),
         "first_failure": headers.get(FIRST_FAILURE),
         "last_failure": headers.get(LAST_FAILURE),

@@ -1,15 +1,25 @@
-"""Nameko's ``@rpc``, except that a reply the broker cannot take does not kill the service.
+"""Nameko's ``@rpc``, except that a reply the broker cannot take does not kill
+the service, and a request whose caller has given up is never run.
 
-Nameko publishes an RPC reply from the worker's result handler; if the broker
-has just gone away that publish raises, the exception ends the worker's managed
-thread, and the whole container (the process) exits. Here the failure is
-logged instead. The request was never acked, so the broker delivers it again
-when it is back: writes must therefore be idempotent against redelivery, which
-the gateway ensures by sending every write with an idempotency key
-(:mod:`reliable_events.idempotency`).
+- Nameko publishes an RPC reply from the worker's result handler; if the broker
+  has just gone away that publish raises, the exception ends the worker's
+  managed thread, and the whole container (the process) exits. Here the failure
+  is logged instead. The request was never acked, so the broker delivers it
+  again when it is back: writes must therefore be idempotent against
+  redelivery, which the gateway ensures by sending every write with an
+  idempotency key (:mod:`reliable_events.idempotency`).
+- A caller with a deadline (the gateway's :mod:`gateway.rpc`) sends it in the
+  ``x-deadline`` header (seconds since the epoch). The request also expires in
+  the queue at that moment, but a message the broker already handed to this
+  process (prefetched while the process was stalled, or waiting for a free
+  worker) no longer expires; so a request that arrives here after its deadline
+  is acked and dropped without running: the caller was answered 503/504, and
+  the write must not happen behind its back. (The hosts' clocks are assumed in
+  step, as NTP keeps them, to well under the deadline.)
 """
 
 import logging
+import time
 
 from amqp.exceptions import ChannelError
 from kombu.exceptions import OperationalError
@@ -18,7 +28,31 @@ from nameko.rpc import Rpc
 _log = logging.getLogger(__name__)
 
 
+DEADLINE_HEADER = "x-deadline"
+
+
 class ResilientRpc(Rpc):
+    def handle_message(self, body, message):
+        deadline = (message.headers or {}).get(DEADLINE_HEADER)
+        if deadline is not None and time.time() > float(deadline):
+            _log.warning(
+                "dropped a %s.%s request (correlation_id=%s): its caller's deadline passed %.2fs ago, so it never ran",
+                self.container.service_name,
+                self.method_name,
+                message.properties.get("correlation_id"),
+                time.time() - float(deadline),
+            )
+            self.rpc_consumer.queue_consumer.ack_message(message)
+            return
+        if message.delivery_info.get("redelivered"):
+            _log.info(
+                "redelivered %s.%s request (correlation_id=%s): an earlier delivery was not acked",
+                self.container.service_name,
+                self.method_name,
+                message.properties.get("correlation_id"),
+            )
+        super().handle_message(body, message)
+
     def handle_result(self, message, worker_ctx, result, exc_info):
         try:
             return super().handle_result(message, worker_ctx, result, exc_info)

@@ -60,7 +60,7 @@ def system(broker, vhost_uri, db_uris, clean_databases, tmp_path):
 
 @pytest.fixture
 def invariant(system, person_engine, score_engine):
-    return Invariant(person_engine, score_engine, system.url)
+    return Invariant(person_engine, score_engine, system)
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,14 @@
   here never touches the machine's shared broker.
 - :class:`FaultSystem`: :class:`system.System` with the suite's short timings,
   extra environment per process and more than one gateway.
-- :class:`Load`: a bounded number of item POSTs from a few green threads.
-- :class:`Invariant`: "nothing lost, nothing doubled", checked on the databases
-  and the API, polled until it holds (bounded), with the recovery time.
+- :class:`Write`: one item POST that can be told apart from every other (its
+  value, and an income's or asset's type, name it), with what it was answered.
+- :class:`Load`: a bounded number of such writes from a few green threads.
+- :class:`Invariant`: "nothing lost, nothing doubled, nothing invented", checked
+  on person's rows (each write stored once if answered 201, never if answered
+  4xx, at most once if 5xx), on score's replica, inbox and logs, on the
+  dead-letter queues and through the API; polled until it holds (bounded),
+  with the recovery time.
 - :class:`Report`: the figures of each scenario, logged, printed and written as
   JSON lines to ``$FAULTS_REPORT`` when that is set.
 
@@ -18,15 +23,17 @@ import json
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import amqp
 import eventlet
 import requests
 from nameko.amqp.publish import Publisher
@@ -36,6 +43,7 @@ from sqlalchemy import text
 from system import NAMEKO, ROOT, System, free_port
 
 from harness.rabbit import RabbitNode as HarnessRabbitNode
+from harness.rabbit import message_count
 from score import rules
 
 log = logging.getLogger("tests.faults")
@@ -44,6 +52,7 @@ HTTP_TIMEOUT = 15
 RPC_TIMEOUT = 3
 RETRY_DELAYS = (0.5, 1, 2)
 ITEM_EVENTS = {"income": "income_added", "asset": "asset_added", "debt": "debt_added"}
+INCOME_QUEUE = "evt-person-income_added--score.on_income_added"
 DEADLETTERS = str(Path(sys.executable).with_name("deadletters"))
 
 
@@ -177,9 +186,13 @@ class FaultSystem(System):
             response = requests.post(f"{url or self.url}/person", json=person_body(cpf), timeout=HTTP_TIMEOUT)
             assert response.status_code == 201, response.text
 
-    def add_item(self, cpf, kind, value, url=None):
-        body = {"value": str(value)} if kind == "debt" else {"type": "salary", "value": str(value)}
-        return requests.post(f"{url or self.url}/person/{cpf}/{kind}", json=body, timeout=HTTP_TIMEOUT)
+    def add_item(self, cpf, kind, value=None, url=None) -> "Write":
+        """POST one item (``value`` or a value of its own); the :class:`Write`, answered."""
+        return Write(kind, cpf, url or self.url, value=None if value is None else Decimal(str(value))).send()
+
+    @property
+    def vhost(self) -> str:
+        return self.env["AMQP_URI"].rsplit("/", 1)[1]
 
     def rpc(self, timeout=15):
         return ClusterRpcProxy({"AMQP_URI": self.env["AMQP_URI"]}, timeout=timeout)
@@ -200,30 +213,75 @@ class FaultSystem(System):
 # --- load ------------------------------------------------------------------------------
 
 
+# Every write of this test process gets a number no other write has; it is the
+# whole part of a generated value (so a debt, which has no type, is told apart
+# too) and an income's or asset's type.
+_WRITE_NUMBERS = itertools.count(1_000_001)
+
+
 @dataclass
-class Outcome:
-    url: str
+class Write:
+    """One ``POST /person/<cpf>/<kind>`` and its answer.
+
+    201 is "accepted" (its item id recorded); 503/504 are tolerated refusals (the
+    write may or may not have happened: at most once); anything else is
+    recorded as unexpected.
+    """
+
     kind: str
     cpf: str
-    value: Decimal
-    started: float
+    url: str
+    value: Decimal | None = None
+    number: int = field(default_factory=lambda: next(_WRITE_NUMBERS))
+    started: float = 0.0
     ended: float = 0.0
     status: int | None = None
     item_id: int | None = None
     error: str | None = None
 
+    def __post_init__(self):
+        if self.value is None:
+            self.value = Decimal(self.number) + Decimal(self.number % 97) / 100
+
+    @property
+    def type(self) -> str | None:
+        return None if self.kind == "debt" else f"w{self.number}"
+
+    @property
+    def key(self) -> tuple:
+        """What tells this write's row apart in person's tables."""
+        return (self.kind, self.cpf, self.value, self.type)
+
+    def body(self) -> dict:
+        return {"value": str(self.value)} if self.kind == "debt" else {"type": self.type, "value": str(self.value)}
+
+    def send(self, timeout=HTTP_TIMEOUT) -> "Write":
+        self.started = time.monotonic()
+        try:
+            response = requests.post(f"{self.url}/person/{self.cpf}/{self.kind}", json=self.body(), timeout=timeout)
+            self.status = response.status_code
+            if response.status_code == 201:
+                self.item_id = response.json()["id"]
+            else:
+                self.error = response.text[:300]
+        except requests.RequestException as exc:
+            self.error = repr(exc)
+        self.ended = time.monotonic()
+        return self
+
     @property
     def latency(self):
         return self.ended - self.started
 
+    def accepted(self) -> "Write":
+        """This write, which must have been answered 201."""
+        assert self.status == 201, f"{self.kind} for {self.cpf}: {self.status} {self.error}"
+        return self
+
 
 @dataclass
 class Load:
-    """``total`` item POSTs (at most) spread over ``cpf_list`` and ``urls`` by ``workers`` green threads.
-
-    201s are "accepted" (their item id recorded); 503/504 are tolerated refusals;
-    anything else is recorded as unexpected.
-    """
+    """``total`` item POSTs (at most) spread over ``cpf_list`` and ``urls`` by ``workers`` green threads."""
 
     urls: list
     cpf_list: list
@@ -231,13 +289,12 @@ class Load:
     workers: int = 4
     pause: float = 0.02
     seed: int = 7
-    outcomes: list = field(default_factory=list)
+    writes: list = field(default_factory=list)
 
     def __post_init__(self):
         self._stopped = False
         self._counter = itertools.count()
         self._pool = eventlet.GreenPool(self.workers)
-        self._session = requests.Session()
 
     def start(self):
         for index in range(self.workers):
@@ -258,70 +315,62 @@ class Load:
             if number >= self.total:
                 return
             kind = rng.choice(("income", "asset", "debt"))
-            value = Decimal(rng.randrange(1000, 5_000_000)) / 100
-            cpf = self.cpf_list[number % len(self.cpf_list)]
-            url = self.urls[number % len(self.urls)]
-            body = {"value": str(value)} if kind == "debt" else {"type": "salary", "value": str(value)}
-            outcome = Outcome(url, kind, cpf, value, time.monotonic())
-            try:
-                response = requests.post(f"{url}/person/{cpf}/{kind}", json=body, timeout=HTTP_TIMEOUT)
-                outcome.status = response.status_code
-                if response.status_code == 201:
-                    outcome.item_id = response.json()["id"]
-                elif response.status_code not in (503, 504):
-                    outcome.error = response.text[:300]
-            except requests.RequestException as exc:
-                outcome.error = repr(exc)
-            outcome.ended = time.monotonic()
-            self.outcomes.append(outcome)
+            write = Write(kind, self.cpf_list[number % len(self.cpf_list)], self.urls[number % len(self.urls)])
+            self.writes.append(write.send())
             eventlet.sleep(self.pause)
 
     @property
     def accepted(self):
-        return [o for o in self.outcomes if o.status == 201]
+        return [w for w in self.writes if w.status == 201]
 
     def accepted_count(self):
         return len(self.accepted)
 
     def unexpected(self):
-        return [o for o in self.outcomes if o.status not in (201, 503, 504)]
+        return [w for w in self.writes if w.status not in (201, 503, 504)]
 
     def statuses(self):
-        return dict(Counter(str(o.status) for o in self.outcomes))
+        return dict(Counter(str(w.status) for w in self.writes))
 
 
 # --- the invariant ---------------------------------------------------------------------
 
 PERSON_ITEMS = """
-    SELECT 'income' AS kind, id, cpf, value FROM income
-    UNION ALL SELECT 'asset', id, cpf, value FROM asset
-    UNION ALL SELECT 'debt', id, cpf, value FROM debt
+    SELECT 'income' AS kind, id, cpf, value, type FROM income
+    UNION ALL SELECT 'asset', id, cpf, value, type FROM asset
+    UNION ALL SELECT 'debt', id, cpf, value, NULL FROM debt
 """
+APPLIED = re.compile(r"applied event ([0-9a-f-]{36})")
+EVENT_TYPES = ("person_created", *ITEM_EVENTS.values())
+DEAD_LETTER_QUEUES = [f"evt-person-{t}--score.on_{t}.dead" for t in EVENT_TYPES]
 
 
-@dataclass
-class Accepted:
-    kind: str
-    item_id: int
-    cpf: str
-    value: Decimal
-
-
-def accepted_of(outcomes) -> list:
-    return [Accepted(o.kind, o.item_id, o.cpf, o.value) for o in outcomes if o.status == 201]
+def _queue_depth(amqp_uri, queue) -> int:
+    try:
+        return message_count(amqp_uri, queue)
+    except amqp.exceptions.NotFound:
+        return 0
 
 
 class Invariant:
-    """Every accepted item is stored in person; score holds exactly person's
-    items, each once, and answers the rules' score per CPF; the outbox is
-    drained and score applied exactly the outbox's events."""
+    """Nothing lost, nothing doubled, nothing invented, on both sides of the broker.
 
-    def __init__(self, person_engine, score_engine, api_url):
+    Person: every write answered 201 is stored exactly once, as answered; one
+    answered 4xx is not stored; one answered 503/504 at most once; no stored
+    item that no write asked for. Score: it holds exactly person's items and
+    answers the rules' score per CPF; the outbox is drained and score's inbox
+    holds exactly the outbox's events; its logs show each event applied at
+    most once (the replica's and the inbox's primary keys would refuse a second
+    row, so counting rows could never show a double apply; counting
+    applications can); and no dead letter waits but those expected.
+    """
+
+    def __init__(self, person_engine, score_engine, system):
         self.person_engine = person_engine
         self.score_engine = score_engine
-        self.api_url = api_url
+        self.system = system
 
-    def snapshot(self, accepted, check_api=True) -> dict:
+    def snapshot(self, writes, check_api=True, dead_letters=()) -> dict:
         with self.person_engine.connect() as conn:
             person_rows = conn.execute(text(PERSON_ITEMS)).all()
             people = [row[0] for row in conn.execute(text("SELECT cpf FROM person"))]
@@ -330,78 +379,99 @@ class Invariant:
             score_rows = conn.execute(text("SELECT kind, item_id, cpf, value, event_id::text FROM scored_item")).all()
             processed = conn.execute(text("SELECT event_id::text, event_type FROM processed_events")).all()
 
-        stored = {(kind, int(item_id)): (cpf, value) for kind, item_id, cpf, value in person_rows}
+        stored = {(kind, int(item_id)): (cpf, value) for kind, item_id, cpf, value, _ in person_rows}
+        ids_by_key = defaultdict(list)
+        for kind, item_id, cpf, value, type_ in person_rows:
+            ids_by_key[(kind, cpf, value, type_)].append(int(item_id))
+        accepted_missing, stored_twice, stored_after_4xx = [], [], []
+        for write in writes:
+            ids = ids_by_key.get(write.key, [])
+            if len(ids) > 1:
+                stored_twice.append((write.kind, write.number, write.status, ids))
+            elif write.status == 201 and ids != [write.item_id]:
+                accepted_missing.append((write.kind, write.number, write.item_id, ids))
+            elif write.status is not None and 400 <= write.status < 500 and ids:
+                stored_after_4xx.append((write.kind, write.number, write.status, ids))
+        asked = {write.key for write in writes}
+        unrequested = [key for key in ids_by_key if key not in asked]
+
         scored = Counter((kind, int(item_id), cpf, value) for kind, item_id, cpf, value, _ in score_rows)
         expected = Counter((kind, item_id, cpf, value) for (kind, item_id), (cpf, value) in stored.items())
-
-        outbox_ids = Counter(row[0] for row in outbox)
-        processed_ids = Counter(row[0] for row in processed)
-        item_outbox = sum(1 for row in outbox if row[1] in ITEM_EVENTS.values())
-        item_processed = sum(1 for row in processed if row[1] in ITEM_EVENTS.values())
+        outbox_ids = {row[0] for row in outbox}
+        processed_ids = {row[0] for row in processed}
+        applied = Counter(APPLIED.findall(self.system.log_of("score")))
 
         snap = {
-            "accepted": len(accepted),
+            "writes": len(writes),
+            "accepted": sum(1 for write in writes if write.status == 201),
             "stored_items": len(stored),
             "scored_items": sum(scored.values()),
-            "accepted_missing": [
-                (a.kind, a.item_id) for a in accepted if stored.get((a.kind, a.item_id)) != (a.cpf, a.value)
-            ],
+            "accepted_missing": accepted_missing[:20],
+            "stored_twice": stored_twice[:20],
+            "stored_after_4xx": stored_after_4xx[:20],
+            "person_unrequested": unrequested[:20],
             "score_missing": sorted((expected - scored).keys())[:20],
             "score_extra": sorted((scored - expected).keys())[:20],
-            "score_doubled": [key for key, count in scored.items() if count > 1][:20],
             "outbox_rows": len(outbox),
             "outbox_pending": sum(1 for row in outbox if row[2] is None),
-            "outbox_item_events": item_outbox,
-            "processed_item_events": item_processed,
-            "processed_missing": sorted(set(outbox_ids) - set(processed_ids))[:20],
-            "processed_extra": sorted(set(processed_ids) - set(outbox_ids))[:20],
-            "processed_doubled": [key for key, count in processed_ids.items() if count > 1][:20],
+            "processed_missing": sorted(outbox_ids - processed_ids)[:20],
+            "processed_extra": sorted(processed_ids - outbox_ids)[:20],
+            "applied_twice": [event_id for event_id, count in applied.items() if count > 1][:20],
+            "dead_letters": {},
             "api_mismatch": {},
         }
         db_ok = not any(
             snap[key]
             for key in (
                 "accepted_missing",
+                "stored_twice",
+                "stored_after_4xx",
+                "person_unrequested",
                 "score_missing",
                 "score_extra",
-                "score_doubled",
                 "outbox_pending",
                 "processed_missing",
                 "processed_extra",
-                "processed_doubled",
+                "applied_twice",
             )
-        ) and (item_outbox == item_processed)
+        )
+        if db_ok:
+            uri = self.system.env["AMQP_URI"]
+            depths = {queue: _queue_depth(uri, queue) for queue in DEAD_LETTER_QUEUES}
+            snap["dead_letters"] = {queue: depth for queue, depth in depths.items() if depth}
+            db_ok = sum(depths.values()) == len(dead_letters)
         if db_ok and check_api:
             for cpf in people:
                 want = rules.score_items((kind, value) for (kind, _), (c, value) in stored.items() if c == cpf)
-                response = requests.get(f"{self.api_url}/{cpf}/score", timeout=HTTP_TIMEOUT)
+                response = requests.get(f"{self.system.url}/{cpf}/score", timeout=HTTP_TIMEOUT)
                 got = response.json() if response.status_code == 200 else {"status": response.status_code}
                 if got.get("score") != want["score"] or got.get("breakdown") != want["breakdown"]:
                     snap["api_mismatch"][cpf] = {"want": want, "got": got}
         snap["holds"] = db_ok and not snap["api_mismatch"]
         return snap
 
-    def wait(self, accepted, since, system=None, timeout=60, settle=1.0):
-        """Poll until the invariant holds (then once more after ``settle`` s, so a
-        late duplicate would be seen); return (snapshot, seconds since ``since``)."""
+    def wait(self, writes, since, timeout=60, settle=1.0, dead_letters=()):
+        """Poll until the invariant holds over ``writes`` (every item write of the
+        test, whatever it was answered), then once more after ``settle`` s, so a
+        late duplicate would be seen; return (snapshot, seconds since ``since``).
+        ``dead_letters``: the event ids expected to wait in the dead-letter queues."""
         deadline = time.monotonic() + timeout
         snap = None
         while True:
             try:
-                snap = self.snapshot(accepted)
+                snap = self.snapshot(writes, dead_letters=dead_letters)
             except requests.RequestException as exc:
                 snap = {"holds": False, "error": repr(exc)}
             if snap["holds"]:
                 recovered = time.monotonic() - since
                 time.sleep(settle)
-                again = self.snapshot(accepted)
+                again = self.snapshot(writes, dead_letters=dead_letters)
                 assert again["holds"], f"invariant held, then broke:\n{json.dumps(again, default=str, indent=1)}"
                 return again, recovered
             if time.monotonic() > deadline:
-                logs = system.logs() if system else ""
                 raise AssertionError(
                     f"invariant did not hold within {timeout}s; lost or doubled:\n"
-                    f"{json.dumps(snap, default=str, indent=1)}\n{logs}"
+                    f"{json.dumps(snap, default=str, indent=1)}\n{self.system.logs()}"
                 )
             time.sleep(0.2)
 
@@ -409,8 +479,11 @@ class Invariant:
 def lost_and_doubled(snap) -> dict:
     return {
         "lost": len(snap["accepted_missing"]) + len(snap["score_missing"]) + len(snap["processed_missing"]),
-        "doubled": len(snap["score_doubled"]) + len(snap["processed_doubled"]),
-        "invented": len(snap["score_extra"]) + len(snap["processed_extra"]),
+        "doubled": len(snap["stored_twice"]) + len(snap["applied_twice"]),
+        "invented": len(snap["person_unrequested"])
+        + len(snap["stored_after_4xx"])
+        + len(snap["score_extra"])
+        + len(snap["processed_extra"]),
     }
 
 
@@ -461,13 +534,3 @@ class Report:
         if self.path:
             with open(self.path, "a") as out:
                 out.write(line + "\n")
-
-
-def accept(response, kind, cpf, value) -> Accepted:
-    """The :class:`Accepted` record of a POST that must have been answered 201."""
-    assert response.status_code == 201, f"{kind} for {cpf}: {response.status_code} {response.text}"
-    return Accepted(kind, response.json()["id"], cpf, Decimal(str(value)))
-
-
-def count_in(textual: str, needle: str) -> int:
-    return textual.count(needle)

@@ -10,7 +10,7 @@ import pytest
 import requests
 from faults_support import (
     HTTP_TIMEOUT,
-    accept,
+    INCOME_QUEUE,
     lost_and_doubled,
     outbox_event,
     publish_event,
@@ -21,8 +21,6 @@ from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
-INCOME_QUEUE = "evt-person-income_added--score.on_income_added"
-
 
 def _scores(system, people):
     return {cpf: requests.get(f"{system.url}/{cpf}/score", timeout=HTTP_TIMEOUT).json() for cpf in people}
@@ -32,12 +30,12 @@ def test_duplicated_event_changes_nothing(system, broker, invariant, person_engi
     system.start_all(timeout=60)
     people = cpfs(2)
     system.create_people(people)
-    accepted = [
-        accept(system.add_item(people[0], "income", "1000.00"), "income", people[0], "1000.00"),
-        accept(system.add_item(people[0], "asset", "100000.00"), "asset", people[0], "100000.00"),
-        accept(system.add_item(people[1], "debt", "1000.00"), "debt", people[1], "1000.00"),
+    writes = [
+        system.add_item(people[0], "income", "1000.00").accepted(),
+        system.add_item(people[0], "asset", "100000.00").accepted(),
+        system.add_item(people[1], "debt", "1000.00").accepted(),
     ]
-    invariant.wait(accepted, time.monotonic(), system)
+    invariant.wait(writes, time.monotonic())
     before = _scores(system, people)
 
     income = outbox_event(person_engine, "income_added")
@@ -50,7 +48,7 @@ def test_duplicated_event_changes_nothing(system, broker, invariant, person_engi
     # consumed (acked) by score: nothing of them waits in its queues
     broker.wait_drained(system.env["AMQP_URI"], on_timeout=system.logs)
     seen = time.monotonic() - published_at
-    snap, recovered = invariant.wait(accepted, published_at, system)
+    snap, recovered = invariant.wait(writes, published_at)
     after = _scores(system, people)
     assert after == before
     score_log = system.log("score.1")
@@ -74,7 +72,7 @@ def test_malformed_events_dead_lettered_at_once_without_blocking(system, invaria
     system.start_all(timeout=60)
     cpf = cpfs(1)[0]
     system.create_people([cpf])
-    invariant.wait([], time.monotonic(), system)
+    invariant.wait([], time.monotonic())
 
     bad_envelope_id = str(uuid.uuid4())  # the message id: the body has no event_id
     bad_envelope = {"event_type": "income_added", "cpf": "123", "sequence": 0, "occurred_at": "yesterday", "data": []}
@@ -92,7 +90,7 @@ def test_malformed_events_dead_lettered_at_once_without_blocking(system, invaria
     publish_event(uri, bad_envelope, "income_added", message_id=bad_envelope_id)
     publish_event(uri, missing_item, "income_added", message_id=no_item_id)
     # a valid event right behind the poison, on the same queue
-    accepted = [accept(system.add_item(cpf, "income", "1000.00"), "income", cpf, "1000.00")]
+    writes = [system.add_item(cpf, "income", "1000.00").accepted()]
 
     listed = []
 
@@ -109,7 +107,7 @@ def test_malformed_events_dead_lettered_at_once_without_blocking(system, invaria
         lambda: f"list_dead_letters: {listed}\n{system.logs()}",
     )
     parked = time.monotonic() - published_at
-    snap, recovered = invariant.wait(accepted, published_at, system)
+    snap, recovered = invariant.wait(writes, published_at, dead_letters={bad_envelope_id, no_item_id})
 
     by_id = {d["event_id"]: d for d in dead}
     assert len(dead) == 2, dead
@@ -144,7 +142,7 @@ def test_undecodable_message_is_dead_lettered(system, invariant, report):
     system.start_all(timeout=60)
     cpf = cpfs(1)[0]
     system.create_people([cpf])
-    invariant.wait([], time.monotonic(), system)
+    invariant.wait([], time.monotonic())
     garbage_id = str(uuid.uuid4())
     published_at = time.monotonic()
     publish_event(
@@ -156,7 +154,7 @@ def test_undecodable_message_is_dead_lettered(system, invariant, report):
         content_type="application/json",
         content_encoding="utf-8",
     )
-    accepted = [accept(system.add_item(cpf, "income", "1000.00"), "income", cpf, "1000.00")]
+    writes = [system.add_item(cpf, "income", "1000.00").accepted()]
     listed = []
 
     def dead_letters():
@@ -168,7 +166,7 @@ def test_undecodable_message_is_dead_lettered(system, invariant, report):
         dead_letters, 15, "the undecodable message in the dead-letter queue", 0.2, lambda: f"{listed}\n{system.logs()}"
     )
     parked = time.monotonic() - published_at
-    snap, recovered = invariant.wait(accepted, published_at, system)
+    snap, recovered = invariant.wait(writes, published_at, dead_letters={garbage_id})
     assert dead[0]["queue"] == INCOME_QUEUE and dead[0]["reason"], dead
     system.assert_running()
     report(

@@ -12,8 +12,8 @@ import time
 
 import pytest
 from faults_support import (
+    INCOME_QUEUE,
     RETRY_DELAYS,
-    accept,
     log_records,
     lost_and_doubled,
     outbox_event,
@@ -26,8 +26,6 @@ from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
-INCOME_QUEUE = "evt-person-income_added--score.on_income_added"
-
 
 def _rename(engine, old, new):
     with engine.begin() as conn:
@@ -39,11 +37,11 @@ def _break_and_post(system, invariant, score_engine, person_engine):
     system.start_all(timeout=60)
     cpf = cpfs(1)[0]
     system.create_people([cpf])
-    invariant.wait([], time.monotonic(), system)
+    invariant.wait([], time.monotonic())
     _rename(score_engine, "scored_item", "scored_item_x")
-    accepted = [accept(system.add_item(cpf, "income", "1000.00"), "income", cpf, "1000.00")]
-    event = outbox_event(person_engine, "income_added", accepted[0].item_id)
-    return accepted, event
+    writes = [system.add_item(cpf, "income", "1000.00").accepted()]
+    event = outbox_event(person_engine, "income_added", writes[0].item_id)
+    return writes, event
 
 
 def _retries(system, event_id):
@@ -59,12 +57,12 @@ def _dead_letters(system, event_id=None):
 def test_transient_handler_failure_is_retried_and_applied_once(
     system, invariant, person_engine, score_table_restored, report
 ):
-    accepted, event = _break_and_post(system, invariant, score_table_restored, person_engine)
+    writes, event = _break_and_post(system, invariant, score_table_restored, person_engine)
     wait_for(lambda: _retries(system, event["event_id"]), 30, "the first attempt to fail", 0.02, system.logs)
     _rename(score_table_restored, "scored_item_x", "scored_item")
     fixed_at = time.monotonic()
 
-    snap, recovered = invariant.wait(accepted, fixed_at, system)
+    snap, recovered = invariant.wait(writes, fixed_at)
     score_log = system.log("score.1")
     failures = _retries(system, event["event_id"])
     assert 1 <= failures <= len(RETRY_DELAYS), score_log
@@ -83,7 +81,7 @@ def test_transient_handler_failure_is_retried_and_applied_once(
 def test_permanent_handler_failure_is_dead_lettered_then_replayed(
     system, broker, invariant, person_engine, score_table_restored, report
 ):
-    accepted, event = _break_and_post(system, invariant, score_table_restored, person_engine)
+    writes, event = _break_and_post(system, invariant, score_table_restored, person_engine)
     event_id = event["event_id"]
     posted_at = time.monotonic()
     dead = wait_for(lambda: _dead_letters(system, event_id), 40, "the event in the dead-letter queue", 0.3, system.logs)
@@ -101,7 +99,7 @@ def test_permanent_handler_failure_is_dead_lettered_then_replayed(
     assert detail["body"] == event, detail
 
     _rename(score_table_restored, "scored_item_x", "scored_item")
-    snap = invariant.snapshot(accepted, check_api=False)
+    snap = invariant.snapshot(writes, check_api=False)
     assert snap["scored_items"] == 0 and event_id in snap["processed_missing"], snap  # parked, not applied
     helped = system.deadletters("--help")
     assert helped.returncode == 0 and "replay" in helped.stdout, helped
@@ -113,7 +111,7 @@ def test_permanent_handler_failure_is_dead_lettered_then_replayed(
     assert replayed.returncode == 0, replayed.stderr
     assert [d["event_id"] for d in json.loads(replayed.stdout)] == [event_id], replayed.stdout
 
-    snap, recovered = invariant.wait(accepted, replayed_at, system)
+    snap, recovered = invariant.wait(writes, replayed_at)
     assert _dead_letters(system) == []
 
     # The same event once more, straight to its handler's queue as a replay
@@ -122,7 +120,7 @@ def test_permanent_handler_failure_is_dead_lettered_then_replayed(
     broker.wait_drained(system.env["AMQP_URI"], on_timeout=system.logs)
     again = system.deadletters("replay", "--all")
     assert again.returncode == 0 and json.loads(again.stdout) == [], again
-    snap, _ = invariant.wait(accepted, time.monotonic(), system)
+    snap, _ = invariant.wait(writes, time.monotonic())
     assert system.log("score.1").count(f"applied event {event_id}") == 1
     report(
         "7 handler failing permanently",

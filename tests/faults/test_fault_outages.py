@@ -12,8 +12,6 @@ from faults_support import (
     HTTP_TIMEOUT,
     RPC_TIMEOUT,
     Load,
-    accept,
-    accepted_of,
     lost_and_doubled,
     person_body,
     wait_for,
@@ -63,10 +61,10 @@ def test_broker_stopped_mid_load_and_restarted(system, broker, invariant, person
     first_accept = min(o.ended for o in accepted_after()) - fault_end
 
     assert not load.unexpected(), [vars(o) for o in load.unexpected()][:5]
-    during = [o for o in load.outcomes if o.started >= down_from and o.ended <= up_from]
+    during = [o for o in load.writes if o.started >= down_from and o.ended <= up_from]
     assert during, f"no request ran during the outage: {load.statuses()}"
     assert {o.status for o in during} <= {503, 504}, [vars(o) for o in during if o.status not in (503, 504)]
-    in_outage = [o for o in load.outcomes if stop_started <= o.started < up_from]
+    in_outage = [o for o in load.writes if stop_started <= o.started < up_from]
     worst = max(o.latency for o in in_outage)
     assert worst < HANG_BOUND, f"a request during the outage took {worst:.1f}s"
 
@@ -76,8 +74,8 @@ def test_broker_stopped_mid_load_and_restarted(system, broker, invariant, person
     system.wait_gateway(timeout=60)
     health_after = time.monotonic() - fault_end
 
-    accepted = accepted_of(load.outcomes)
-    snap, recovered = invariant.wait(accepted, fault_end, system)
+    writes = load.writes
+    snap, recovered = invariant.wait(writes, fault_end)
     with person_engine.connect() as conn:
         backlog = conn.execute(text("SELECT count(*) FROM outbox WHERE last_error IS NOT NULL")).scalar_one()
     report(
@@ -89,7 +87,7 @@ def test_broker_stopped_mid_load_and_restarted(system, broker, invariant, person
         first_201_after_broker_back_s=round(first_accept, 2),
         health_200_after_broker_back_s=round(health_after, 2),
         outbox_rows_whose_publish_failed_then_drained=backlog,
-        accepted=len(accepted),
+        accepted=snap["accepted"],
         stored_items=snap["stored_items"],
         scored_items=snap["scored_items"],
         recovery_s=round(recovered, 2),
@@ -115,12 +113,12 @@ def test_services_started_while_broker_down(system, broker, invariant, report):
     cpf = "52998224725"
     response = requests.post(f"{system.url}/person", json=person_body(cpf), timeout=HTTP_TIMEOUT)
     assert response.status_code == 201, response.text
-    accepted = [
-        accept(system.add_item(cpf, "income", "1000.00"), "income", cpf, "1000.00"),
-        accept(system.add_item(cpf, "asset", "100000.00"), "asset", cpf, "100000.00"),
-        accept(system.add_item(cpf, "debt", "1000.00"), "debt", cpf, "1000.00"),
+    writes = [
+        system.add_item(cpf, "income", "1000.00").accepted(),
+        system.add_item(cpf, "asset", "100000.00").accepted(),
+        system.add_item(cpf, "debt", "1000.00").accepted(),
     ]
-    snap, recovered = invariant.wait(accepted, fault_end, system)
+    snap, recovered = invariant.wait(writes, fault_end)
     score = requests.get(f"{system.url}/{cpf}/score", timeout=HTTP_TIMEOUT).json()
     assert score["score"] == 4970, score
     report(

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 
 import pytest
-from faults_support import Load, accepted_of, lost_and_doubled, wait_for
+from faults_support import Load, lost_and_doubled, wait_for
 from sqlalchemy import text
 
 from harness.cpf import cpfs
@@ -35,9 +35,9 @@ def test_two_instances_of_each_service(system, invariant, person_engine, report)
     load = Load(urls, people, total=240, workers=6, pause=0).start()
     load.wait(120)
     finished = time.monotonic()
-    assert load.statuses() == {"201": load.total}, [vars(o) for o in load.outcomes if o.status != 201][:5]
-    accepted = accepted_of(load.outcomes)
-    snap, recovered = invariant.wait(accepted, finished, system)
+    assert load.statuses() == {"201": load.total}, [vars(o) for o in load.writes if o.status != 201][:5]
+    writes = load.writes
+    snap, recovered = invariant.wait(writes, finished)
 
     outbox_ids = {row[0] for row in _outbox(person_engine)}
     published = {
@@ -66,7 +66,7 @@ def test_two_instances_of_each_service(system, invariant, person_engine, report)
     assert all(spread.values()), f"an instance did no work: {spread}"
     report(
         "8 two instances of each service",
-        accepted=len(accepted),
+        accepted=snap["accepted"],
         outbox_rows=len(outbox_ids),
         events_published=sum(published_count.values()),
         events_applied=sum(applied_count.values()),
@@ -85,7 +85,7 @@ def test_score_started_after_person_committed_events(system, invariant, person_e
     system.create_people(people)
     load = Load([system.url], people, total=30, workers=3, pause=0).start().wait(60)
     assert load.statuses() == {"201": load.total}, load.statuses()
-    accepted = accepted_of(load.outcomes)
+    writes = load.writes
 
     # no queue is bound yet: every event is unroutable, and kept
     wait_for(
@@ -96,12 +96,12 @@ def test_score_started_after_person_committed_events(system, invariant, person_e
 
     system.start("score")
     fault_end = time.monotonic()
-    snap, recovered = invariant.wait(accepted, fault_end, system)
+    snap, recovered = invariant.wait(writes, fault_end)
     assert system.log("score.1").count("applied event") == len(rows)
     report(
         "9 late subscriber (score cold start)",
         events_pending_before_score=len(rows),
-        accepted=len(accepted),
+        accepted=snap["accepted"],
         events_applied=system.log("score.1").count("applied event"),
         recovery_s=round(recovered, 2),
         **lost_and_doubled(snap),

@@ -1,6 +1,8 @@
 """The outbox on the real broker and database: what commits is published once,
 what rolls back is never published, what fails to publish is published later."""
 
+import time
+
 import eventlet
 import pytest
 from broker import EventTap
@@ -150,3 +152,34 @@ def test_two_relays_publish_each_event_once(run_container, tap, person_engine):
     assert sent <= 600
     with person_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar() == 0
+
+
+def test_sweep_leaves_rows_younger_than_its_grace_to_their_writer(run_container, fresh_config, tap, person_engine):
+    """A row another process has just committed is that process's to publish (it
+    does so at once, from memory); a sweep takes only rows pending for longer
+    than ``OUTBOX_SWEEP_GRACE``, so under normal operation no event is published twice."""
+    grace = 1.0
+    fresh_config.update(OUTBOX_SWEEP_GRACE=grace, OUTBOX_SWEEP_INTERVAL=3600)  # only the calls below sweep
+    relay = get_extension(run_container(OutboxProbe), Outbox)
+    with person_engine.begin() as conn:  # committed by "another process", still pending
+        conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, event_type, aggregate_key, sequence, payload)"
+                " SELECT id, 'person_created', '52998224725', 1,"
+                "  jsonb_build_object('event_id', id, 'event_type', 'person_created',"
+                "   'occurred_at', now(), 'cpf', '52998224725', 'sequence', 1, 'data', '{}'::jsonb)"
+                " FROM gen_random_uuid() AS id"
+            )
+        )
+    assert relay.relay_pending() == 0
+    assert tap.drain(wait=0.2) == []
+
+    deadline = time.monotonic() + 10 * grace
+    while (sent := relay.relay_pending()) == 0:
+        assert time.monotonic() < deadline, "the sweep never took the row"
+        eventlet.sleep(0.05)
+    assert sent == 1
+    with person_engine.connect() as conn:
+        age = conn.execute(text("SELECT extract(epoch FROM published_at - created_at) FROM outbox")).scalar_one()
+    assert age >= grace
+    assert len(tap.drain(wait=0.5)) == 1

@@ -1,0 +1,191 @@
+"""The write path's RPC promises, made to break for real on the private node.
+
+- A reply lost after person committed (its connection to the broker stalled
+  by a proxy, then cut): the broker delivers the request again, and the
+  second delivery answers the first answer and writes nothing.
+- Writes answered 5xx while person was stalled (SIGSTOP): none of them runs
+  when person resumes, neither those the broker had already handed to it nor
+  those waiting in its queue.
+- Person not running: the gateway answers 503 at once, and that write never
+  runs either.
+"""
+
+import os
+import re
+import signal
+import time
+
+import eventlet
+import pytest
+import requests
+from faults_support import HTTP_TIMEOUT, RPC_TIMEOUT, Write, lost_and_doubled, wait_for
+from sqlalchemy import text
+
+from harness.cpf import cpfs
+from harness.proxy import TcpProxy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+RPC_QUEUE = "rpc-person"
+
+
+def _rows(person_engine, writes) -> dict:
+    """Person's item ids stored for each of ``writes`` (by its distinguishing type or value)."""
+    with person_engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT 'income', id, cpf, value, type FROM income UNION ALL SELECT 'asset', id, cpf, value, type"
+                " FROM asset UNION ALL SELECT 'debt', id, cpf, value, NULL FROM debt"
+            )
+        ).all()
+    stored = {}
+    for kind, item_id, cpf, value, type_ in rows:
+        stored.setdefault((kind, cpf, value, type_), []).append(item_id)
+    return {write.number: stored[write.key] for write in writes if write.key in stored}
+
+
+@pytest.fixture
+def proxy(broker):
+    with TcpProxy("127.0.0.1", broker.port) as running:
+        yield running
+
+
+def test_lost_reply_is_not_written_twice(system, broker, proxy, invariant, person_engine, report):
+    # Person talks to the broker through the proxy; a long deadline lets the
+    # gateway wait for the redelivered request's answer.
+    system.start("person", AMQP_URI=proxy.uri(system.env["AMQP_URI"]))
+    system.start("score")
+    system.start("gateway", RPC_TIMEOUT=20)
+    system.wait_gateway(timeout=60)
+    cpf = cpfs(1)[0]
+    system.create_people([cpf])
+    before = system.add_item(cpf, "income").accepted()
+
+    # From now on nothing person sends reaches the broker: not the ack of the
+    # next request, not its reply, not its event.
+    assert proxy.hold() >= 2, "person has no connection through the proxy"
+    write = Write("asset", cpf, system.url)
+    answered = eventlet.spawn(write.send, 30)
+    wait_for(lambda: _rows(person_engine, [write]), 15, "person to commit the write", 0.05, system.logs)
+    # Committed, its reply and ack stuck in the proxy: the connection drops.
+    cut_at = time.monotonic()
+    proxy.cut()
+
+    answered.wait()
+    assert write.status == 201, (write.status, write.error, system.logs())
+    redelivered = wait_for(
+        lambda: re.findall(r"redelivered person\.add_asset request", system.log("person.1")),
+        30,
+        "the request to be delivered again",
+        0.1,
+        system.logs,
+    )
+    person_log = system.log("person.1")
+    answered_again = person_log.count("add_asset answered with the stored answer of idempotency key request:")
+    assert len(redelivered) == 1 and answered_again == 1, person_log
+    assert _rows(person_engine, [write]) == {write.number: [write.item_id]}
+
+    snap, recovered = invariant.wait([before, write], cut_at)
+    report(
+        "11 reply lost after person's commit",
+        deliveries_of_the_request=1 + len(redelivered),
+        answered_from_the_stored_answer=answered_again,
+        rows_stored=len(_rows(person_engine, [write])[write.number]),
+        status=write.status,
+        answered_after_cut_s=round(write.ended - cut_at, 2),
+        recovery_s=round(recovered, 2),
+        **lost_and_doubled(snap),
+    )
+
+
+def test_write_answered_5xx_never_runs_later(system, broker, invariant, person_engine, report):
+    # Person takes two requests at a time (its prefetch is its worker count):
+    # while it is stalled, two wait in its socket and the rest in its queue.
+    prefetch = 2
+    system.start("person", MAX_WORKERS=prefetch)
+    system.start("score")
+    system.start("gateway", MAX_WORKERS=20)  # all the writes below at once
+    system.wait_gateway(timeout=60)
+    cpf = cpfs(1)[0]
+    system.create_people([cpf])
+    person = system.processes["person.1"]
+
+    writes = [Write(kind, cpf, system.url) for kind in ("income", "asset", "debt") * 4]
+    os.kill(person.pid, signal.SIGSTOP)
+    try:
+        pool = eventlet.GreenPool(len(writes))
+        for write in writes:
+            pool.spawn(write.send)
+        pool.waitall()
+        assert {w.status for w in writes} == {504}, [(w.status, w.error) for w in writes]
+        # Still stalled: what waited in person's queue expires there; only
+        # what the broker already handed to person is left (unacked).
+        wait_for(
+            lambda: broker.queue_depths(system.vhost).get(RPC_QUEUE) == prefetch,
+            30,
+            f"person's RPC queue to hold only the {prefetch} requests handed to person",
+            0.2,
+            lambda: broker.queue_depths(system.vhost),
+        )
+    finally:
+        os.kill(person.pid, signal.SIGCONT)
+    resumed_at = time.monotonic()
+
+    # Person resumed: the requests it holds are past their deadline and dropped.
+    wait_for(
+        lambda: broker.queue_depths(system.vhost).get(RPC_QUEUE) == 0,
+        30,
+        "person to settle the requests it held",
+        0.2,
+        system.logs,
+    )
+    # Person answers again, so whatever it had would have run by now.
+    after = system.add_item(cpf, "debt").accepted()
+    dropped = system.log("person.1").count("deadline passed")
+    assert _rows(person_engine, writes) == {}, system.log("person.1")
+    assert dropped == prefetch, system.log("person.1")
+
+    snap, recovered = invariant.wait([*writes, after], resumed_at)
+    report(
+        "12 writes answered 504 while person was stalled",
+        writes=len(writes),
+        dropped_by_person_past_deadline=dropped,
+        expired_in_queue=len(writes) - dropped,
+        stored=0,
+        recovery_s=round(recovered, 2),
+        **lost_and_doubled(snap),
+    )
+
+
+def test_person_not_running_answers_503_at_once(system, invariant, person_engine, report):
+    system.start_all(timeout=60)
+    cpf = cpfs(1)[0]
+    system.create_people([cpf])
+    system.stop("person.1")
+    # The gateway trusts a consumer it saw in the last second; then it looks again.
+    wait_for(
+        lambda: system.health().json()["services"]["person"].get("status") == "unreachable",
+        15,
+        "the gateway to see person gone",
+        0.1,
+        system.logs,
+    )
+    write = Write("income", cpf, system.url).send()
+    assert write.status == 503 and '"SERVICE_UNAVAILABLE"' in write.error, (write.status, write.error)
+    # "at once": not after waiting for its deadline
+    assert write.latency < RPC_TIMEOUT, f"took {write.latency:.2f}s"
+
+    system.start("person", 2)
+    system.wait_gateway(timeout=60)
+    after = system.add_item(cpf, "asset").accepted()
+    assert _rows(person_engine, [write]) == {}
+    snap, recovered = invariant.wait([write, after], time.monotonic())
+    health = requests.get(f"{system.url}/health", timeout=HTTP_TIMEOUT)
+    assert health.status_code == 200, health.text
+    report(
+        "13 person not running",
+        status=write.status,
+        answered_in_s=round(write.latency, 3),
+        stored=0,
+        **lost_and_doubled(snap),
+    )
