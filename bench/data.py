@@ -1,9 +1,9 @@
 """What the benchmark writes: people, item bodies, and events shaped
-exactly as person writes them (``person.service._add_item`` + ``new_envelope``)."""
+exactly as person writes them (``person.service`` + ``PERSON_EVENTS.new``)."""
 
 import json
 
-from reliable_events.envelope import new_envelope
+from contracts.events import PERSON_EVENTS
 
 
 def person_body(cpf: str) -> dict:
@@ -12,7 +12,7 @@ def person_body(cpf: str) -> dict:
 
 def income_event(cpf: str, sequence: int, item_id: int, value: str = "1234.56") -> dict:
     """An ``income_added`` envelope as the outbox stores it."""
-    return new_envelope("income_added", cpf, sequence, {"item_id": item_id, "value": value, "type": "salary"})
+    return PERSON_EVENTS.new("income_added", cpf, sequence, {"item_id": item_id, "value": value, "type": "salary"})
 
 
 def event_body_bytes(cpf: str = "52998224725") -> bytes:

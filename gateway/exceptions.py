@@ -1,14 +1,13 @@
 """Every error the gateway can answer with, in one table: exception -> (status, code).
 
-Importing :mod:`person.exceptions` and :mod:`score.exceptions` registers their
-types with Nameko, so remote errors arrive here as those types.
+Importing :mod:`contracts.errors` registers the backends' error types with
+Nameko, so remote errors arrive here as those types.
 """
 
 from werkzeug import exceptions as http_errors
 
-from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
+from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound, ScoreNotFound
 from reliable_events.idempotency import KeyReused
-from score.exceptions import ScoreNotFound
 
 
 class ServiceUnavailable(Exception):

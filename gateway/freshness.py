@@ -3,7 +3,7 @@
 Every write answers with the ``sequence`` its event got in the person's
 history. A read that passes it back (``min_sequence``) is answered once
 score's ``applied_sequence`` for that CPF reaches it. Nothing polls: score
-announces each commit (``replica_advanced``, see :mod:`score.notices`) and
+announces each commit (``replica_advanced``, see :mod:`contracts.events`) and
 this gateway's own exclusive queue receives it, waking only the reads
 waiting for those CPFs, which then read again. Past the bound
 (``READ_YOUR_WRITES_TIMEOUT`` seconds) the read gets the current value,
@@ -26,11 +26,9 @@ from nameko.events import get_event_exchange
 from nameko.extensions import DependencyProvider
 from nameko.messaging import QueueConsumer
 
-from score.notices import REPLICA_ADVANCED
+from contracts.events import REPLICA_ADVANCED, SCORE_NOTICES
 
 _log = logging.getLogger(__name__)
-
-DEFAULT_TIMEOUT = 2.0  # seconds
 
 
 class ReplicaWatch(DependencyProvider):
@@ -40,12 +38,12 @@ class ReplicaWatch(DependencyProvider):
 
     def setup(self):
         config = self.container.config
-        self.timeout = float(config.get("READ_YOUR_WRITES_TIMEOUT", DEFAULT_TIMEOUT))
+        self.timeout = float(config["READ_YOUR_WRITES_TIMEOUT"])
         # One queue per gateway instance (every instance hears every notice),
         # gone with its connection: notices for nobody are dropped by the exchange.
         self.queue = Queue(
             f"gateway-replica-advanced-{uuid.uuid4().hex}",
-            exchange=get_event_exchange("score", config),
+            exchange=get_event_exchange(SCORE_NOTICES, config),
             routing_key=REPLICA_ADVANCED,
             durable=False,
             exclusive=True,

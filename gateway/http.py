@@ -123,7 +123,7 @@ class JsonWebServer(WebServer):
         return url_map
 
     def get_wsgi_app(self):
-        limit = int(self.container.config.get("MAX_CONTENT_LENGTH", 65536))
+        limit = int(self.container.config["MAX_CONTENT_LENGTH"])
         return JsonWsgiApp(self, limit)
 
 

@@ -1,4 +1,5 @@
-"""The gateway's OpenAPI 3.1 document (``gateway/openapi.yaml``, kept by hand)
+"""The gateway's OpenAPI 3.1 document (``gateway/openapi.yaml``, kept by hand,
+with what depends on the kinds of item filled from :mod:`contracts.kinds`)
 and the list of routes the gateway really serves, to check one against the other.
 
 Example::
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from contracts.kinds import KINDS
+
 DOCUMENT_PATH = Path(__file__).with_name("openapi.yaml")
 
 # A werkzeug rule variable: <name>, <converter:name> or <converter(args):name>.
@@ -27,7 +30,32 @@ _RULE_VARIABLE = re.compile(r"<(?:(?P<converter>\w+)(?:\((?P<args>[^)]*)\))?:)?(
 def openapi_document() -> dict:
     """The document as a dict, read once per process. Shared: do not change it."""
     with DOCUMENT_PATH.open(encoding="utf-8") as file:
-        return yaml.safe_load(file)
+        return _with_kinds(yaml.safe_load(file))
+
+
+def _with_kinds(document: dict) -> dict:
+    """The parts the kinds of item decide: the route's enum, a person's lists,
+    the counts and the score's breakdown with each kind's rule."""
+    [kind_parameter] = [
+        p for p in document["paths"]["/person/{cpf}/{kind}"]["post"]["parameters"] if p.get("name") == "kind"
+    ]
+    kind_parameter["schema"]["enum"] = [kind.name for kind in KINDS]
+    schemas = document["components"]["schemas"]
+    person = schemas["PersonFields"]
+    counts = schemas["KindCounts"]
+    breakdown = schemas["Score"]["properties"]["breakdown"]
+    for kind in KINDS:
+        item = "TypedItem" if kind.typed else "UntypedItem"
+        person["required"].append(kind.plural)
+        person["properties"][kind.plural] = {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}}
+        counts["required"].append(kind.name)
+        counts["properties"][kind.name] = {"type": "integer", "minimum": 0}
+        rule = f"{'-' if kind.sign < 0 else ''}floor(value/{kind.divisor})"
+        bound = {"minimum": 0} if kind.sign > 0 else {"maximum": 0}
+        breakdown["required"].append(kind.name)
+        described = {"type": "integer", "description": f"{kind.name}: {rule} per item"}
+        breakdown["properties"][kind.name] = {**described, **bound}
+    return document
 
 
 def openapi_path(rule: str) -> tuple[str, dict]:

@@ -125,7 +125,7 @@ class TimedRpcProxy(RpcProxy):
     """``RpcProxy`` whose calls fail within ``RPC_TIMEOUT`` seconds (config)."""
 
     def setup(self):
-        self.timeout = float(self.container.config.get("RPC_TIMEOUT", 5))
+        self.timeout = float(self.container.config["RPC_TIMEOUT"])
         self.consumers_seen = {}
         super().setup()
 

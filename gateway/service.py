@@ -10,21 +10,22 @@ from functools import partial
 from nameko.dependency_providers import Config
 from werkzeug.exceptions import BadRequest
 
+from contracts.cpf import InvalidCPF, normalize_cpf
+from contracts.errors import InvalidInput, PersonNotFound, ScoreNotFound
+from contracts.kinds import NAMES
+from contracts.scores import APPLIED_SEQUENCE
 from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
 from gateway.freshness import ReplicaWatch
 from gateway.http import http, json_response
 from gateway.rpc import TimedRpcProxy
 from observability.logs import CallContext
 from observability.metrics import READ_WAIT, metrics_response
-from person.cpf import InvalidCPF, normalize_cpf
-from person.exceptions import InvalidInput, PersonNotFound
 from reliable_events.idempotency import MAX_KEY_LENGTH
-from score.exceptions import ScoreNotFound
-from score.rules import KINDS
 
 _log = logging.getLogger(__name__)
 
-ITEM_METHODS = {"income": "add_income", "asset": "add_asset", "debt": "add_debt"}
+# POST /person/<cpf>/<kind> for each declared kind (contracts.kinds).
+ITEM_ROUTE = f"/person/<cpf>/<any({', '.join(NAMES)}):kind>"
 
 
 def _json_body(request):
@@ -120,7 +121,7 @@ class GatewayService:
         """
         return json_response(self.person.get_person(_path_cpf(cpf)))
 
-    @http("POST", "/person/<cpf>/<any(income, asset, debt):kind>", requires_token=True)
+    @http("POST", ITEM_ROUTE, requires_token=True)
     def add_item(self, request, cpf, kind):
         """Add an income, asset or debt. 201 with the item; 404 unknown person.
 
@@ -132,8 +133,7 @@ class GatewayService:
                  localhost:8000/person/52998224725/debt --data '{"value": 1000}'
         """
         cpf = _path_cpf(cpf)
-        add = getattr(self.person, ITEM_METHODS[kind])
-        item = add(cpf, _json_body(request), idempotency_key=_idempotency_key(request))
+        item = self.person.add_item(kind, cpf, _json_body(request), idempotency_key=_idempotency_key(request))
         return _written(item)
 
     @http("GET", "/<cpf>/score")
@@ -176,21 +176,12 @@ class GatewayService:
 
     def _unseen_score(self, cpf):
         """The answer for a CPF score has not heard of when the wait ran out:
-        404 if person does not know it either, else its empty score, stale."""
+        404 if person does not know it either, else score's empty score, stale."""
         try:
             self.person.get_person(cpf)
         except PersonNotFound:
             raise ScoreNotFound(f"No score for CPF {cpf}.") from None
-        zeros = dict.fromkeys(KINDS, 0)
-        return {
-            "cpf": cpf,
-            "score": 0,
-            "breakdown": zeros,
-            "items": dict(zeros),
-            "last_sequence": 0,
-            "applied_sequence": 0,
-            "updated_at": None,
-        }
+        return self.score.get_score(cpf, person_known=True)
 
     @staticmethod
     def _score_response(result, stale, headers=()):
@@ -199,7 +190,7 @@ class GatewayService:
             body,
             200,
             [
-                ("Event-Sequence", str(body["applied_sequence"])),
+                ("Event-Sequence", str(body[APPLIED_SEQUENCE])),
                 ("Replica-Stale", "true" if stale else "false"),
                 *headers,
             ],
@@ -239,7 +230,7 @@ class GatewayService:
                 services[name] = {"status": "failing", "error": str(exc)}
                 problems.append(f"{name} failing")
         outbox = services["person"].get("outbox")
-        max_age = float(self.config.get("HEALTH_MAX_OUTBOX_AGE", 30))
+        max_age = float(self.config["HEALTH_MAX_OUTBOX_AGE"])
         if outbox and outbox["oldest_pending_age_seconds"] > max_age:
             problems.append(f"{outbox['pending']} events unpublished for over {max_age:g}s")
         dead = sum((services["score"].get("dead_letters") or {}).values())

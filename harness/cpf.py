@@ -1,7 +1,7 @@
 """Valid CPFs for tests and the benchmark.
 
 The check digits are computed here, not imported from the product, so that a
-wrong algorithm in ``person.cpf`` cannot agree with itself in a test.
+wrong algorithm in ``contracts.cpf`` cannot agree with itself in a test.
 """
 
 

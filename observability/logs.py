@@ -2,7 +2,7 @@
 
 ``config.yml`` selects the formatter (``LOG_FORMAT=json``, the default, or
 ``plain``). Every line has ``timestamp``, ``level``, ``logger``, ``message``,
-plus what the code passed in ``extra`` (``event_id``, ``cpf``, ...), plus the
+plus what the code passed in ``extra`` (``event_id``, the event's key, ...), plus the
 call id of the current worker:
 
 - ``call_id``: the worker's own (``person.add_income.<uuid>``);
@@ -69,12 +69,13 @@ class JsonFormatter(_JsonFormatter):
         return datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def event_fields(event: dict, **more) -> dict:
-    """The ``extra`` of a line about one event: its id, type, CPF and sequence."""
+def event_fields(event: dict, key_field: str, **more) -> dict:
+    """The ``extra`` of a line about one event: its id, type, aggregate key
+    (under the producer's name for it, ``key_field``) and sequence."""
     return {
         "event_id": event.get("event_id"),
         "event_type": event.get("event_type"),
-        "cpf": event.get("cpf"),
+        key_field: event.get(key_field),
         "sequence": event.get("sequence"),
         **more,
     }

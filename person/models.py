@@ -1,4 +1,5 @@
-"""The person service's tables: people, their items, and the event outbox."""
+"""The person service's tables: people, a table per kind of item (from
+:mod:`contracts.kinds`), the event outbox and the idempotency keys."""
 
 from sqlalchemy import (
     BigInteger,
@@ -15,6 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import declarative_base, relationship
 
+from contracts.kinds import KINDS, ItemKind
 from reliable_events.idempotency import idempotency_table
 from reliable_events.tables import outbox_table
 
@@ -37,37 +39,29 @@ class Person(PersonBase):
     # row, which serialises concurrent writes for one person and keeps it gapless.
     last_sequence = Column(Integer, nullable=False, server_default=text("0"))
 
-    incomes = relationship("Income", order_by="Income.id", lazy="selectin")
-    assets = relationship("Asset", order_by="Asset.id", lazy="selectin")
-    debts = relationship("Debt", order_by="Debt.id", lazy="selectin")
-
     __table_args__ = (CheckConstraint("cpf ~ '^[0-9]{11}$'", name="ck_person_cpf_digits"),)
 
 
-class _Item:
-    id = Column(BigInteger, primary_key=True, autoincrement=True)
-    value = Column(MONEY, nullable=False)
-    created_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+def _item_model(kind: ItemKind):
+    """The table of one kind of item (``income``: id, cpf, type, value, created_at)."""
+    columns = {
+        "__tablename__": kind.name,
+        "id": Column(BigInteger, primary_key=True, autoincrement=True),
+        "cpf": Column(String(11), ForeignKey("person.cpf"), nullable=False, index=True),
+        "value": Column(MONEY, nullable=False),
+        "created_at": Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+        "__table_args__": (CheckConstraint("value > 0", name=f"ck_{kind.name}_value_positive"),),
+    }
+    if kind.typed:
+        columns["type"] = Column(String(50), nullable=False)
+    return type(kind.name.title(), (PersonBase,), columns)
 
 
-class Income(_Item, PersonBase):
-    __tablename__ = "income"
-    cpf = Column(String(11), ForeignKey("person.cpf"), nullable=False, index=True)
-    type = Column(String(50), nullable=False)
-    __table_args__ = (CheckConstraint("value > 0", name="ck_income_value_positive"),)
-
-
-class Asset(_Item, PersonBase):
-    __tablename__ = "asset"
-    cpf = Column(String(11), ForeignKey("person.cpf"), nullable=False, index=True)
-    type = Column(String(50), nullable=False)
-    __table_args__ = (CheckConstraint("value > 0", name="ck_asset_value_positive"),)
-
-
-class Debt(_Item, PersonBase):
-    __tablename__ = "debt"
-    cpf = Column(String(11), ForeignKey("person.cpf"), nullable=False, index=True)
-    __table_args__ = (CheckConstraint("value > 0", name="ck_debt_value_positive"),)
+# kind name -> its model; a person's items of each kind are ``person.<plural>``.
+ITEM_MODELS = {kind.name: _item_model(kind) for kind in KINDS}
+for _kind in KINDS:
+    _model = ITEM_MODELS[_kind.name]
+    setattr(Person, _kind.plural, relationship(_model, order_by=_model.id, lazy="selectin"))
 
 
 outbox = outbox_table(PersonBase.metadata)

@@ -11,7 +11,8 @@ from decimal import Decimal, InvalidOperation
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from person.cpf import InvalidCPF, normalize_cpf
+from contracts.cpf import InvalidCPF, normalize_cpf
+from contracts.kinds import KINDS, ItemKind
 
 MAX_MONEY = Decimal("999999999999.99")  # fits NUMERIC(14, 2)
 CENT = Decimal("0.01")
@@ -132,7 +133,7 @@ class CreatePersonSchema(Schema):
 
 
 class TypedItemSchema(Schema):
-    """Income and asset: ``{"type": "renting", "value": 1000}``."""
+    """An item with a type (income, asset): ``{"type": "renting", "value": 1000}``."""
 
     class Meta:
         unknown = RAISE
@@ -141,8 +142,8 @@ class TypedItemSchema(Schema):
     value = Money(required=True)
 
 
-class DebtSchema(Schema):
-    """Debt: ``{"value": 1000}``."""
+class UntypedItemSchema(Schema):
+    """An item with a value only (debt): ``{"value": 1000}``."""
 
     class Meta:
         unknown = RAISE
@@ -150,25 +151,34 @@ class DebtSchema(Schema):
     value = Money(required=True)
 
 
-class ItemOutSchema(Schema):
+class TypedItemOutSchema(Schema):
     id = fields.Integer()
     type = fields.String()
     value = Money()
     created_at = fields.AwareDateTime()
 
 
-class DebtOutSchema(Schema):
+class UntypedItemOutSchema(Schema):
     id = fields.Integer()
     value = Money()
     created_at = fields.AwareDateTime()
 
 
-class PersonOutSchema(Schema):
-    cpf = fields.String()
-    name = fields.String()
-    address = fields.String()
-    date_of_birth = BirthDate()
-    created_at = fields.AwareDateTime()
-    incomes = fields.List(fields.Nested(ItemOutSchema))
-    assets = fields.List(fields.Nested(ItemOutSchema))
-    debts = fields.List(fields.Nested(DebtOutSchema))
+def item_schemas(kind: ItemKind) -> tuple[Schema, Schema]:
+    """(input, output) schema of one kind of item."""
+    if kind.typed:
+        return TypedItemSchema(), TypedItemOutSchema()
+    return UntypedItemSchema(), UntypedItemOutSchema()
+
+
+PersonOutSchema = Schema.from_dict(
+    {
+        "cpf": fields.String(),
+        "name": fields.String(),
+        "address": fields.String(),
+        "date_of_birth": BirthDate(),
+        "created_at": fields.AwareDateTime(),
+        **{kind.plural: fields.List(fields.Nested(item_schemas(kind)[1])) for kind in KINDS},
+    },
+    name="PersonOutSchema",
+)

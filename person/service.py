@@ -1,10 +1,18 @@
 """The person service: the source of truth for people and their items.
 
-Every write commits its rows and one outbox row together; the outbox relay
-announces it on ``person.events`` (see :mod:`reliable_events.outbox`).
+Every write goes through one function, :meth:`PersonService._write`: it claims
+the request's idempotency key, writes the rows, adds the outbox row and stores
+the answer, in one transaction; the outbox relay then announces the event on
+``person.events`` (see :mod:`reliable_events.outbox`). A method only loads its
+input and says which rows to write.
+
+The item methods (``add_income``, ``add_asset``, ``add_debt``) are made from
+the kinds declared in :mod:`contracts.kinds`, one per kind, beside the
+generic ``add_item(kind, ...)`` the gateway calls.
 """
 
 import logging
+from dataclasses import dataclass
 
 from marshmallow import ValidationError
 from nameko.timer import timer
@@ -13,6 +21,10 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
+from contracts.cpf import InvalidCPF, normalize_cpf
+from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
+from contracts.events import PERSON_CREATED, PERSON_EVENTS
+from contracts.kinds import BY_NAME, KINDS, ItemKind
 from observability.logs import CallContext
 from observability.metrics import (
     OUTBOX_OLDEST_AGE,
@@ -22,17 +34,8 @@ from observability.metrics import (
     metrics_response,
     read_at_scrape,
 )
-from person.cpf import InvalidCPF, normalize_cpf
-from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
-from person.models import Asset, Debt, Income, Person, PersonBase, idempotency_keys, outbox
-from person.schemas import (
-    CreatePersonSchema,
-    DebtOutSchema,
-    DebtSchema,
-    ItemOutSchema,
-    PersonOutSchema,
-    TypedItemSchema,
-)
+from person.models import ITEM_MODELS, Person, PersonBase, idempotency_keys, outbox
+from person.schemas import CreatePersonSchema, PersonOutSchema, item_schemas
 from reliable_events.database import Database
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
 from reliable_events.outbox import Outbox, relay_timer
@@ -43,12 +46,8 @@ _log = logging.getLogger(__name__)
 # The caller's mistakes: answered as errors, not logged as the service's failures.
 CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, KeyReused)
 
-# kind -> (model, input schema, output schema, event type)
-ITEM_KINDS = {
-    "income": (Income, TypedItemSchema(), ItemOutSchema(), "income_added"),
-    "asset": (Asset, TypedItemSchema(), ItemOutSchema(), "asset_added"),
-    "debt": (Debt, DebtSchema(), DebtOutSchema(), "debt_added"),
-}
+# kind name -> (input schema, output schema)
+ITEM_SCHEMAS = {kind.name: item_schemas(kind) for kind in KINDS}
 
 
 def _load(schema, payload):
@@ -67,16 +66,34 @@ def _cpf(value):
         raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
 
 
+def _kind(value) -> ItemKind:
+    try:
+        return BY_NAME[value]
+    except (KeyError, TypeError):
+        raise InvalidInput("Unknown kind of item.", {"kind": [f"Must be one of {', '.join(BY_NAME)}."]}) from None
+
+
 def _set_outbox_gauges(backlog):
     OUTBOX_PENDING.set(backlog["pending"])
     OUTBOX_OLDEST_AGE.set(backlog["oldest_pending_age_seconds"])
+
+
+@dataclass
+class Change:
+    """What a write did: the event announcing it, and the answer (without its sequence)."""
+
+    event_type: str
+    cpf: str
+    sequence: int
+    data: dict
+    answer: dict
 
 
 class PersonService:
     name = "person"
 
     db = Database(PersonBase)
-    outbox = Outbox(PersonBase, outbox)
+    outbox = Outbox(PersonBase, outbox, PERSON_EVENTS)
     idempotency = IdempotencyKeys(idempotency_keys)
     call_context = CallContext()
     rpc_metrics = RpcMetrics()
@@ -104,32 +121,20 @@ class PersonService:
         ``KeyReused`` (the key was used for another request).
         """
         data = _load(CreatePersonSchema(), person)
+
+        def insert_person(session):
+            row = Person(**data, last_sequence=1)
+            session.add(row)
+            session.flush()
+            event_data = {"name": row.name, "address": row.address, "date_of_birth": row.date_of_birth.isoformat()}
+            return Change(PERSON_CREATED, row.cpf, 1, event_data, PersonOutSchema().dump(row))
+
         try:
-            with self.db.get_session() as session:
-                earlier = self._claim(session, idempotency_key, "create_person", person)
-                if earlier is not None:
-                    return earlier
-                row = Person(**data, last_sequence=1)
-                session.add(row)
-                session.flush()
-                self.outbox.add(
-                    session,
-                    "person_created",
-                    row.cpf,
-                    1,
-                    {
-                        "name": row.name,
-                        "address": row.address,
-                        "date_of_birth": row.date_of_birth.isoformat(),
-                    },
-                )
-                result = {**PersonOutSchema().dump(row), "sequence": 1}
-                self._store(session, idempotency_key, result)
+            return self._write("create_person", (person,), idempotency_key, insert_person)
         except IntegrityError as exc:
             if getattr(exc.orig, "pgcode", None) == UNIQUE_VIOLATION:
                 raise PersonAlreadyExists(f"A person with CPF {data['cpf']} exists.") from None
             raise
-        return result
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
     def get_person(self, cpf):
@@ -152,46 +157,26 @@ class PersonService:
             return PersonOutSchema().dump(row)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
-    def add_income(self, cpf, income, idempotency_key=None):
-        """Add an income; announces ``income_added``.
+    def add_item(self, kind, cpf, item, idempotency_key=None):
+        """Add an item of ``kind`` (income, asset, debt: :mod:`contracts.kinds`);
+        announces ``<kind>_added``. ``add_income(cpf, item)`` and the others
+        are the same call for one kind.
 
         Example::
 
-            >>> n.rpc.person.add_income("52998224725", {"type": "renting", "value": 1000})
+            >>> n.rpc.person.add_item("income", "52998224725", {"type": "renting", "value": 1000})
             {'id': 1, 'type': 'renting', 'value': '1000.00', 'created_at': '...', 'sequence': 2}
+
+        Raises ``InvalidInput`` (an unknown kind, a malformed CPF, invalid
+        fields), ``PersonNotFound`` or ``KeyReused``.
         """
-        return self._add_item("income", cpf, income, idempotency_key)
-
-    @rpc(expected_exceptions=CLIENT_ERRORS)
-    def add_asset(self, cpf, asset, idempotency_key=None):
-        """Add an asset; announces ``asset_added``.
-
-        Example::
-
-            >>> n.rpc.person.add_asset("52998224725", {"type": "apartment", "value": 100000})
-            {'id': 1, 'type': 'apartment', 'value': '100000.00', 'created_at': '...', 'sequence': 3}
-        """
-        return self._add_item("asset", cpf, asset, idempotency_key)
-
-    @rpc(expected_exceptions=CLIENT_ERRORS)
-    def add_debt(self, cpf, debt, idempotency_key=None):
-        """Add a debt; announces ``debt_added``.
-
-        Example::
-
-            >>> n.rpc.person.add_debt("52998224725", {"value": 1000})
-            {'id': 1, 'value': '1000.00', 'created_at': '...', 'sequence': 4}
-        """
-        return self._add_item("debt", cpf, debt, idempotency_key)
-
-    def _add_item(self, kind, cpf, payload, idempotency_key=None):
-        model, in_schema, out_schema, event_type = ITEM_KINDS[kind]
+        declared = _kind(kind)
         cpf = _cpf(cpf)
-        data = _load(in_schema, payload)
-        with self.db.get_session() as session:
-            earlier = self._claim(session, idempotency_key, f"add_{kind}", cpf, payload)
-            if earlier is not None:
-                return earlier
+        in_schema, out_schema = ITEM_SCHEMAS[declared.name]
+        data = _load(in_schema, item)
+        model = ITEM_MODELS[declared.name]
+
+        def insert_item(session):
             # Bumping the sequence locks the person's row: writes for one
             # person queue up here, so their sequence numbers have no gaps.
             sequence = session.execute(
@@ -202,18 +187,35 @@ class PersonService:
             ).scalar_one_or_none()
             if sequence is None:
                 raise PersonNotFound(f"No person with CPF {cpf}.")
-            item = model(cpf=cpf, **data)
-            session.add(item)
+            row = model(cpf=cpf, **data)
+            session.add(row)
             session.flush()
-            event_data = {"item_id": item.id, "value": str(item.value)}
-            if "type" in data:
-                event_data["type"] = item.type
-            self.outbox.add(session, event_type, cpf, sequence, event_data)
-            result = {**out_schema.dump(item), "sequence": sequence}
-            self._store(session, idempotency_key, result)
-            return result
+            event_data = {"item_id": row.id, "value": str(row.value)}
+            if declared.typed:
+                event_data["type"] = row.type
+            return Change(declared.event_type, cpf, sequence, event_data, out_schema.dump(row))
 
-    def _claim(self, session, idempotency_key, operation, *request):
+        # The request as the client sent it: a retry of it hashes the same.
+        return self._write(declared.rpc_method, (cpf, item), idempotency_key, insert_item)
+
+    def _write(self, operation, request, idempotency_key, change):
+        """The one way person writes, in one transaction: claim the idempotency
+        key (a request seen before gets its stored answer, and nothing is
+        written), ``change(session)`` writes the rows, the outbox row announces
+        it, the answer is stored under the key. Returns the answer with the
+        event's ``sequence``."""
+        with self.db.get_session() as session:
+            earlier = self._claim(session, idempotency_key, operation, request)
+            if earlier is not None:
+                return earlier
+            done = change(session)
+            self.outbox.add(session, done.event_type, done.cpf, done.sequence, done.data)
+            answer = {**done.answer, "sequence": done.sequence}
+            if idempotency_key is not None:
+                self.idempotency.store(session, idempotency_key, answer)
+        return answer
+
+    def _claim(self, session, idempotency_key, operation, request):
         if idempotency_key is None:
             return None
         earlier = self.idempotency.claim(session, idempotency_key, request_hash(operation, *request))
@@ -225,10 +227,6 @@ class PersonService:
                 extra={"idempotency_key": idempotency_key},
             )
         return earlier
-
-    def _store(self, session, idempotency_key, result):
-        if idempotency_key is not None:
-            self.idempotency.store(session, idempotency_key, result)
 
     @rpc
     def health(self):
@@ -343,3 +341,26 @@ class PersonService:
             "last_position": rows[-1].position if rows else after_position,
             "head_position": head or 0,
         }
+
+
+def _item_method(kind: ItemKind):
+    """``add_<kind>(cpf, item, idempotency_key=None)``: :meth:`PersonService.add_item` for one kind."""
+
+    def add(self, cpf, item, idempotency_key=None):
+        return self.add_item(kind.name, cpf, item, idempotency_key)
+
+    add.__name__ = add.__qualname__ = kind.rpc_method
+    example = '{"type": "renting", "value": 1000}' if kind.typed else '{"value": 1000}'
+    answer = "'id': 1, " + ("'type': 'renting', " if kind.typed else "") + "'value': '1000.00', 'sequence': 2, ..."
+    add.__doc__ = f"""Add {kind.name} to a person; announces ``{kind.event_type}``.
+
+        Example::
+
+            >>> n.rpc.person.{kind.rpc_method}("52998224725", {example})
+            {{{answer}}}
+        """
+    return rpc(expected_exceptions=CLIENT_ERRORS)(add)
+
+
+for _declared in KINDS:
+    setattr(PersonService, _declared.rpc_method, _item_method(_declared))

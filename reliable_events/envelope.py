@@ -1,64 +1,83 @@
-"""The envelope every event travels in.
+"""The envelope every event travels in, and the source that names its parts.
 
-``{"event_id", "event_type", "occurred_at", "cpf", "sequence", "data"}``:
+``{"event_id", "event_type", "occurred_at", <key>, "sequence", "data"}``:
 
 - ``event_id``: UUID, unique per event; consumers dedupe on it.
 - ``occurred_at``: ISO 8601 in UTC, when the producer wrote the event.
-- ``cpf``: the aggregate the event belongs to (the field name is the
-  producer's key; every event of this system is about one person).
+- ``<key>``: the aggregate the event belongs to, under the field name its
+  producer chose (:attr:`EventSource.key_field`; person's events say ``cpf``).
 - ``sequence``: per-aggregate counter, +1 with each event of that aggregate,
   so a consumer can tell order and spot gaps without relying on the broker.
 - ``data``: the event's body; money inside it is a decimal string.
+
+Producer and consumers share one :class:`EventSource` (declared in the
+producer's contract), so both sides build and read the same envelope.
 """
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
-
-KEY_FIELD = "cpf"
-
-
-def new_envelope(event_type: str, key: str, sequence: int, data: dict) -> dict:
-    """Build a new event; the id and timestamp are fixed here, once."""
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": event_type,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        KEY_FIELD: key,
-        "sequence": sequence,
-        "data": data,
-    }
-
-
-class EnvelopeSchema(Schema):
-    """What a consumer accepts; anything else is a malformed event."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    event_id = fields.UUID(required=True)
-    event_type = fields.String(required=True, validate=validate.Length(min=1))
-    occurred_at = fields.AwareDateTime(required=True)
-    cpf = fields.String(required=True, validate=validate.Regexp(r"\A[0-9]{11}\Z"))
-    sequence = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
-    data = fields.Dict(required=True)
 
 
 class MalformedEvent(Exception):
     """The message is not an event this system can apply; retrying cannot help."""
 
 
-_schema = EnvelopeSchema()
+@dataclass(frozen=True)
+class EventSource:
+    """A producer's events.
 
+    ``service``: they are published on ``<service>.events`` (Nameko's event
+    exchange). ``key_field``: the envelope field naming the aggregate; its
+    value must match ``key_pattern`` (at most 64 characters: the outbox's and
+    the inbox's ``aggregate_key`` column).
+    """
 
-def parse_envelope(body: object) -> dict:
-    """Validate a received event; ``event_id`` comes back as a string."""
-    if not isinstance(body, dict):
-        raise MalformedEvent(f"event body must be an object, got {type(body).__name__}")
-    try:
-        event = _schema.load(body)
-    except ValidationError as exc:
-        raise MalformedEvent(f"invalid envelope: {exc.messages}") from exc
-    event["event_id"] = str(event["event_id"])
-    return event
+    service: str
+    key_field: str
+    key_pattern: str = r"\A[^\s]{1,64}\Z"
+
+    def new(self, event_type: str, key: str, sequence: int, data: dict) -> dict:
+        """Build a new event; the id and timestamp are fixed here, once."""
+        return {
+            "event_id": str(uuid.uuid4()),
+            "event_type": event_type,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            self.key_field: key,
+            "sequence": sequence,
+            "data": data,
+        }
+
+    def key(self, event: dict) -> str:
+        return event[self.key_field]
+
+    def parse(self, body: object) -> dict:
+        """Validate a received event; ``event_id`` comes back as a string.
+        Raises :class:`MalformedEvent`."""
+        if not isinstance(body, dict):
+            raise MalformedEvent(f"event body must be an object, got {type(body).__name__}")
+        try:
+            event = self._schema.load(body)
+        except ValidationError as exc:
+            raise MalformedEvent(f"invalid envelope: {exc.messages}") from exc
+        event["event_id"] = str(event["event_id"])
+        return event
+
+    @cached_property
+    def _schema(self) -> Schema:
+        # What a consumer accepts; unknown fields are dropped, anything else is malformed.
+        schema = Schema.from_dict(
+            {
+                "event_id": fields.UUID(required=True),
+                "event_type": fields.String(required=True, validate=validate.Length(min=1)),
+                "occurred_at": fields.AwareDateTime(required=True),
+                self.key_field: fields.String(required=True, validate=validate.Regexp(self.key_pattern)),
+                "sequence": fields.Integer(required=True, strict=True, validate=validate.Range(min=1)),
+                "data": fields.Dict(required=True),
+            },
+            name=f"{self.service.title()}Envelope",
+        )
+        return schema(unknown=EXCLUDE)

@@ -1,8 +1,9 @@
 """The event handler entrypoint every consumer uses: retries, then dead letters.
 
-``@reliable_handler("person", "income_added")`` is Nameko's ``@event_handler``
-(same exchange, same queue name ``evt-person-income_added--<service>.<method>``)
-with these guarantees added:
+``@reliable_handler(PERSON_EVENTS, "income_added")`` is Nameko's ``@event_handler``
+(same exchange, same queue name ``evt-person-income_added--<service>.<method>``),
+given the producer's :class:`~reliable_events.envelope.EventSource` (whose
+exchange, and how its envelope names the aggregate), with these guarantees added:
 
 - **The queue is a quorum queue** (durable, replicated in a cluster) with a
   delivery limit: a message redelivered that often (say, one that crashes the
@@ -60,19 +61,10 @@ from observability.metrics import (
     EVENTS_RETRIED,
     PROPAGATION_LAG,
 )
-from reliable_events.envelope import MalformedEvent, parse_envelope
+from reliable_events.envelope import EventSource, MalformedEvent
 from reliable_events.outbox import CALL_ID_STACK_HEADER
 
 _log = logging.getLogger(__name__)
-
-DEFAULT_RETRY_DELAYS = (1, 5, 30)  # seconds before attempts 2, 3, 4
-DEFAULT_DELIVERY_LIMIT = 20
-DEFAULT_BATCH_SIZE = 100
-DEFAULT_BATCH_CONCURRENCY = 4
-# Unacked messages the broker may hand each handler's consumer: room for the
-# batches running and the next ones filling, still bounded (a crash returns
-# them all to the queue).
-DEFAULT_PREFETCH = 200
 
 ATTEMPT = "x-attempt"
 FIRST_FAILURE = "x-first-failure"
@@ -110,7 +102,7 @@ class ReliableQueueConsumer(QueueConsumer):
 
     @property
     def prefetch_count(self):
-        return max(self.container.max_workers, int(self.container.config.get("EVENT_PREFETCH", DEFAULT_PREFETCH)))
+        return max(self.container.max_workers, int(self.container.config["EVENT_PREFETCH"]))
 
     def on_decode_error(self, message, exc):
         info = message.delivery_info
@@ -129,12 +121,15 @@ class ReliableQueueConsumer(QueueConsumer):
 class ReliableEventHandler(EventHandler):
     queue_consumer = ReliableQueueConsumer()
 
+    def __init__(self, source: EventSource, event_type: str, **kwargs):
+        self.source = source
+        super().__init__(source.service, event_type, **kwargs)
+
     def setup(self):
         super().setup()  # sets self.queue: nameko's name, exchange and binding
         config = self.container.config
-        delays = config.get("EVENT_RETRY_DELAYS", DEFAULT_RETRY_DELAYS)
-        self.retry_delays = [float(d) for d in delays]
-        limit = int(config.get("EVENT_DELIVERY_LIMIT", DEFAULT_DELIVERY_LIMIT))
+        self.retry_delays = [float(d) for d in config["EVENT_RETRY_DELAYS"]]
+        limit = int(config["EVENT_DELIVERY_LIMIT"])
         name = self.queue.name
         self.queue = Queue(
             name,
@@ -175,8 +170,8 @@ class ReliableEventHandler(EventHandler):
             mandatory=True,
             declare=[*self.retry_queues, self.dead_letters],
         )
-        self.batch_size = int(config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE))
-        self.batch_concurrency = int(config.get("EVENT_BATCH_CONCURRENCY", DEFAULT_BATCH_CONCURRENCY))
+        self.batch_size = int(config["EVENT_BATCH_SIZE"])
+        self.batch_concurrency = int(config["EVENT_BATCH_CONCURRENCY"])
         self._waiting = collections.deque()  # (event, message), not yet in a batch
         self._alone = collections.deque()  # from a failed batch: each runs on its own
         self._running = 0  # batch workers of this handler
@@ -210,7 +205,7 @@ class ReliableEventHandler(EventHandler):
 
     def handle_message(self, body, message):
         try:
-            event = parse_envelope(body)
+            event = self.source.parse(body)
         except MalformedEvent as exc:
             self._dead_letter(message, f"malformed event: {exc}", attempts=1)
             return
@@ -293,13 +288,15 @@ class ReliableEventHandler(EventHandler):
             # The writer's call chain (from the message), then this worker's call id.
             origin = list((message.headers or {}).get(CALL_ID_STACK_HEADER) or [])
             _log.info(
-                "applied event %s %s cpf=%s sequence=%s",
+                "applied event %s %s %s=%s sequence=%s",
                 event["event_id"],
                 event["event_type"],
-                event["cpf"],
+                self.source.key_field,
+                self.source.key(event),
                 event["sequence"],
                 extra=event_fields(
                     event,
+                    self.source.key_field,
                     lag_ms=round(lag * 1000, 2),
                     call_id=worker_ctx.call_id,
                     call_id_stack=[*origin, worker_ctx.call_id],

@@ -11,7 +11,7 @@ response is stored with it. So:
 - a request that fails rolls its key back with everything else, so a retry
   runs again.
 
-Keys older than ``IDEMPOTENCY_KEY_TTL`` seconds (config, default one day) are
+Keys older than ``IDEMPOTENCY_KEY_TTL`` seconds (config.yml; one day) are
 deleted by :meth:`IdempotencyKeys.purge_expired`, which the owning service
 calls from a timer.
 """
@@ -24,7 +24,6 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
-DEFAULT_TTL = 24 * 3600
 MAX_KEY_LENGTH = 200
 
 
@@ -54,7 +53,7 @@ class IdempotencyKeys(DependencyProvider):
         self.table = table
 
     def setup(self):
-        self.ttl = int(self.container.config.get("IDEMPOTENCY_KEY_TTL", DEFAULT_TTL))
+        self.ttl = int(self.container.config["IDEMPOTENCY_KEY_TTL"])
 
     def get_dependency(self, worker_ctx):
         return self

@@ -3,7 +3,7 @@
 A handler claims the events of its batch inside the transaction that applies them:
 
     with self.db.get_session() as session:
-        for event in self.inbox.claim_all(session, events):
+        for event in self.inbox.claim_for(event_type).claim_all(session, events):
             ...apply it in the same session...
 
 ``claim_all`` inserts ``(consumer, event_id)`` into the inbox table; the primary
@@ -15,26 +15,25 @@ The claim also records each event's aggregate key and sequence, so a reader
 can ask how far the replica has got for one key: :func:`applied_through`.
 """
 
+import inspect
 import logging
 
 from nameko.extensions import DependencyProvider
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects.postgresql import insert
 
-from reliable_events.envelope import KEY_FIELD
+from reliable_events.handlers import ReliableEventHandler
 
 _log = logging.getLogger(__name__)
 
 
 class InboxClaim:
-    def __init__(self, table: Table, consumer: str):
+    """The inbox under one consumer's name; ``key_field`` names the events' aggregate."""
+
+    def __init__(self, table: Table, consumer: str, key_field: str):
         self._table = table
         self.consumer = consumer
-
-    def as_consumer(self, consumer: str) -> "InboxClaim":
-        """The same inbox under another consumer's name: a backfill applies an
-        event type as its live handler would, so the two dedupe each other."""
-        return InboxClaim(self._table, consumer)
+        self.key_field = key_field
 
     def claim_all(self, session, events: list) -> list:
         """Record every event of ``events`` in one round trip; return those that
@@ -48,7 +47,7 @@ class InboxClaim:
                 "consumer": self.consumer,
                 "event_id": event_id,
                 "event_type": event["event_type"],
-                "aggregate_key": event[KEY_FIELD],
+                "aggregate_key": event[self.key_field],
                 "sequence": event["sequence"],
             }
             for event_id, event in sorted(first.items())
@@ -76,15 +75,49 @@ class InboxClaim:
         return fresh
 
 
-class Inbox(DependencyProvider):
-    """Hands each worker an :class:`InboxClaim` named ``<service>.<method>``."""
+def consumer_names(service_cls) -> dict:
+    """``{event_type: (consumer name, key field)}`` for every ``@reliable_handler``
+    of ``service_cls``: the name is ``<service>.<handler method>``.
+
+    The only place a consumer is named. Whatever applies an event type (its
+    live handler, a rebuild from history) claims it under this one name, so
+    the two dedupe each other; renaming the handler renames both.
+    """
+    names = {}
+    for method_name, method in inspect.getmembers(service_cls, inspect.isfunction):
+        for entrypoint in getattr(method, "nameko_entrypoints", ()):
+            if isinstance(entrypoint, ReliableEventHandler):
+                if entrypoint.event_type in names:
+                    raise TypeError(f"{service_cls.__name__} has two handlers of {entrypoint.event_type}")
+                names[entrypoint.event_type] = (f"{service_cls.name}.{method_name}", entrypoint.source.key_field)
+    return names
+
+
+class Inbox:
+    """What a worker sees: the claim for an event type, under its consumer's name."""
+
+    def __init__(self, table: Table, service_cls):
+        self._claims = {
+            event_type: InboxClaim(table, consumer, key_field)
+            for event_type, (consumer, key_field) in consumer_names(service_cls).items()
+        }
+
+    def claim_for(self, event_type: str) -> InboxClaim:
+        """Raises ``KeyError`` for a type this service has no handler of."""
+        return self._claims[event_type]
+
+
+class InboxProvider(DependencyProvider):
+    """Gives workers the service's :class:`Inbox` over ``table``."""
 
     def __init__(self, table: Table):
         self.table = table
 
+    def setup(self):
+        self.inbox = Inbox(self.table, self.container.service_cls)
+
     def get_dependency(self, worker_ctx):
-        consumer = f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}"
-        return InboxClaim(self.table, consumer)
+        return self.inbox
 
 
 def applied_through(table: Table, key: str):

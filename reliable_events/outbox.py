@@ -39,7 +39,7 @@ from sqlalchemy import Table, create_engine, func, select, update
 from observability.logs import event_fields
 from observability.metrics import EVENT_PUBLISH_FAILURES, EVENTS_PUBLISHED
 from reliable_events.confirms import BatchPublisher
-from reliable_events.envelope import new_envelope
+from reliable_events.envelope import EventSource
 
 _log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ CALL_ID_STACK_HEADER = f"{HEADER_PREFIX}.{CALL_ID_STACK_CONTEXT_KEY}"
 class OutboxRelay(Timer):
     """A ``@timer`` whose interval comes from ``OUTBOX_SWEEP_INTERVAL`` in config."""
 
-    def __init__(self, default_interval: float = 1.0, **kwargs):
-        super().__init__(interval=default_interval, **kwargs)
+    def __init__(self, **kwargs):
+        super().__init__(interval=None, **kwargs)  # set from config in setup
 
     def setup(self):
-        self.interval = float(self.container.config.get("OUTBOX_SWEEP_INTERVAL", self.interval))
+        self.interval = float(self.container.config["OUTBOX_SWEEP_INTERVAL"])
         super().setup()
 
 
@@ -75,7 +75,7 @@ class OutboxWriter:
         Nothing is published here. The relay is woken as soon as the transaction
         commits (a rollback leaves no row and wakes nothing).
         """
-        envelope = new_envelope(event_type, key, sequence, data)
+        envelope = self._outbox.source.new(event_type, key, sequence, data)
         # None outside a container (a worker_factory test, a script).
         headers = {CALL_ID_STACK_HEADER: self._worker_ctx.call_id_stack} if self._worker_ctx is not None else None
         session.execute(
@@ -105,7 +105,8 @@ class Outbox(DependencyProvider):
     """Dependency that writes outbox rows and relays them to ``<service>.events``.
 
     ``declarative_base`` names the database (as nameko-sqlalchemy's
-    ``DB_URIS["<service>:<Base>"]``) holding ``table``; the relay keeps its own
+    ``DB_URIS["<service>:<Base>"]``) holding ``table``; ``source`` says how
+    the envelope names its aggregate and which exchange the events go to; the relay keeps its own
     small connection pool so publishing never borrows a worker's session.
 
     Two paths publish (see the module's docstring): a relay greenthread woken
@@ -116,22 +117,23 @@ class Outbox(DependencyProvider):
     first publish, so the service starts while the broker is down).
     """
 
-    def __init__(self, declarative_base, table: Table):
+    def __init__(self, declarative_base, table: Table, source: EventSource):
         self.declarative_base = declarative_base
         self.table = table
+        self.source = source
         self._writers = WeakKeyDictionary()
 
     def setup(self):
         config = self.container.config
-        exchange = get_event_exchange(self.container.service_name, config)
+        exchange = get_event_exchange(self.source.service, config)
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], exchange)
         key = f"{self.container.service_name}:{self.declarative_base.__name__}"
         # No pre-ping: it would cost a round trip before every publish. After a
         # database restart the first relay attempt fails (logged), the pool
         # drops its stale connections and the next attempt or sweep succeeds.
         self.engine = create_engine(config["DB_URIS"][key], pool_size=3)
-        self.batch_size = int(config.get("OUTBOX_BATCH_SIZE", 500))
-        self.sweep_grace = float(config.get("OUTBOX_SWEEP_GRACE", 2.0))
+        self.batch_size = int(config["OUTBOX_BATCH_SIZE"])
+        self.sweep_grace = float(config["OUTBOX_SWEEP_GRACE"])
         self._committed = collections.deque()  # (envelope, headers) committed, not yet published
         # Fault injection for the crash-safety tests only: die between the
         # commit and the publish, as a kill -9 at the worst moment would.
@@ -214,7 +216,7 @@ class Outbox(DependencyProvider):
                 # Only when publishing took longer than the sweep's grace.
                 _log.warning("%d of %d events were also published by a sweep", len(sent) - marked, len(sent))
         for envelope, headers in written:
-            _published(envelope, headers, outcome[envelope["event_id"]], "commit")
+            _published(self.source, envelope, headers, outcome[envelope["event_id"]], "commit")
 
     def relay_pending(self, min_age: float | None = None) -> int:
         """Publish rows pending for at least ``min_age`` seconds (default: the
@@ -257,7 +259,7 @@ class Outbox(DependencyProvider):
                     update(t).where(t.c.position == row.position).values(attempts=t.c.attempts + 1, last_error=error)
                 )
         for row in rows:
-            _published(row.payload, row.headers, outcome[row.event_id], "sweep", position=row.position)
+            _published(self.source, row.payload, row.headers, outcome[row.event_id], "sweep", position=row.position)
         return len(sent), len(rows)
 
     def backlog(self) -> dict:
@@ -272,7 +274,7 @@ class Outbox(DependencyProvider):
         return {"pending": count, "oldest_pending_age_seconds": float(oldest or 0)}
 
 
-def _published(envelope: dict, headers: dict | None, error: str | None, path: str, **more) -> None:
+def _published(source: EventSource, envelope: dict, headers: dict | None, error: str | None, path: str, **more) -> None:
     """One log line and the counters for one publish attempt."""
     if error is None:
         EVENTS_PUBLISHED.labels(envelope["event_type"], path).inc()
@@ -281,7 +283,7 @@ def _published(envelope: dict, headers: dict | None, error: str | None, path: st
     else:
         EVENT_PUBLISH_FAILURES.labels(envelope["event_type"]).inc()
     stack = (headers or {}).get(CALL_ID_STACK_HEADER)
-    fields = event_fields(envelope, path=path, **more)
+    fields = event_fields(envelope, source.key_field, path=path, **more)
     if stack:
         # The writer's call ids: this line joins the request that wrote the event.
         fields.update(call_id_stack=stack, call_id=stack[-1])

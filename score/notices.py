@@ -1,4 +1,5 @@
-"""What score tells the gateways after each commit, and its name.
+"""What score tells the gateways after each commit (its names are in
+:mod:`contracts.events`).
 
 ``replica_advanced`` on ``score.events``, body ``{"cpfs": ["52998224725", ...]}``:
 the CPFs whose replica rows a transaction just changed. It is a wake-up for
@@ -9,8 +10,6 @@ A lost notice makes a waiting read wait out its bound, nothing worse.
 
 from nameko.constants import AMQP_SSL_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY
 from nameko.events import EventDispatcher, get_event_exchange
-
-REPLICA_ADVANCED = "replica_advanced"
 
 
 class NoticeDispatcher(EventDispatcher):

@@ -8,7 +8,7 @@ all of them (``python -m ops.rebuild`` is the command line, with a progress
 bar). What one page does (:func:`step`):
 
 1. Fetch the events after the start position from person (RPC).
-2. Validate each with :func:`reliable_events.envelope.parse_envelope`, as a
+2. Validate each with the source's envelope (``PERSON_EVENTS.parse``), as a
    live event is validated.
 3. Group them by event type (first type seen first, each group in position
    order) and apply each group through ``ScoreService._apply``: the live
@@ -58,12 +58,13 @@ from nameko.exceptions import UnknownService, deserialize_to_instance
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
-from reliable_events.envelope import MalformedEvent, parse_envelope
+from contracts.events import PERSON_EVENTS
+from reliable_events.envelope import MalformedEvent
 from score.models import ReplicaCheckpoint
 
 _log = logging.getLogger(__name__)
 
-SOURCE = "person"  # the history's producer: the checkpoint's key
+SOURCE = PERSON_EVENTS.service  # the history's producer: the checkpoint's key
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 5000  # person's own cap on a history page
 HISTORY_TIMEOUT = 30.0  # seconds person has to answer one page
@@ -109,7 +110,7 @@ def parse_page(events: list) -> tuple:
     """Validate a page's events as live ones are validated.
 
     Returns ``(parsed, positions, malformed)``: the valid events in position
-    order (``position`` dropped, as ``parse_envelope`` drops unknown fields),
+    order (``position`` dropped, as parsing drops unknown fields),
     ``{event_id: position}``, and ``[(position, event_id, reason)]`` of the
     invalid ones.
     """
@@ -117,7 +118,7 @@ def parse_page(events: list) -> tuple:
     for raw in events:
         position = raw.get("position") if isinstance(raw, dict) else None
         try:
-            event = parse_envelope(raw)
+            event = PERSON_EVENTS.parse(raw)
         except MalformedEvent as exc:
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
             malformed.append((position, event_id, str(exc)))

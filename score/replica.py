@@ -1,9 +1,12 @@
 """Applying person's events to score's replica, and reading a score from it."""
 
+from collections import Counter
+
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from contracts.scores import score_answer
 from reliable_events.envelope import MalformedEvent
 from reliable_events.inbox import applied_through
 from score import rules
@@ -78,8 +81,10 @@ def add_items(session, events: list, kind: str) -> None:
     session.execute(_INSERT_ITEMS, rows)
 
 
-def read_score(session, cpf: str):
-    """The score of ``cpf`` with its breakdown, or None if the CPF is unknown.
+def read_score(session, cpf: str, known: bool = False):
+    """The score answer of ``cpf`` (:func:`contracts.scores.score_answer`), or
+    None if the CPF is unknown here, unless ``known`` (the caller knows person
+    has it): then the empty score.
 
     ``applied_sequence`` is the gapless prefix of the person's events applied
     (``last_sequence``, the highest seen, can run ahead of a gap): a reader
@@ -101,18 +106,14 @@ def read_score(session, cpf: str):
         .where(KnownPerson.cpf == cpf)
     ).all()
     if not rows:
-        return None
+        return score_answer(cpf, {}, {}, 0, 0, None) if known else None
     items = [(row.kind, row.value) for row in rows if row.kind is not None]
-    scored = rules.score_items(items)
-    counts = dict.fromkeys(rules.KINDS, 0)
-    for kind, _ in items:
-        counts[kind] += 1
-    return {
-        "cpf": cpf,
-        "score": scored["score"],
-        "breakdown": scored["breakdown"],
-        "items": counts,
-        "last_sequence": rows[0].last_sequence,
-        "applied_sequence": rows[0].applied_sequence,
-        "updated_at": rows[0].updated_at.isoformat(),
-    }
+    counts = Counter(kind for kind, _ in items)
+    return score_answer(
+        cpf,
+        rules.score_items(items)["breakdown"],
+        counts,
+        rows[0].last_sequence,
+        rows[0].applied_sequence,
+        rows[0].updated_at,
+    )

@@ -1,6 +1,8 @@
 """Score rules of the seed, as a pure module (no I/O, no framework imports).
 
-Each financial item contributes points by its kind, then the points are summed:
+Each financial item contributes points by its kind, then the points are summed.
+A kind's rule is data in its declaration (:mod:`contracts.kinds`):
+``sign * floor(value / divisor)``; the seed's are
 
 * income: ``floor(value / 50)``
 * asset:  ``floor(value / 20)``
@@ -16,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
-__all__ = ["KINDS", "item_points", "score_items"]
+from contracts.kinds import BY_NAME, NAMES
 
-KINDS: tuple[str, ...] = ("income", "asset", "debt")
-
-_DIVISORS: dict[str, int] = {"income": 50, "asset": 20, "debt": 20}
+__all__ = ["item_points", "score_items"]
 
 
 def _floor_div(value: Decimal, divisor: int) -> int:
@@ -40,21 +40,21 @@ def _floor_div(value: Decimal, divisor: int) -> int:
 def item_points(kind: str, value: Decimal) -> int:
     """Return the points one item of ``kind`` with ``value`` contributes.
 
-    Debt is ``-floor(value / 20)``, *not* ``floor(-value / 20)``: the floor is
-    taken of the positive amount and then negated, so a debt below 20 costs
-    nothing (19.99 gives 0, not -1) and 20 to 39.99 costs 1, exactly as income
-    and assets gain nothing below their divisor. This matches the seed's rule.
+    A negative rule is ``-floor(value / divisor)``, *not* ``floor(-value /
+    divisor)``: the floor is taken of the positive amount and then negated, so
+    a debt below 20 costs nothing (19.99 gives 0, not -1) and 20 to 39.99 costs
+    1, exactly as income and assets gain nothing below their divisor. This
+    matches the seed's rule.
 
     Raises:
         ValueError: for an unknown kind or a non-finite value.
         TypeError: if ``value`` is not a Decimal (an int is accepted; float is not).
     """
     try:
-        divisor = _DIVISORS[kind]
+        declared = BY_NAME[kind]
     except KeyError:
-        raise ValueError(f"unknown item kind {kind!r}; expected one of {KINDS}") from None
-    points = _floor_div(value, divisor)
-    return -points if kind == "debt" else points
+        raise ValueError(f"unknown item kind {kind!r}; expected one of {NAMES}") from None
+    return declared.sign * _floor_div(value, declared.divisor)
 
 
 def score_items(items: Iterable[tuple[str, Decimal]]) -> dict:
@@ -65,7 +65,7 @@ def score_items(items: Iterable[tuple[str, Decimal]]) -> dict:
     there are no items of it) and the overall score as the sum of the
     breakdown. No items gives a score of 0.
     """
-    breakdown = dict.fromkeys(KINDS, 0)
+    breakdown = dict.fromkeys(NAMES, 0)
     for kind, value in items:
         points = item_points(kind, value)  # validates kind before indexing
         breakdown[kind] += points

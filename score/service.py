@@ -8,36 +8,40 @@ can refill its replica from person's history (score/rebuild.py).
 """
 
 import logging
-import re
 
 from nameko.rpc import RpcProxy
 from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
+from contracts.cpf import InvalidCPF, normalize_cpf
+from contracts.errors import InvalidInput, ScoreNotFound
+from contracts.events import EVENT_TYPES, PERSON_CREATED, PERSON_EVENTS, REPLICA_ADVANCED
+from contracts.kinds import BY_EVENT_TYPE, KINDS
 from observability.logs import CallContext
 from observability.metrics import DEAD_LETTERS, RpcMetrics, metrics_http, metrics_response, read_at_scrape
 from reliable_events.database import Database
 from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
-from reliable_events.inbox import Inbox
+from reliable_events.inbox import InboxProvider
 from reliable_events.rpc import rpc
 from score import rebuild as rebuilder
 from score import replica
-from score.exceptions import ScoreNotFound
 from score.models import ScoreBase, processed_events
-from score.notices import REPLICA_ADVANCED, NoticeDispatcher
+from score.notices import NoticeDispatcher
 from score.rebuild import RebuildError
 
 _log = logging.getLogger(__name__)
 
-# What each of person's event types does to the replica, and the handler that
-# applies it live (its name is the inbox consumer, shared with a backfill).
-EFFECTS = {
-    "person_created": ("on_person_created", replica.note_people, ()),
-    "income_added": ("on_income_added", replica.add_items, ("income",)),
-    "asset_added": ("on_asset_added", replica.add_items, ("asset",)),
-    "debt_added": ("on_debt_added", replica.add_items, ("debt",)),
-}
+
+def _effect(event_type):
+    """What an event of ``event_type`` does to the replica (in the applying session)."""
+    if event_type == PERSON_CREATED:
+        return replica.note_people
+    kind = BY_EVENT_TYPE[event_type]
+    return lambda session, events: replica.add_items(session, events, kind.name)
+
+
+EFFECTS = {event_type: _effect(event_type) for event_type in EVENT_TYPES}
 
 
 def _set_dead_letter_gauges(depths):
@@ -52,7 +56,7 @@ class ScoreService:
     # that meets a connection the database dropped (after a restart) fails once
     # and is retried from its retry queue; the pool then replaces them all.
     db = Database(ScoreBase, engine_options={"pool_pre_ping": False})
-    inbox = Inbox(processed_events)
+    inbox = InboxProvider(processed_events)
     dead_letters = DeadLetters()
     call_context = CallContext()
     rpc_metrics = RpcMetrics()
@@ -62,38 +66,29 @@ class ScoreService:
     # Only the rebuild calls person (its event history, score/rebuild.py); reads never do.
     person = RpcProxy("person")
 
-    # Each handler gets the events that queued up while its previous batches
-    # ran and applies them in one transaction (one event each under light
-    # load, up to EVENT_BATCH_SIZE when catching up on a backlog).
+    # One handler per event type, ``on_<type>``: this one, and one per kind of
+    # item made from contracts.kinds below the class. Each gets the events that
+    # queued up while its previous batches ran and applies them in one
+    # transaction (one event each under light load, up to EVENT_BATCH_SIZE when
+    # catching up on a backlog).
 
-    @reliable_handler("person", "person_created")
+    @reliable_handler(PERSON_EVENTS, PERSON_CREATED)
     def on_person_created(self, events):
-        return self._apply(events)
-
-    @reliable_handler("person", "income_added")
-    def on_income_added(self, events):
-        return self._apply(events)
-
-    @reliable_handler("person", "asset_added")
-    def on_asset_added(self, events):
-        return self._apply(events)
-
-    @reliable_handler("person", "debt_added")
-    def on_debt_added(self, events):
         return self._apply(events)
 
     def _apply(self, events):
         """Claim the events (all of one type) in the inbox and apply the new
-        ones, in one transaction, under the name of the type's live handler;
-        then tell the gateways which CPFs advanced. Returns those applied."""
-        handler, effect, args = EFFECTS[events[0]["event_type"]]
-        claim = self.inbox.as_consumer(f"{self.name}.{handler}")
+        ones, in one transaction, under the name of the type's live handler
+        (whoever calls: the handler, or a rebuild); then tell the gateways
+        which CPFs advanced. Returns those applied."""
+        event_type = events[0]["event_type"]
+        claim = self.inbox.claim_for(event_type)
         with self.db.get_session() as session:
             fresh = claim.claim_all(session, events)
-            effect(session, fresh, *args)
+            EFFECTS[event_type](session, fresh)
         # The handlers' entrypoint logs each applied event (reliable_events.handlers).
         if fresh:
-            self._announce(sorted({event["cpf"] for event in fresh}))
+            self._announce(sorted({PERSON_EVENTS.key(event) for event in fresh}))
         return fresh
 
     def _announce(self, cpfs):
@@ -112,8 +107,8 @@ class ScoreService:
         read_at_scrape("dead_letters", self.dead_letters.depth, _set_dead_letter_gauges)
         return metrics_response()
 
-    @rpc(expected_exceptions=ScoreNotFound)
-    def get_score(self, cpf):
+    @rpc(expected_exceptions=(ScoreNotFound, InvalidInput))
+    def get_score(self, cpf, person_known=False):
         """The credit score of a CPF, from score's own replica.
 
         Example (``nameko shell``)::
@@ -122,16 +117,22 @@ class ScoreService:
             {'cpf': '52998224725', 'score': 4970,
              'breakdown': {'income': 20, 'asset': 5000, 'debt': -50},
              'items': {'income': 1, 'asset': 1, 'debt': 1},
-             'last_sequence': 4, 'updated_at': '...'}
+             'last_sequence': 4, 'applied_sequence': 4, 'updated_at': '...'}
 
         A CPF known with no items scores 0. Raises ``ScoreNotFound`` for a CPF
-        score has never seen.
+        score has never seen, unless the caller says person knows it
+        (``person_known``): then it is the empty score (score has not heard of
+        the person yet; it never asks person itself). ``InvalidInput`` for a
+        malformed CPF.
         """
-        digits = re.sub(r"[.\-\s]", "", str(cpf))
+        try:
+            cpf = normalize_cpf(cpf)
+        except InvalidCPF as exc:
+            raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
         with self.db.get_session() as session:
-            result = replica.read_score(session, digits)
+            result = replica.read_score(session, cpf, known=person_known)
         if result is None:
-            raise ScoreNotFound(f"No score for CPF {digits}.")
+            raise ScoreNotFound(f"No score for CPF {cpf}.")
         return result
 
     @rpc
@@ -210,7 +211,7 @@ class ScoreService:
             fetch=rebuilder.fetch_history(self.person),
             apply=self._apply,
             db=self.db,
-            event_types=EFFECTS,
+            event_types=EVENT_TYPES,
             from_position=from_position,
             page_size=page_size,
         )
@@ -233,3 +234,18 @@ class ScoreService:
             from_position=from_position,
             page_size=page_size,
         )
+
+
+def _item_handler(kind):
+    """``on_<kind>_added``: score's handler of one kind's events."""
+
+    def handle(self, events):
+        return self._apply(events)
+
+    handle.__name__ = handle.__qualname__ = f"on_{kind.event_type}"
+    handle.__doc__ = f"Apply ``{kind.event_type}`` events: the person's {kind.name} is scored."
+    return reliable_handler(PERSON_EVENTS, kind.event_type)(handle)
+
+
+for _kind in KINDS:
+    setattr(ScoreService, f"on_{_kind.event_type}", _item_handler(_kind))

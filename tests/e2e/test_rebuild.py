@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 from system import ROOT, started
 
 from bench.data import BULK_INCOME_SQL
+from contracts.kinds import NAMES
 from harness import databases
 from harness.cpf import cpfs
 from ops.migrate import migrate
@@ -99,7 +100,7 @@ def scores_by_rules(person_engine):
     with person_engine.connect() as conn:
         for (cpf,) in conn.execute(text("SELECT cpf FROM person")):
             items[cpf] = []
-        for kind in rules.KINDS:
+        for kind in NAMES:
             for cpf, value in conn.execute(text(f"SELECT cpf, value FROM {kind}")):
                 items[cpf].append((kind, value))
     return {cpf: rules.score_items(found)["score"] for cpf, found in items.items()}
@@ -146,7 +147,7 @@ class Writers:
                     self.targets.append(cpf)
                     continue
                 cpf = rng.choice(self.targets)
-                kind = rng.choice(rules.KINDS)
+                kind = rng.choice(NAMES)
                 value = Decimal(rng.randint(100, 5_000_000)) / 100
                 answer = post(self.api, f"/person/{cpf}/{kind}", item_body(kind, value))
                 self.items.append((cpf, kind, Decimal(answer["value"])))

@@ -3,6 +3,7 @@
 from nameko.rpc import rpc
 from sqlalchemy import text
 
+from contracts.events import PERSON_EVENTS
 from person.models import PersonBase, outbox
 from reliable_events.database import Database
 from reliable_events.outbox import Outbox, relay_timer
@@ -12,7 +13,7 @@ class OutboxProbe:
     name = "person"
 
     db = Database(PersonBase)
-    outbox = Outbox(PersonBase, outbox)
+    outbox = Outbox(PersonBase, outbox, PERSON_EVENTS)
 
     @rpc
     def write(self, cpf, fail=False):

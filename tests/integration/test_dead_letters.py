@@ -14,8 +14,8 @@ import pytest
 from nameko.standalone.events import event_dispatcher
 from nameko.testing.services import entrypoint_hook
 
+from contracts.events import PERSON_EVENTS
 from harness.rabbit import amqp_connection, message_count
-from reliable_events.envelope import new_envelope
 from score.service import ScoreService
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def test_poison_message_dead_lettered_at_delivery_limit(run_container, fresh_con
     fresh_config["EVENT_DELIVERY_LIMIT"] = limit
     score = run_container(ScoreService)  # declares its queues, with the limit
     score.stop()  # nothing else consumes them now
-    poison = new_envelope("income_added", "52998224725", 2, {"item_id": 1, "type": "renting", "value": "10.00"})
+    poison = PERSON_EVENTS.new("income_added", "52998224725", 2, {"item_id": 1, "type": "renting", "value": "10.00"})
     event_dispatcher(fresh_config)("person", "income_added", poison)
 
     deliveries = 0
@@ -72,7 +72,7 @@ def test_poison_message_dead_lettered_at_delivery_limit(run_container, fresh_con
 def _park_malformed(container, fresh_config, count):
     """``count`` events that are dead-lettered at once (no item id: unusable data)."""
     dispatch = event_dispatcher(fresh_config)
-    events = [new_envelope("income_added", "52998224725", n, {"value": "10.00"}) for n in range(2, 2 + count)]
+    events = [PERSON_EVENTS.new("income_added", "52998224725", n, {"value": "10.00"}) for n in range(2, 2 + count)]
     for event in events:
         dispatch("person", "income_added", event)
     wait_until(lambda: len(dead_letters(container)) == count, what=f"{count} dead letters")

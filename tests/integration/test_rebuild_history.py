@@ -9,6 +9,7 @@ import pytest
 from nameko.testing.services import entrypoint_hook
 from sqlalchemy import text
 
+from contracts.kinds import NAMES
 from harness.cpf import cpfs
 from person.service import PersonService
 from score import rules
@@ -40,7 +41,7 @@ def call(container, method, *args):
 def expected_scores(person_engine):
     items = {cpf: [] for cpf in PEOPLE}
     with person_engine.connect() as conn:
-        for kind in rules.KINDS:
+        for kind in NAMES:
             for cpf, value in conn.execute(text(f"SELECT cpf, value FROM {kind}")):
                 items[cpf].append((kind, value))
     return {cpf: rules.score_items(found)["score"] for cpf, found in items.items()}

@@ -13,9 +13,10 @@ from nameko.standalone.events import event_dispatcher
 from nameko.testing.services import entrypoint_hook, entrypoint_waiter
 from sqlalchemy import text
 
+from contracts.events import PERSON_EVENTS
+from contracts.kinds import NAMES
 from harness.rabbit import message_count
 from person.service import PersonService
-from reliable_events.envelope import new_envelope
 from score import rules
 from score.service import ScoreService
 
@@ -53,8 +54,8 @@ def get_score(container, cpf):
 def test_a_duplicate_event_changes_no_score(run_container, fresh_config, score_engine):
     score = run_container(ScoreService)
     dispatch = event_dispatcher(fresh_config)
-    created = new_envelope("person_created", "52998224725", 1, {})
-    income = new_envelope("income_added", "52998224725", 2, {"item_id": 1, "type": "renting", "value": "1000.00"})
+    created = PERSON_EVENTS.new("person_created", "52998224725", 1, {})
+    income = PERSON_EVENTS.new("income_added", "52998224725", 2, {"item_id": 1, "type": "renting", "value": "1000.00"})
 
     for event in (created, income, income):  # the income arrives twice
         with entrypoint_waiter(score, HANDLERS[event["event_type"]]):
@@ -73,14 +74,14 @@ def test_interleaved_events_of_several_people_stay_per_person(run_container, fre
     rng = random.Random(7)
     expected, events, item_id = {}, [], 0
     for cpf in people:
-        events.append(new_envelope("person_created", cpf, 1, {}))
+        events.append(PERSON_EVENTS.new("person_created", cpf, 1, {}))
         items = []
         for sequence in range(2, 12):
-            kind = rng.choice(rules.KINDS)
+            kind = rng.choice(NAMES)
             value = Decimal(rng.randint(1, 10_000_00)) / 100
             item_id += 1
             data = {"item_id": item_id, "value": str(value), "type": "t"}
-            events.append(new_envelope(f"{kind}_added", cpf, sequence, data))
+            events.append(PERSON_EVENTS.new(f"{kind}_added", cpf, sequence, data))
             items.append((kind, value))
         expected[cpf] = rules.score_items(items)
     rng.shuffle(events)  # people interleaved, and each person's events out of order
@@ -138,7 +139,7 @@ class RecordingScore(ScoreService):
 
 
 def income(sequence, item_id, value):
-    return new_envelope("income_added", CPF, sequence, {"item_id": item_id, "value": value, "type": "salary"})
+    return PERSON_EVENTS.new("income_added", CPF, sequence, {"item_id": item_id, "value": value, "type": "salary"})
 
 
 def with_backlog(config, events):
@@ -158,7 +159,7 @@ def with_backlog(config, events):
 
 def test_a_backlog_is_applied_in_batches_each_event_once(fresh_config, score_engine):
     config = {**fresh_config, "EVENT_BATCH_SIZE": 40}
-    events = [new_envelope("person_created", CPF, 1, {})]
+    events = [PERSON_EVENTS.new("person_created", CPF, 1, {})]
     events += [income(2 + i, 1 + i, f"{100 + i}.00") for i in range(300)]
     container, sizes = with_backlog(config, events)
     try:

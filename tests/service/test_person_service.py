@@ -12,10 +12,10 @@ import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import text
 
-from person.exceptions import InvalidInput, PersonAlreadyExists, PersonNotFound
+from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
+from contracts.events import PERSON_EVENTS
 from person.models import outbox
 from person.service import PersonService
-from reliable_events.envelope import parse_envelope
 from reliable_events.outbox import OutboxWriter
 
 CPF = "52998224725"
@@ -31,6 +31,7 @@ class RecordingOutbox:
     """Stands in for the ``Outbox`` provider: the real table, no broker."""
 
     table = outbox
+    source = PERSON_EVENTS
 
     def __init__(self):
         self.writes = 0
@@ -136,7 +137,7 @@ def test_create_person_writes_one_person_created_outbox_row(service, person_engi
     occurred = datetime.fromisoformat(payload["occurred_at"])
     assert occurred.utcoffset() == timedelta(0)
     # What the relay publishes is what a consumer accepts.
-    assert parse_envelope(payload)["event_id"] == row["event_id"]
+    assert PERSON_EVENTS.parse(payload)["event_id"] == row["event_id"]
 
 
 def test_duplicate_person_raises_and_writes_no_second_event(service, person_engine):

@@ -15,17 +15,19 @@ import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import text
 
+from contracts.errors import InvalidInput
+from contracts.events import PERSON_EVENTS
+from contracts.kinds import NAMES
 from harness.cpf import cpfs
-from person.exceptions import InvalidInput
 from person.models import outbox
 from person.service import PersonService
-from reliable_events.envelope import new_envelope, parse_envelope
-from reliable_events.inbox import InboxClaim
+from reliable_events.handlers import reliable_handler
+from reliable_events.inbox import Inbox, consumer_names
 from reliable_events.outbox import OutboxWriter
 from score import rules
 from score.models import processed_events
 from score.rebuild import RebuildError, fetch_history
-from score.service import EFFECTS, ScoreService
+from score.service import ScoreService
 
 PEOPLE = cpfs(3, start=987654321)
 KIND_OF = {"income_added": "income", "asset_added": "asset", "debt_added": "debt"}
@@ -35,6 +37,7 @@ class NoBroker:
     """Stands in for person's ``Outbox`` provider: the real table, nothing published."""
 
     table = outbox
+    source = PERSON_EVENTS
 
     def wrote(self, session, worker_ctx, envelope, headers):
         pass
@@ -70,11 +73,10 @@ def proxy(person):
 
 @pytest.fixture
 def score(db_wrappers, score_engine, proxy):
-    # The RPC worker's own inbox name: _apply must claim under the live handlers' names instead.
     return worker_factory(
         ScoreService,
         db=db_wrappers(score_engine),
-        inbox=InboxClaim(processed_events, "score.rebuild_step"),
+        inbox=Inbox(processed_events, ScoreService),
         person=proxy,
     )
 
@@ -100,7 +102,7 @@ def history(person_engine):
 def expected_scores(person_engine):
     """Every CPF's score from person's own rows, by the rules: the source of truth."""
     items = {cpf["cpf"]: [] for cpf in rows(person_engine, "SELECT cpf FROM person")}
-    for kind in rules.KINDS:
+    for kind in NAMES:
         for row in rows(person_engine, f"SELECT cpf, value FROM {kind}"):
             items[row["cpf"]].append((kind, row["value"]))
     return {cpf: rules.score_items(its)["score"] for cpf, its in items.items()}
@@ -158,7 +160,7 @@ def test_history_pages_in_position_order_with_the_envelopes(person, person_engin
     assert [e["position"] for e in events] == [row["position"] for row in stored]
     assert [{k: v for k, v in e.items() if k != "position"} for e in events] == [row["payload"] for row in stored]
     for event in events:
-        parse_envelope(event)  # what score will do with it
+        PERSON_EVENTS.parse(event)  # what score will do with it
 
 
 def test_history_after_a_position_and_past_the_head(person, person_engine):
@@ -226,8 +228,7 @@ def test_events_applied_live_are_skipped_and_nothing_is_applied_twice(person, sc
     stored = history(person_engine)
     # Half of the history already came live, through the handlers.
     for row in stored[::2]:
-        handler = EFFECTS[row["event_type"]][0]
-        getattr(score, handler)([parse_envelope(row["payload"])])
+        getattr(score, f"on_{row['event_type']}")([PERSON_EVENTS.parse(row["payload"])])
 
     first = score.rebuild(0, 4)
     again = score.rebuild(0, 1000)
@@ -237,6 +238,43 @@ def test_events_applied_live_are_skipped_and_nothing_is_applied_twice(person, sc
     assert replica_scores(score) == expected_scores(person_engine)
     assert rows(score_engine, "SELECT count(*) AS n FROM processed_events")[0]["n"] == len(stored)
     assert rows(score_engine, "SELECT count(*) AS n FROM scored_item")[0]["n"] == 9
+
+
+class RenamedScore(ScoreService):
+    """score with its income handler renamed (its queue is renamed with it)."""
+
+    on_income_added = None
+
+    @reliable_handler(PERSON_EVENTS, "income_added")
+    def on_income(self, events):
+        return self._apply(events)
+
+
+def test_a_renamed_handler_and_the_rebuild_claim_under_one_name(
+    person, db_wrappers, score_engine, person_engine, proxy
+):
+    """The inbox's consumer is named in one place, from the handler: renaming it
+    renames what both the live path and a rebuild claim under, so they still
+    dedupe each other (a name kept elsewhere would split them, and apply twice)."""
+    assert consumer_names(RenamedScore)["income_added"][0] == "score.on_income"
+    renamed = worker_factory(
+        RenamedScore, db=db_wrappers(score_engine), inbox=Inbox(processed_events, RenamedScore), person=proxy
+    )
+    write_history(person)
+    incomes = [
+        PERSON_EVENTS.parse(row["payload"]) for row in history(person_engine) if row["event_type"] == "income_added"
+    ]
+    renamed.on_income(incomes)  # live
+
+    rebuilt = renamed.rebuild(0, 1000)
+
+    assert rebuilt["skipped"] == len(incomes) and rebuilt["applied"] == rebuilt["fetched"] - len(incomes)
+    claims = rows(
+        score_engine,
+        "SELECT consumer, count(*) AS n FROM processed_events WHERE event_type = 'income_added' GROUP BY consumer",
+    )
+    assert {r["consumer"]: r["n"] for r in claims} == {"score.on_income": len(incomes)}
+    assert replica_scores(renamed) == expected_scores(person_engine)
 
 
 def test_without_a_position_it_resumes_from_the_checkpoint(person, score, person_engine, score_engine, proxy):
@@ -296,10 +334,10 @@ def test_rebuild_stops_at_the_head_as_of_its_start(person, score, person_engine,
 def test_malformed_history_events_are_logged_counted_and_passed(person, score, person_engine, score_engine, caplog):
     write_history(person)
     cpf = PEOPLE[0]
-    bad_envelope = {**new_envelope("income_added", cpf, 50, {"item_id": 900, "value": "1.00"}), "cpf": "123"}
-    bad_data = new_envelope("income_added", cpf, 51, {"item_id": 901, "value": "-5.00"})
-    good = new_envelope("income_added", cpf, 52, {"item_id": 902, "value": "500.00", "type": "gift"})
-    unknown = new_envelope("person_renamed", cpf, 53, {"name": "X"})
+    bad_envelope = {**PERSON_EVENTS.new("income_added", cpf, 50, {"item_id": 900, "value": "1.00"}), "cpf": "123"}
+    bad_data = PERSON_EVENTS.new("income_added", cpf, 51, {"item_id": 901, "value": "-5.00"})
+    good = PERSON_EVENTS.new("income_added", cpf, 52, {"item_id": 902, "value": "500.00", "type": "gift"})
+    unknown = PERSON_EVENTS.new("person_renamed", cpf, 53, {"name": "X"})
     at_envelope = insert_history_event(person_engine, bad_envelope, "income_added")
     at_data = insert_history_event(person_engine, bad_data, "income_added")
     insert_history_event(person_engine, good, "income_added")

@@ -1,7 +1,7 @@
 """The score service's handlers and RPC on a real PostgreSQL.
 
 Most tests use ``worker_factory`` with nameko-sqlalchemy's ``DatabaseWrapper`` and
-the real ``InboxClaim``; the last one starts a real container to prove the real
+the real ``Inbox``; the last one starts a real container to prove the real
 dependency providers wire up.
 """
 
@@ -13,19 +13,19 @@ from nameko.containers import ServiceContainer
 from nameko.testing.services import entrypoint_hook, worker_factory
 from sqlalchemy import text
 
-from reliable_events.envelope import MalformedEvent, new_envelope, parse_envelope
-from reliable_events.inbox import InboxClaim
-from score.exceptions import ScoreNotFound
+from contracts.errors import ScoreNotFound
+from contracts.events import PERSON_EVENTS
+from reliable_events.envelope import MalformedEvent
+from reliable_events.inbox import Inbox
 from score.models import processed_events
 from score.service import ScoreService
 
 CPF = "52998224725"
-CONSUMER = "score.test"
 
 
 def event(event_type, sequence, data, cpf=CPF):
     """An event as a handler receives it: built by the producer, parsed by the entrypoint."""
-    return parse_envelope(new_envelope(event_type, cpf, sequence, data))
+    return PERSON_EVENTS.parse(PERSON_EVENTS.new(event_type, cpf, sequence, data))
 
 
 def person_created(sequence=1, cpf=CPF):
@@ -54,7 +54,7 @@ SEED_EVENTS = [
 
 @pytest.fixture
 def service(db_wrappers, score_engine):
-    return worker_factory(ScoreService, db=db_wrappers(score_engine), inbox=InboxClaim(processed_events, CONSUMER))
+    return worker_factory(ScoreService, db=db_wrappers(score_engine), inbox=Inbox(processed_events, ScoreService))
 
 
 def rows(engine, sql):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from person.cpf import InvalidCPF, format_cpf, is_valid_cpf, normalize_cpf
+from contracts.cpf import InvalidCPF, format_cpf, is_valid_cpf, normalize_cpf
 
 # 01234567890 checked by hand:
 #   first:  0*10+1*9+2*8+3*7+4*6+5*5+6*4+7*3+8*2 = 156; 1560 % 11 = 9  -> 9

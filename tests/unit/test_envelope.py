@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reliable_events.envelope import MalformedEvent, new_envelope, parse_envelope
+from contracts.events import PERSON_EVENTS
+from reliable_events.envelope import MalformedEvent
 
 CPF = "52998224725"
 DATA = {"item_id": 7, "value": "1000.00", "type": "renting"}
@@ -13,7 +14,7 @@ DATA = {"item_id": 7, "value": "1000.00", "type": "renting"}
 
 @pytest.fixture
 def envelope():
-    return new_envelope("income_added", CPF, 2, DATA)
+    return PERSON_EVENTS.new("income_added", CPF, 2, DATA)
 
 
 def test_new_envelope_has_exactly_the_contract_fields(envelope):
@@ -30,7 +31,7 @@ def test_new_envelope_event_id_is_a_uuid_string(envelope):
 
 
 def test_new_envelope_event_ids_are_unique():
-    ids = {new_envelope("person_created", CPF, 1, {})["event_id"] for _ in range(50)}
+    ids = {PERSON_EVENTS.new("person_created", CPF, 1, {})["event_id"] for _ in range(50)}
 
     assert len(ids) == 50
 
@@ -45,7 +46,7 @@ def test_new_envelope_occurred_at_is_iso_utc_with_offset(envelope):
 
 
 def test_parse_accepts_a_new_envelope(envelope):
-    event = parse_envelope(envelope)
+    event = PERSON_EVENTS.parse(envelope)
 
     assert event["event_id"] == envelope["event_id"]
     assert isinstance(event["event_id"], str)
@@ -60,13 +61,13 @@ def test_parse_accepts_a_new_envelope(envelope):
 def test_parse_normalizes_the_event_id_to_its_canonical_string(envelope):
     event_id = envelope["event_id"]
 
-    event = parse_envelope({**envelope, "event_id": event_id.upper().replace("-", "")})
+    event = PERSON_EVENTS.parse({**envelope, "event_id": event_id.upper().replace("-", "")})
 
     assert event["event_id"] == event_id
 
 
 def test_parse_ignores_extra_fields(envelope):
-    event = parse_envelope({**envelope, "producer": "person"})
+    event = PERSON_EVENTS.parse({**envelope, "producer": "person"})
 
     assert "producer" not in event
 
@@ -74,7 +75,7 @@ def test_parse_ignores_extra_fields(envelope):
 def test_parse_does_not_change_its_input(envelope):
     original = dict(envelope)
 
-    parse_envelope(envelope)
+    PERSON_EVENTS.parse(envelope)
 
     assert envelope == original
 
@@ -82,7 +83,7 @@ def test_parse_does_not_change_its_input(envelope):
 @pytest.mark.parametrize("body", [None, "an event", 42, ["event_id"], b"{}"])
 def test_parse_rejects_a_body_that_is_not_an_object(body):
     with pytest.raises(MalformedEvent, match="must be an object"):
-        parse_envelope(body)
+        PERSON_EVENTS.parse(body)
 
 
 @pytest.mark.parametrize("field", ["event_id", "event_type", "occurred_at", "cpf", "sequence", "data"])
@@ -90,7 +91,7 @@ def test_parse_rejects_a_missing_field(envelope, field):
     del envelope[field]
 
     with pytest.raises(MalformedEvent, match=field):
-        parse_envelope(envelope)
+        PERSON_EVENTS.parse(envelope)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,7 @@ def test_parse_rejects_an_invalid_field(envelope, field, value):
     envelope[field] = value
 
     with pytest.raises(MalformedEvent, match=field):
-        parse_envelope(envelope)
+        PERSON_EVENTS.parse(envelope)
 
 
 @pytest.mark.parametrize("cpf", [CPF + "\n", "５２９９８２２４７２５"])
@@ -131,4 +132,4 @@ def test_parse_rejects_a_cpf_that_is_not_eleven_ascii_digits(envelope, cpf):
     envelope["cpf"] = cpf
 
     with pytest.raises(MalformedEvent, match="cpf"):
-        parse_envelope(envelope)
+        PERSON_EVENTS.parse(envelope)

@@ -6,11 +6,13 @@ from decimal import Decimal
 
 import pytest
 
-from score.rules import KINDS, item_points, score_items
+from contracts.kinds import BY_NAME, NAMES
+from score.rules import item_points, score_items
 
 
-def test_kinds() -> None:
-    assert KINDS == ("income", "asset", "debt")
+def test_the_seeds_kinds_are_declared_with_their_rules() -> None:
+    assert NAMES[:3] == ("income", "asset", "debt")
+    assert [(BY_NAME[k].divisor, BY_NAME[k].sign) for k in NAMES[:3]] == [(50, 1), (20, 1), (20, -1)]
 
 
 def test_seed_example() -> None:
@@ -88,8 +90,8 @@ def test_sums_per_kind_and_missing_kinds_are_zero() -> None:
 
 
 def test_score_items_accepts_a_generator() -> None:
-    result = score_items((k, Decimal("100.00")) for k in KINDS)
-    assert result == {"score": 2, "breakdown": {"income": 2, "asset": 5, "debt": -5}}
+    result = score_items((k, Decimal("100.00")) for k in ("income", "asset", "debt"))
+    assert result["breakdown"] == {**dict.fromkeys(NAMES, 0), "income": 2, "asset": 5, "debt": -5}
 
 
 def test_unknown_kind_raises() -> None:

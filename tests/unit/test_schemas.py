@@ -9,11 +9,11 @@ from marshmallow import ValidationError
 from person.schemas import (
     MAX_MONEY,
     CreatePersonSchema,
-    DebtOutSchema,
-    DebtSchema,
-    ItemOutSchema,
     PersonOutSchema,
+    TypedItemOutSchema,
     TypedItemSchema,
+    UntypedItemOutSchema,
+    UntypedItemSchema,
 )
 
 SEED_PERSON = {
@@ -210,8 +210,8 @@ def test_money_that_is_not_a_finite_number_is_rejected(value):
     [(Decimal("1000.1"), "1000.10"), (Decimal("1000"), "1000.00"), (Decimal("0.5"), "0.50"), (7, "7.00")],
 )
 def test_money_dumps_as_a_two_place_string(stored, dumped):
-    assert ItemOutSchema().dump({"value": stored})["value"] == dumped
-    assert DebtOutSchema().dump({"value": stored})["value"] == dumped
+    assert TypedItemOutSchema().dump({"value": stored})["value"] == dumped
+    assert UntypedItemOutSchema().dump({"value": stored})["value"] == dumped
 
 
 def test_person_out_dumps_dates_and_nested_money_as_strings():
@@ -229,7 +229,7 @@ def test_person_out_dumps_dates_and_nested_money_as_strings():
     assert dumped["debts"] == [{"id": 2, "value": "10.50"}]
 
 
-# --- TypedItemSchema / DebtSchema -------------------------------------------
+# --- TypedItemSchema / UntypedItemSchema -------------------------------------------
 
 
 def test_typed_item_loads_type_and_value():
@@ -259,17 +259,17 @@ def test_typed_item_without_value_is_rejected():
 
 
 def test_debt_loads_value_only():
-    assert DebtSchema().load({"value": "250.75"}) == {"value": Decimal("250.75")}
+    assert UntypedItemSchema().load({"value": "250.75"}) == {"value": Decimal("250.75")}
 
 
 def test_debt_rejects_a_type():
-    errors = load_errors(DebtSchema(), {"type": "loan", "value": 1000})
+    errors = load_errors(UntypedItemSchema(), {"type": "loan", "value": 1000})
 
     assert errors == {"type": ["Unknown field."]}
 
 
 def test_debt_without_value_is_rejected():
-    errors = load_errors(DebtSchema(), {})
+    errors = load_errors(UntypedItemSchema(), {})
 
     assert errors == {"value": ["Missing data for required field."]}
 

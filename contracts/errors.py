@@ -1,0 +1,37 @@
+"""The errors person and score raise over RPC.
+
+Registered with ``deserialize_to_instance``, so a caller that imports this
+module gets the same types back (not a generic ``RemoteError``), with their
+arguments, e.g. the per-field messages of :class:`InvalidInput`. The gateway
+maps each to an HTTP status (``gateway/exceptions.py``).
+"""
+
+from nameko.exceptions import deserialize_to_instance
+
+
+@deserialize_to_instance
+class InvalidInput(Exception):
+    """The input failed validation; ``fields`` maps each field to its messages."""
+
+    def __init__(self, message, fields=None):
+        super().__init__(message, fields or {})
+        self.message = message
+        self.fields = fields or {}
+
+    def __str__(self):
+        return f"{self.message}: {self.fields}"
+
+
+@deserialize_to_instance
+class PersonNotFound(Exception):
+    """No person has this CPF."""
+
+
+@deserialize_to_instance
+class PersonAlreadyExists(Exception):
+    """A person with this CPF exists already."""
+
+
+@deserialize_to_instance
+class ScoreNotFound(Exception):
+    """Score has never seen an event for this CPF."""
