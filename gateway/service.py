@@ -12,7 +12,7 @@ from werkzeug.exceptions import BadRequest
 
 from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.errors import InvalidInput, PersonNotFound, ScoreNotFound
-from contracts.kinds import NAMES
+from contracts.kinds import BY_NAME, NAMES
 from contracts.scores import APPLIED_SEQUENCE
 from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
 from gateway.freshness import ReplicaWatch
@@ -133,7 +133,8 @@ class GatewayService:
                  localhost:8000/person/52998224725/debt --data '{"value": 1000}'
         """
         cpf = _path_cpf(cpf)
-        item = self.person.add_item(kind, cpf, _json_body(request), idempotency_key=_idempotency_key(request))
+        add = getattr(self.person, BY_NAME[kind].rpc_method)
+        item = add(cpf, _json_body(request), idempotency_key=_idempotency_key(request))
         return _written(item)
 
     @http("GET", "/<cpf>/score")

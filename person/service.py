@@ -7,8 +7,7 @@ the answer, in one transaction; the outbox relay then announces the event on
 input and says which rows to write.
 
 The item methods (``add_income``, ``add_asset``, ``add_debt``) are made from
-the kinds declared in :mod:`contracts.kinds`, one per kind, beside the
-generic ``add_item(kind, ...)`` the gateway calls.
+the kinds declared in :mod:`contracts.kinds`, one per kind.
 """
 
 import logging
@@ -24,7 +23,7 @@ import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any co
 from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_CREATED, PERSON_EVENTS
-from contracts.kinds import BY_NAME, KINDS, ItemKind
+from contracts.kinds import KINDS, ItemKind
 from observability.logs import CallContext
 from observability.metrics import (
     OUTBOX_OLDEST_AGE,
@@ -64,13 +63,6 @@ def _cpf(value):
         return normalize_cpf(value)
     except InvalidCPF as exc:
         raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
-
-
-def _kind(value) -> ItemKind:
-    try:
-        return BY_NAME[value]
-    except (KeyError, TypeError):
-        raise InvalidInput("Unknown kind of item.", {"kind": [f"Must be one of {', '.join(BY_NAME)}."]}) from None
 
 
 def _set_outbox_gauges(backlog):
@@ -156,21 +148,9 @@ class PersonService:
                 raise PersonNotFound(f"No person with CPF {cpf}.")
             return PersonOutSchema().dump(row)
 
-    @rpc(expected_exceptions=CLIENT_ERRORS)
-    def add_item(self, kind, cpf, item, idempotency_key=None):
-        """Add an item of ``kind`` (income, asset, debt: :mod:`contracts.kinds`);
-        announces ``<kind>_added``. ``add_income(cpf, item)`` and the others
-        are the same call for one kind.
-
-        Example::
-
-            >>> n.rpc.person.add_item("income", "52998224725", {"type": "renting", "value": 1000})
-            {'id': 1, 'type': 'renting', 'value': '1000.00', 'created_at': '...', 'sequence': 2}
-
-        Raises ``InvalidInput`` (an unknown kind, a malformed CPF, invalid
-        fields), ``PersonNotFound`` or ``KeyReused``.
-        """
-        declared = _kind(kind)
+    def _add_item(self, declared: ItemKind, cpf, item, idempotency_key=None):
+        """Add an item of a kind (:mod:`contracts.kinds`): the body of every
+        ``add_<kind>`` method. Announces ``<kind>_added``."""
         cpf = _cpf(cpf)
         in_schema, out_schema = ITEM_SCHEMAS[declared.name]
         data = _load(in_schema, item)
@@ -344,15 +324,17 @@ class PersonService:
 
 
 def _item_method(kind: ItemKind):
-    """``add_<kind>(cpf, item, idempotency_key=None)``: :meth:`PersonService.add_item` for one kind."""
+    """The RPC method ``add_<kind>(cpf, item, idempotency_key=None)`` of one kind."""
 
     def add(self, cpf, item, idempotency_key=None):
-        return self.add_item(kind.name, cpf, item, idempotency_key)
+        return self._add_item(kind, cpf, item, idempotency_key)
 
     add.__name__ = add.__qualname__ = kind.rpc_method
     example = '{"type": "renting", "value": 1000}' if kind.typed else '{"value": 1000}'
     answer = "'id': 1, " + ("'type': 'renting', " if kind.typed else "") + "'value': '1000.00', 'sequence': 2, ..."
     add.__doc__ = f"""Add {kind.name} to a person; announces ``{kind.event_type}``.
+        Raises ``InvalidInput`` (a malformed CPF, invalid fields), ``PersonNotFound`` or
+        ``KeyReused`` (the key was used for another request).
 
         Example::
 
