@@ -4,10 +4,11 @@ exactly as person writes them (``person.service`` + ``PERSON_EVENTS.new``)."""
 import json
 
 from contracts.events import PERSON_EVENTS
+from harness.api import person_body as _person_body
 
 
 def person_body(cpf: str) -> dict:
-    return {"cpf": cpf, "name": "Bench Person", "address": "Rua do Benchmark, 100", "date_of_birth": "1985-03-14"}
+    return _person_body(cpf, name="Bench Person", address="Rua do Benchmark, 100", date_of_birth="1985-03-14")
 
 
 def income_event(cpf: str, sequence: int, item_id: int, value: str = "1234.56") -> dict:

@@ -102,7 +102,7 @@ def run_profile(system: BenchSystem, people: list, connections: int, seconds: in
     samplers = {}
     for name in ("gateway", "person", "score"):
         samplers[name] = (
-            profile.start(system.services.pid(name), seconds, out_dir / f"profile-{name}.txt"),
+            profile.start(system.services.pid(f"{name}.1"), seconds, out_dir / f"profile-{name}.txt"),
             out_dir / f"profile-{name}.txt",
         )
     wrk.run_wrk(system.services.url, people, seconds, connections, seed=9000)
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         results["rebuild"] = scenarios.rebuild(system, p)
         results["e2e"] = scenarios.end_to_end(system, people, best_c, p)
         results["peak_rss_mb"] = {
-            name: None if mib is None else mib * 1024 * 1024 / report.MB
+            name.split(".")[0]: None if mib is None else mib * 1024 * 1024 / report.MB
             for name, mib in system.services.peak_rss_mib().items()
         }
         if args.profile:
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
         log.exception("benchmark failed")
         if system.services is not None:
             for name in ("person", "score", "gateway"):
-                sys.stderr.write(f"--- {name} log (tail) ---\n{system.services.tail(name)}\n")
+                sys.stderr.write(f"--- {name} log (tail) ---\n{system.services.tail(f'{name}.1')}\n")
     finally:
         system.teardown()
     wall = time.monotonic() - started

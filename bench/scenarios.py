@@ -173,7 +173,9 @@ def lag(system: BenchSystem, people: list, rate: float, p) -> dict:
 def _cpu_meter(system: BenchSystem) -> CpuMeter:
     services = system.services
     groups = {
-        name: (lambda name=name: [services.pid(name)] if services.running(name) else []) for name in services.processes
+        # Reported per service: "person", not its process "person.1".
+        name.split(".")[0]: (lambda name=name: [services.pid(name)] if services.running(name) else [])
+        for name in services.processes
     }
     groups["postgres"] = databases.server_pids
     groups["rabbitmq"] = lambda: [system.node.pid] if system.node.pid else []
@@ -262,7 +264,7 @@ def outage_cycle(system: BenchSystem, count: int) -> dict:
     drain rate. Then score started: its catch-up rate over the queued events."""
     services, node = system.services, system.node
     system.wait_quiet()
-    services.stop("score")
+    services.stop("score.1")
     node.stop_app()
     positions = [row[0] for row in system.person(BULK_INCOME_SQL, {"count": count})]
     lo, hi = min(positions), max(positions)

@@ -10,7 +10,7 @@ import requests
 
 from bench.data import person_body
 from harness import databases
-from harness.processes import Services
+from harness.processes import System
 from harness.rabbit import RabbitNode
 
 log = logging.getLogger("bench")
@@ -43,7 +43,7 @@ class BenchSystem:
 
     def start_services(self) -> float:
         started = time.monotonic()
-        self.services = Services(self.amqp_uri, self.db_uris, self.log_dir, **self.service_env)
+        self.services = System(self.amqp_uri, self.db_uris, self.log_dir, **self.service_env)
         self.services.start_all(timeout=90)
         return time.monotonic() - started
 

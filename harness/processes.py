@@ -1,11 +1,12 @@
 """The services as real ``nameko run`` processes, and what they cost (memory, CPU).
 
-:class:`Services` starts person, score and gateway from the repository root with
+:class:`System` starts person, score and gateway from the repository root with
 ``nameko run --config config.yml <svc>.service`` and the environment that
 ``config.yml`` reads (broker, databases, gateway address, plus any extra), each
 logging to a file of its own. The ``/proc`` readers work on any process id.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -136,20 +137,24 @@ class CpuMeter:
 # --- the services ----------------------------------------------------------------------
 
 
-class Services:
+class System:
     """person, score and gateway as ``nameko run`` processes against one broker and two databases.
 
-    ``db_uris`` is ``{"person:PersonBase": ..., "score:ScoreBase": ...}``, as in ``config.yml``.
-    ``extra_env`` overrides or adds variables for every process; :meth:`start` takes
-    more for one process.
+    ``db_uris`` is ``{"person:PersonBase": ..., "score:ScoreBase": ...}``, as in
+    ``config.yml``. ``extra_env`` overrides or adds variables for every process;
+    :meth:`start` takes more for one process. A process is named
+    ``<service>.<instance>`` (``person.1``) and logs to ``<log_dir>/<name>.log``;
+    every gateway instance gets a port of its own (``gateways``: name -> URL).
+    The one launcher of the tests and the benchmark.
     """
 
     def __init__(self, amqp_uri: str, db_uris: dict, log_dir, config: str = "config.yml", **extra_env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.gateways = {"gateway.1": self.url}
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.config = config
+        self.config = str(ROOT / config)
         self.env = {
             **os.environ,
             "AMQP_URI": amqp_uri,
@@ -164,31 +169,38 @@ class Services:
         }
         self.processes = {}
 
-    def start(self, service: str, **env) -> subprocess.Popen:
-        if service in self.processes and self.processes[service].poll() is None:
-            raise RuntimeError(f"{service} is already running")
+    def start(self, service: str, instance: int = 1, module: str | None = None, **env) -> subprocess.Popen:
+        """Start ``<service>.<instance>`` (``module``: a stand-in service module
+        to run instead of ``<service>.service``, found from the repository root)."""
+        name = f"{service}.{instance}"
+        if name in self.processes and self.processes[name].poll() is None:
+            raise RuntimeError(f"{name} is already running")
         process_env = {**self.env, **{key: str(value) for key, value in env.items()}}
-        with open(self.log_dir / f"{service}.log", "ab") as out:
-            self.processes[service] = subprocess.Popen(
-                [NAMEKO, "run", "--config", self.config, f"{service}.service"],
+        if service == "gateway" and name not in self.gateways:
+            port = free_port()
+            process_env["WEB_SERVER_ADDRESS"] = f"127.0.0.1:{port}"
+            self.gateways[name] = f"http://127.0.0.1:{port}"
+        with open(self.log_dir / f"{name}.log", "ab") as out:
+            self.processes[name] = subprocess.Popen(
+                [NAMEKO, "run", "--config", self.config, module or f"{service}.service"],
                 cwd=ROOT,
                 env=process_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        return self.processes[service]
+        return self.processes[name]
 
-    def start_all(self, timeout: float = 60) -> "Services":
+    def start_all(self, timeout: float = 60) -> "System":
         for service in SERVICES:
             self.start(service)
         self.wait_healthy(timeout)
         return self
 
-    def pid(self, service: str) -> int:
-        return self.processes[service].pid
+    def pid(self, name: str) -> int:
+        return self.processes[name].pid
 
-    def running(self, service: str) -> bool:
-        proc = self.processes.get(service)
+    def running(self, name: str) -> bool:
+        proc = self.processes.get(name)
         return proc is not None and proc.poll() is None
 
     def assert_running(self) -> None:
@@ -196,29 +208,29 @@ class Services:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
 
-    def health(self, timeout: float = 5) -> requests.Response:
-        return requests.get(f"{self.url}/health", timeout=timeout)
+    def health(self, url: str | None = None, timeout: float = 10) -> requests.Response:
+        return requests.get(f"{url or self.url}/health", timeout=timeout)
 
-    def wait_healthy(self, timeout: float = 60) -> float:
-        """Until the gateway's ``/health`` is 200 (every service reachable); returns the seconds waited."""
+    def wait_healthy(self, timeout: float = 60, url: str | None = None, ready=None) -> float:
+        """Until ``/health`` of the gateway at ``url`` is 200 (or ``ready(response)``
+        holds), failing at once if a process died; returns the seconds waited."""
+        ready = ready or (lambda response: response.status_code == 200)
         started = time.monotonic()
-        deadline = started + timeout
         last = None
-        while time.monotonic() < deadline:
+        while time.monotonic() < started + timeout:
             self.assert_running()
             try:
-                response = self.health()
-                if response.status_code == 200:
+                response = self.health(url)
+                if ready(response):
                     return time.monotonic() - started
                 last = f"{response.status_code} {response.text[:500]}"
             except requests.RequestException as exc:
                 last = repr(exc)
             time.sleep(0.1)
-        logs = "\n".join(f"--- {name} ---\n{self.tail(name)}" for name in self.processes)
-        raise RuntimeError(f"services not healthy after {timeout}s (last /health: {last})\n{logs}")
+        raise RuntimeError(f"services not healthy after {timeout}s (last /health: {last})\n{self.logs()}")
 
-    def stop(self, service: str, sig=signal.SIGTERM, timeout: float = 15) -> None:
-        proc = self.processes.pop(service, None)
+    def stop(self, name: str, sig=signal.SIGTERM, timeout: float = 15) -> None:
+        proc = self.processes.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(sig)
@@ -235,9 +247,28 @@ class Services:
         """``VmHWM`` of every running service process, in MiB."""
         return {name: peak_rss_mib(proc.pid) for name, proc in self.processes.items() if proc.poll() is None}
 
-    def log(self, service: str) -> str:
-        path = self.log_dir / f"{service}.log"
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def tail(self, service: str, lines: int = 40) -> str:
-        return "\n".join(self.log(service).splitlines()[-lines:])
+    def log_of(self, service: str) -> str:
+        """Every instance's log of ``service``, concatenated."""
+        return "\n".join(self.log(p.stem) for p in sorted(self.log_dir.glob(f"{service}.*.log")))
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        return "\n".join(self.log(name).splitlines()[-lines:])
+
+    def logs(self, lines: int = 60) -> str:
+        """The tail of every process's log, for a failure message."""
+        names = sorted({p.stem for p in self.log_dir.glob("*.log")})
+        return "\n".join(f"----- {name} -----\n{self.tail(name, lines)}" for name in names)
+
+
+@contextlib.contextmanager
+def started(amqp_uri, db_uris, log_dir, system_cls=System, **extra_env):
+    """A whole system (``system_cls``) started with ``extra_env``, stopped on exit."""
+    running = system_cls(amqp_uri, db_uris, log_dir, **extra_env)
+    try:
+        yield running.start_all()
+    finally:
+        running.stop_all()

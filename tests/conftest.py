@@ -12,16 +12,28 @@ import os  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
-from broker import create_vhost, delete_vhost  # noqa: E402
 from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
+from harness.vhosts import create_vhost, delete_vhost  # noqa: E402
 from ops.config import load_config  # noqa: E402
 from ops.migrate import migrate  # noqa: E402
 
 RUN_ID = uuid.uuid4().hex[:8]
+
+# A test that needs PostgreSQL or RabbitMQ is one that asks for these fixtures
+# (directly or through others): ``pytest -m "not db and not broker"`` runs the
+# pure layers alone, with neither running.
+NEEDS = {"db": {"db_uris"}, "broker": {"amqp_uri", "rabbit_node"}}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for marker, fixtures in NEEDS.items():
+            if fixtures & set(item.fixturenames):
+                item.add_marker(marker)
 PG_BASE = os.environ.get("TEST_PG_URI", "postgresql+psycopg2://postgres@localhost:5432/postgres")
 
 

@@ -1,5 +1,6 @@
 import pytest
-from system import started
+
+from harness.processes import started
 
 
 @pytest.fixture(scope="module")

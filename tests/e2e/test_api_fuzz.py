@@ -22,14 +22,14 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
-from e2e_support import HTTP_TIMEOUT, create_person, person_body
 from hypothesis import strategies as st
 from schemathesis.generation.feedback import FeedbackSources
 from schemathesis.pytest._test_builder import build_operation_test  # what schemathesis' pytest plugin runs
-from system import started
 
 from gateway.openapi import openapi_document
+from harness.api import HTTP_TIMEOUT, create_person, person_body
 from harness.cpf import cpf_from
+from harness.processes import started
 
 pytestmark = pytest.mark.e2e
 

@@ -2,8 +2,9 @@
 
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, assert_json_error, person_body, table_counts
-from system import started
+
+from harness.api import HTTP_TIMEOUT, assert_json_error, person_body, table_counts
+from harness.processes import started
 
 pytestmark = pytest.mark.e2e
 

@@ -7,15 +7,15 @@ from decimal import Decimal
 
 import pytest
 import requests
-from e2e_support import (
+from sqlalchemy import text
+
+from harness.api import (
     HTTP_TIMEOUT,
     assert_json_error,
     create_person,
     person_body,
     table_counts,
 )
-from sqlalchemy import text
-
 from harness.cpf import cpf_from
 
 pytestmark = pytest.mark.e2e

@@ -15,10 +15,10 @@ from decimal import Decimal
 import eventlet
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, create_person, person_body, wait_for_score
 from eventlet.event import Event
 from sqlalchemy import text
 
+from harness.api import HTTP_TIMEOUT, create_person, person_body, wait_for_score
 from harness.cpf import cpfs as valid_cpfs
 
 pytestmark = pytest.mark.e2e

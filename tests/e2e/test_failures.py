@@ -13,51 +13,19 @@ No durations are asserted except generous upper bounds proving "did not hang".
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, assert_json_error, create_person, person_body, wait_for_score
-from system import NAMEKO, ROOT, System, started
+
+from harness.api import HTTP_TIMEOUT, assert_json_error, create_person, person_body, wait_for_score
+from harness.processes import System, started
 
 pytestmark = pytest.mark.e2e
 
-HERE = Path(__file__).resolve().parent
 CPF = "52998224725"
 SCORE_DOWN_RPC_TIMEOUT = 3
 SLOW_RPC_TIMEOUT = 1
 SLOW_SECONDS = 10
-
-
-class StandInSystem(System):
-    """``System`` that can also run a service module that is not a product package."""
-
-    def start_module(self, name, module, cwd):
-        log = open(self.log_dir / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen(
-            [NAMEKO, "run", "--config", str(ROOT / "config.yml"), module],
-            cwd=cwd,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        return self.processes[name]
-
-    def wait_until(self, predicate, timeout=30):
-        """Wait until ``predicate(GET /health response)`` holds; fail with the logs if not."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, proc in self.processes.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
-            try:
-                if predicate(requests.get(f"{self.url}/health", timeout=10)):
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("not ready in time:\n" + "\n".join(map(self.log, self.processes)))
 
 
 def _rabbitmqctl(*args):
@@ -70,7 +38,7 @@ def _rabbitmqctl(*args):
 @pytest.fixture(scope="module")
 def own_system(amqp_uri, db_uris, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("failure-logs")
-    with started(amqp_uri, db_uris, log_dir, StandInSystem, RPC_TIMEOUT=SCORE_DOWN_RPC_TIMEOUT) as running:
+    with started(amqp_uri, db_uris, log_dir, RPC_TIMEOUT=SCORE_DOWN_RPC_TIMEOUT) as running:
         yield running
 
 
@@ -137,7 +105,7 @@ def slow_system(amqp_uri, db_uris, tmp_path_factory):
     vhost = f"test-slow-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    running = StandInSystem(
+    running = System(
         amqp_uri.rsplit("/", 1)[0] + "/" + vhost,
         db_uris,
         tmp_path_factory.mktemp("slow-logs"),
@@ -145,10 +113,10 @@ def slow_system(amqp_uri, db_uris, tmp_path_factory):
         SLOW_PERSON_SECONDS=SLOW_SECONDS,
     )
     try:
-        running.start_module("slow_person.1", "slow_person", cwd=HERE)
+        running.start("person", module="tests.e2e.slow_person")
         running.start("gateway")
         # ready when the gateway answers and the stand-in consumes (its health is instant)
-        running.wait_until(lambda r: "error" not in r.json().get("services", {}).get("person", {"error": 1}))
+        running.wait_healthy(ready=lambda r: "error" not in r.json().get("services", {}).get("person", {"error": 1}))
         yield running
     finally:
         for name in list(running.processes):

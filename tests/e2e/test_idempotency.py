@@ -3,9 +3,10 @@
 import eventlet
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, assert_json_error, create_person, person_body, table_counts
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
+
+from harness.api import HTTP_TIMEOUT, assert_json_error, create_person, person_body, table_counts
 
 pytestmark = pytest.mark.e2e
 

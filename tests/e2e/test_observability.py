@@ -5,8 +5,9 @@ import time
 
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, create_person
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness.api import HTTP_TIMEOUT, create_person
 
 pytestmark = pytest.mark.e2e
 

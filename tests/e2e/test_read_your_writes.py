@@ -4,9 +4,9 @@ import time
 
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, assert_json_error, create_person
 from kombu import Connection, Exchange, Queue
 
+from harness.api import HTTP_TIMEOUT, assert_json_error, create_person
 from harness.cpf import cpfs
 
 pytestmark = pytest.mark.e2e

@@ -29,15 +29,15 @@ from decimal import Decimal
 import eventlet
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT, person_body
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from system import ROOT, started
 
 from bench.data import BULK_INCOME_SQL
 from contracts.kinds import NAMES
 from harness import databases
+from harness.api import HTTP_TIMEOUT, person_body
 from harness.cpf import cpfs
+from harness.processes import ROOT, started
 from ops.migrate import migrate
 from score import rules
 

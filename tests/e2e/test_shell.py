@@ -11,8 +11,9 @@ import subprocess
 
 import pytest
 import requests
-from e2e_support import HTTP_TIMEOUT
-from system import NAMEKO, ROOT
+
+from harness.api import HTTP_TIMEOUT
+from harness.processes import NAMEKO, ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,9 @@ import logging
 import uuid
 
 import pytest
-from faults_support import FaultSystem, Invariant, RabbitNode, Report
 from sqlalchemy import text
+
+from harness.faults import FaultSystem, Invariant, RabbitNode, Report
 
 log = logging.getLogger("tests.faults")
 

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from faults_support import (
+
+from harness.cpf import cpfs
+from harness.faults import (
     HTTP_TIMEOUT,
     INCOME_QUEUE,
     lost_and_doubled,
@@ -16,8 +18,6 @@ from faults_support import (
     publish_event,
     wait_for,
 )
-
-from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

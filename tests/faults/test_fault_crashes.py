@@ -7,16 +7,16 @@ import time
 
 import pytest
 import requests
-from faults_support import (
+from sqlalchemy import text
+
+from harness.cpf import cpfs
+from harness.faults import (
     HTTP_TIMEOUT,
     Load,
     lost_and_doubled,
     person_body,
     wait_for,
 )
-from sqlalchemy import text
-
-from harness.cpf import cpfs
 from harness.proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]

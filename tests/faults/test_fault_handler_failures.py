@@ -11,7 +11,10 @@ import json
 import time
 
 import pytest
-from faults_support import (
+from sqlalchemy import text
+
+from harness.cpf import cpfs
+from harness.faults import (
     INCOME_QUEUE,
     RETRY_DELAYS,
     log_records,
@@ -20,9 +23,6 @@ from faults_support import (
     publish_event,
     wait_for,
 )
-from sqlalchemy import text
-
-from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -8,7 +8,10 @@ import time
 
 import pytest
 import requests
-from faults_support import (
+from sqlalchemy import text
+
+from harness.cpf import cpfs
+from harness.faults import (
     HTTP_TIMEOUT,
     RPC_TIMEOUT,
     Load,
@@ -16,9 +19,6 @@ from faults_support import (
     person_body,
     wait_for,
 )
-from sqlalchemy import text
-
-from harness.cpf import cpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -14,19 +14,19 @@ import uuid
 
 import amqp
 import pytest
-from faults_support import (
-    INCOME_QUEUE,
-    lost_and_doubled,
-    outbox_event,
-    publish_event,
-    wait_for,
-)
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 from nameko.standalone.events import get_event_exchange
 from sqlalchemy import text
 
 from harness.cpf import cpfs
+from harness.faults import (
+    INCOME_QUEUE,
+    lost_and_doubled,
+    outbox_event,
+    publish_event,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -18,10 +18,10 @@ import time
 import eventlet
 import pytest
 import requests
-from faults_support import HTTP_TIMEOUT, RPC_TIMEOUT, Write, lost_and_doubled, wait_for
 from sqlalchemy import text
 
 from harness.cpf import cpfs
+from harness.faults import HTTP_TIMEOUT, RPC_TIMEOUT, Write, lost_and_doubled, wait_for
 from harness.proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]

@@ -6,10 +6,10 @@ import time
 from collections import Counter
 
 import pytest
-from faults_support import Load, lost_and_doubled, wait_for
 from sqlalchemy import text
 
 from harness.cpf import cpfs
+from harness.faults import Load, lost_and_doubled, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

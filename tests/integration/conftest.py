@@ -1,8 +1,9 @@
 """Integration fixtures: Nameko containers on the real broker, in a vhost per test."""
 
 import pytest
-from broker import EventTap, create_vhost, delete_vhost
 from nameko.containers import ServiceContainer
+
+from harness.vhosts import EventTap, create_vhost, delete_vhost
 
 
 @pytest.fixture

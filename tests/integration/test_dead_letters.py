@@ -5,17 +5,16 @@ the ``deadletters`` command)."""
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import eventlet
 import pytest
 from nameko.standalone.events import event_dispatcher
 from nameko.testing.services import entrypoint_hook
 
 from contracts.events import PERSON_EVENTS
 from harness.rabbit import amqp_connection, message_count
+from harness.waits import wait_for
 from score.service import ScoreService
 
 pytestmark = pytest.mark.integration
@@ -23,14 +22,6 @@ pytestmark = pytest.mark.integration
 INCOME_QUEUE = "evt-person-income_added--score.on_income_added"
 ROOT = Path(__file__).resolve().parents[2]
 DEADLETTERS = str(Path(sys.executable).with_name("deadletters"))
-
-
-def wait_until(predicate, timeout=30, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout}s"
-        eventlet.sleep(0.05)
-    return value
 
 
 def dead_letters(container, event_id=None):
@@ -75,7 +66,7 @@ def _park_malformed(container, fresh_config, count):
     events = [PERSON_EVENTS.new("income_added", "52998224725", n, {"value": "10.00"}) for n in range(2, 2 + count)]
     for event in events:
         dispatch("person", "income_added", event)
-    wait_until(lambda: len(dead_letters(container)) == count, what=f"{count} dead letters")
+    wait_for(lambda: len(dead_letters(container)) == count, 30, f"{count} dead letters")
     return [event["event_id"] for event in events]
 
 

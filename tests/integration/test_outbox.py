@@ -5,12 +5,12 @@ import time
 
 import eventlet
 import pytest
-from broker import EventTap
 from nameko.testing.services import entrypoint_hook
 from nameko.testing.utils import get_extension
-from probe import OutboxProbe
 from sqlalchemy import text
 
+from harness.probe import OutboxProbe
+from harness.vhosts import EventTap
 from person.service import PersonService
 from reliable_events.outbox import Outbox
 

@@ -2,15 +2,13 @@
 between two real containers), on real PostgreSQL: a replica lost under a
 running score is filled again, once per event."""
 
-import time
-
-import eventlet
 import pytest
 from nameko.testing.services import entrypoint_hook
 from sqlalchemy import text
 
 from contracts.kinds import NAMES
 from harness.cpf import cpfs
+from harness.waits import wait_for
 from person.service import PersonService
 from score import rules
 from score.rebuild import RebuildError
@@ -24,13 +22,6 @@ PEOPLE = cpfs(4, start=555000111)
 def scalar(engine, sql):
     with engine.connect() as conn:
         return conn.execute(text(sql)).scalar()
-
-
-def wait_until(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        eventlet.sleep(0.05)
 
 
 def call(container, method, *args):
@@ -56,7 +47,11 @@ def test_a_replica_lost_under_a_running_score_is_rebuilt(run_container, person_e
         call(person, "add_asset", cpf, {"type": "house", "value": "150000.10"})
         call(person, "add_debt", cpf, {"value": 99 * (n + 1)})
     history = scalar(person_engine, "SELECT count(*) FROM outbox")
-    wait_until(lambda: scalar(score_engine, "SELECT count(*) FROM processed_events") == history)
+    wait_for(
+        lambda: scalar(score_engine, "SELECT count(*) FROM processed_events") == history,
+        30,
+        "the whole history applied",
+    )
     before = {cpf: call(score, "get_score", cpf)["score"] for cpf in PEOPLE}
     assert before == expected_scores(person_engine)
 

@@ -2,10 +2,8 @@
 a backlog applied in batches, a bad event in a batch parked alone."""
 
 import random
-import time
 from decimal import Decimal
 
-import eventlet
 import pytest
 from nameko.containers import ServiceContainer
 from nameko.extensions import DependencyProvider
@@ -16,6 +14,7 @@ from sqlalchemy import text
 from contracts.events import PERSON_EVENTS
 from contracts.kinds import NAMES
 from harness.rabbit import message_count
+from harness.waits import wait_for
 from person.service import PersonService
 from score import rules
 from score.service import ScoreService
@@ -37,13 +36,6 @@ def scalar(engine, sql):
 
 def applied_count(engine):
     return scalar(engine, "SELECT count(*) FROM processed_events")
-
-
-def wait_until(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        eventlet.sleep(0.05)
 
 
 def get_score(container, cpf):
@@ -88,7 +80,7 @@ def test_interleaved_events_of_several_people_stay_per_person(run_container, fre
 
     for event in events:
         dispatch("person", event["event_type"], event)
-    wait_until(lambda: applied_count(score_engine) == len(events))
+    wait_for(lambda: applied_count(score_engine) == len(events), 30, "every event applied")
 
     for cpf in people:
         result = get_score(score, cpf)
@@ -111,7 +103,7 @@ def test_person_to_score_through_the_broker(run_container, fresh_config, score_e
         with entrypoint_hook(person, method) as add:
             add("52998224725", body)
 
-    wait_until(lambda: applied_count(score_engine) == 4)
+    wait_for(lambda: applied_count(score_engine) == 4, 30, "the four events applied")
     result = get_score(score, "52998224725")
     assert result["score"] == 4970
     assert result["breakdown"] == {"income": 20, "asset": 5000, "debt": -50}
@@ -163,8 +155,8 @@ def test_a_backlog_is_applied_in_batches_each_event_once(fresh_config, score_eng
     events += [income(2 + i, 1 + i, f"{100 + i}.00") for i in range(300)]
     container, sizes = with_backlog(config, events)
     try:
-        wait_until(lambda: applied_count(score_engine) == len(events))
-        wait_until(lambda: message_count(config["AMQP_URI"], INCOME_QUEUE) == 0)  # every message acked
+        wait_for(lambda: applied_count(score_engine) == len(events), 30, "every event applied")
+        wait_for(lambda: message_count(config["AMQP_URI"], INCOME_QUEUE) == 0, 30, "every message acked")
         score = get_score(container, CPF)
     finally:
         container.stop()
@@ -185,10 +177,10 @@ def test_a_bad_event_in_a_batch_is_dead_lettered_alone(fresh_config, score_engin
     bad = income(99, 99, "-5.00")  # valid envelope, data no retry can fix
     container, sizes = with_backlog(config, [*good[:30], bad, *good[30:]])
     try:
-        wait_until(lambda: scalar(score_engine, "SELECT count(*) FROM scored_item") == 60)
-        wait_until(lambda: message_count(config["AMQP_URI"], INCOME_QUEUE) == 0)
+        wait_for(lambda: scalar(score_engine, "SELECT count(*) FROM scored_item") == 60, 30, "60 items scored")
+        wait_for(lambda: message_count(config["AMQP_URI"], INCOME_QUEUE) == 0, 30, "every message acked")
         with entrypoint_hook(container, "list_dead_letters") as list_dead_letters:
-            wait_until(lambda: len(list_dead_letters()) == 1)
+            wait_for(lambda: len(list_dead_letters()) == 1, 30, "the bad event parked")
             parked = list_dead_letters()
     finally:
         container.stop()

@@ -1,15 +1,16 @@
-"""Small helpers shared by the end-to-end tests (not a test module)."""
-
-import time
+"""Talking to the HTTP API in tests: request bodies, the error contract, waits."""
 
 import requests
 from sqlalchemy import text
+
+from harness.waits import wait_for
 
 PERSON_TABLES = ("person", "income", "asset", "debt", "outbox")
 HTTP_TIMEOUT = 15
 
 
 def person_body(cpf="52998224725", **overrides):
+    """A valid ``POST /person`` body."""
     return {"cpf": cpf, "name": "Ana", "address": "Rua A, 1", "date_of_birth": "1990-05-01", **overrides}
 
 
@@ -44,12 +45,15 @@ def assert_json_error(response, status, code=None):
 
 
 def wait_for_score(api, cpf, expected, timeout=10):
-    """Poll ``GET /<cpf>/score`` until it equals ``expected``; return the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = requests.get(f"{api}/{cpf}/score", timeout=HTTP_TIMEOUT)
-        if response.status_code == 200 and response.json()["score"] == expected:
-            return response
-        if time.monotonic() > deadline:
-            return response
-        time.sleep(0.1)
+    """Poll ``GET /<cpf>/score`` until its score is ``expected``; return the last answer."""
+    last = []
+
+    def scored():
+        last[:] = [requests.get(f"{api}/{cpf}/score", timeout=HTTP_TIMEOUT)]
+        return last[0].status_code == 200 and last[0].json()["score"] == expected
+
+    try:
+        wait_for(scored, timeout, f"the score of {cpf} to be {expected}")
+    except AssertionError:
+        pass  # the caller asserts on the answer
+    return last[0]

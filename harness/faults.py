@@ -1,9 +1,9 @@
-"""Machinery of the fault-injection suite (not a test module).
+"""Machinery of the fault-injection suite (``tests/faults``).
 
 - :class:`RabbitNode`: a private RabbitMQ node on ports of its own, so an outage
   here never touches the machine's shared broker.
-- :class:`FaultSystem`: :class:`system.System` with the suite's short timings,
-  extra environment per process and more than one gateway.
+- :class:`FaultSystem`: :class:`harness.processes.System` with the suite's short
+  timings.
 - :class:`Write`: one item POST that can be told apart from every other (its
   value, and an income's or asset's type, name it), with what it was answered.
 - :class:`Load`: a bounded number of such writes from a few green threads.
@@ -40,15 +40,16 @@ from nameko.amqp.publish import Publisher
 from nameko.standalone.events import get_event_exchange
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
-from system import NAMEKO, ROOT, System, free_port
 
+from harness.api import HTTP_TIMEOUT, person_body  # noqa: F401  (the suite takes them from here)
+from harness.processes import ROOT, System
 from harness.rabbit import RabbitNode as HarnessRabbitNode
 from harness.rabbit import message_count
+from harness.waits import wait_for
 from score import rules
 
 log = logging.getLogger("tests.faults")
 
-HTTP_TIMEOUT = 15
 RPC_TIMEOUT = 3
 RETRY_DELAYS = (0.5, 1, 2)
 ITEM_EVENTS = {"income": "income_added", "asset": "asset_added", "debt": "debt_added"}
@@ -59,37 +60,9 @@ DEADLETTERS = str(Path(sys.executable).with_name("deadletters"))
 # --- helpers -------------------------------------------------------------------------
 
 
-def person_body(cpf):
-    return {"cpf": cpf, "name": "Ana", "address": "Rua A, 1", "date_of_birth": "1990-05-01"}
-
-
-def wait_for(predicate, timeout, what, interval=0.1, on_timeout=None):
-    """Poll ``predicate()`` until it returns a truthy value (returned); bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except (requests.RequestException, OSError) as exc:
-            value, last_error = None, exc
-        else:
-            last_error = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            details = on_timeout() if on_timeout else ""
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what} (last error {last_error!r})\n{details}"
-            )
-        time.sleep(interval)
-
-
 def log_records(textual: str) -> list:
     """A service log split into records: one JSON object per line (a traceback is inside its record)."""
     return [line for line in textual.splitlines() if line.strip()]
-
-
-def tail(textual: str, lines=60) -> str:
-    return "\n".join(textual.splitlines()[-lines:])
 
 
 # --- the private broker ----------------------------------------------------------------
@@ -118,8 +91,7 @@ class RabbitNode(HarnessRabbitNode):
 
 
 class FaultSystem(System):
-    """The services as processes, with short timings; ``start`` takes extra env,
-    and every gateway instance gets a port of its own."""
+    """The services as processes, with the suite's short timings."""
 
     def __init__(self, amqp_uri, db_uris, log_dir, **extra_env):
         defaults = {
@@ -130,56 +102,10 @@ class FaultSystem(System):
             "LOG_LEVEL": "INFO",
         }
         super().__init__(amqp_uri, db_uris, log_dir, **{**defaults, **extra_env})
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path = str(ROOT / "config.yml")
-        self.gateways = {"gateway.1": self.url}
-
-    def start(self, service, instance=1, **env):
-        name = f"{service}.{instance}"
-        process_env = {**self.env, **{key: str(value) for key, value in env.items()}}
-        if service == "gateway" and instance != 1:
-            port = free_port()
-            process_env["WEB_SERVER_ADDRESS"] = f"127.0.0.1:{port}"
-            self.gateways[name] = f"http://127.0.0.1:{port}"
-        with open(self.log_dir / f"{name}.log", "ab") as out:
-            self.processes[name] = subprocess.Popen(
-                [NAMEKO, "run", "--config", self.config_path, f"{service}.service"],
-                cwd=ROOT,
-                env=process_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        return self.processes[name]
-
-    def assert_running(self):
-        for name, proc in self.processes.items():
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(self.log(name))}"
-
-    def logs(self, lines=60) -> str:
-        names = sorted({p.stem for p in self.log_dir.glob("*.log")})
-        return "\n".join(f"----- {name} -----\n{tail(self.log(name), lines)}" for name in names)
-
-    def log_of(self, service) -> str:
-        """Every instance's log of ``service``, concatenated."""
-        return "\n".join(self.log(p.stem) for p in sorted(self.log_dir.glob(f"{service}.*.log")))
-
-    def health(self, url=None, timeout=HTTP_TIMEOUT):
-        return requests.get(f"{url or self.url}/health", timeout=timeout)
 
     def wait_gateway(self, url=None, ready=lambda body: body.get("status") == "ok", timeout=60):
         """Until ``ready(GET /health body)``, failing at once if a process died."""
-
-        last = []
-
-        def check():
-            self.assert_running()
-            response = self.health(url, timeout=10)
-            last[:] = [response.status_code, response.text[:1000]]
-            return ready(response.json())
-
-        return wait_for(
-            check, timeout, f"{url or self.url}/health to be ready", 0.2, lambda: f"last /health: {last}\n{self.logs()}"
-        )
+        return self.wait_healthy(timeout, url, ready=lambda response: ready(response.json()))
 
     def create_people(self, cpf_list, url=None):
         for cpf in cpf_list:
@@ -199,7 +125,7 @@ class FaultSystem(System):
 
     def deadletters(self, *args, timeout=60):
         """The ``deadletters`` console script against this system's broker."""
-        result = subprocess.run(
+        return subprocess.run(
             [DEADLETTERS, *args],
             cwd=ROOT,
             env={**self.env, "PYTHONWARNINGS": "ignore"},
@@ -207,7 +133,6 @@ class FaultSystem(System):
             text=True,
             timeout=timeout,
         )
-        return result
 
 
 # --- load ------------------------------------------------------------------------------
