@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PORT    := $(lastword $(subst :, ,$(or $(WEB_SERVER_ADDRESS),0.0.0.0:8000)))
 
-.PHONY: install migrate run test lint format lock clean bench
+.PHONY: install migrate run shell test lint format lock reset clean bench
 
 install: $(STAMP)
 
@@ -23,10 +23,16 @@ $(STAMP): requirements.lock requirements-dev.lock setup.cfg pyproject.toml
 migrate: install
 	$(PY) -m ops.migrate
 
+# The ready line comes when /health answers 200 (ops/ready.py, in the
+# background); Ctrl-C stops the three services and ends make quietly (honcho
+# exits 130 on it, which is how this run is meant to end).
 run: install migrate
-	@echo "API on http://localhost:$(PORT)  (Ctrl-C stops all three services)"
-	@echo "try:  curl -i -H 'Content-Type: application/json' http://localhost:$(PORT)/person --data @payloads/new_person.json"
-	$(VENV)/bin/honcho start -f Procfile
+	@$(PY) -m ops.ready --url http://localhost:$(PORT) & \
+	$(VENV)/bin/honcho start -f Procfile || [ $$? -eq 130 ]
+
+# nameko shell on the running system: n.rpc.person..., n.rpc.score...
+shell: install
+	$(PY) -m ops.launch shell --config config.yml
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -44,6 +50,16 @@ format: install
 bench: install
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m bench $(ARGS)
+
+# Re-pin: the runtime set from setup.cfg's ranges, then the tools on top of it
+# (requirements-dev.in), each at the newest version the ranges allow.
+lock: install
+	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links --output-file requirements.lock setup.cfg
+	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links --output-file requirements-dev.lock requirements-dev.in
+
+# Drops the project's databases and queues, after asking (make reset ARGS=--yes does not ask).
+reset: install
+	$(PY) -m ops.reset $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -176,10 +176,9 @@ class System:
         if name in self.processes and self.processes[name].poll() is None:
             raise RuntimeError(f"{name} is already running")
         process_env = {**self.env, **{key: str(value) for key, value in env.items()}}
-        if service == "gateway" and name not in self.gateways:
-            port = free_port()
-            process_env["WEB_SERVER_ADDRESS"] = f"127.0.0.1:{port}"
-            self.gateways[name] = f"http://127.0.0.1:{port}"
+        if service == "gateway" and name != "gateway.1":  # a port of its own, kept across restarts
+            self.gateways.setdefault(name, f"http://127.0.0.1:{free_port()}")
+            process_env["WEB_SERVER_ADDRESS"] = self.gateways[name].removeprefix("http://")
         with open(self.log_dir / f"{name}.log", "ab") as out:
             self.processes[name] = subprocess.Popen(
                 [NAMEKO, "run", "--config", self.config, module or f"{service}.service"],

@@ -7,25 +7,33 @@
 
 A thin client of the consuming service's RPC methods (``list_dead_letters`` and
 friends, the same ones ``nameko shell`` offers), so it needs only the broker:
-``AMQP_URI`` or ``--config``. Prints JSON.
+``AMQP_URI`` or ``--config``. Prints JSON. With the broker or the service not
+running it says so in one line and exits 1, at once.
 """
 
 import argparse
 import json
 import sys
 
+import ops.quiet  # noqa: F401  (first: it silences eventlet's import-time banner)
+
+# isort: split
 import eventlet
 
 eventlet.monkey_patch()  # noqa: E402  (the standalone proxy needs a patched socket)
 
+from nameko.exceptions import RemoteError, RpcTimeout  # noqa: E402
 from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 
+from ops.cli import Unreachable, check_consumers, fail  # noqa: E402
 from ops.config import load_config  # noqa: E402
+
+PROG = "deadletters"
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="deadletters", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--config", help="path to config.yml (default: the repository's)")
     parser.add_argument("--service", default="score", help="the consuming service (default: score)")
@@ -56,9 +64,18 @@ METHODS = {
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    with ClusterRpcProxy(load_config(args.config), timeout=args.timeout) as rpc:
-        method = getattr(getattr(rpc, args.service), METHODS[args.command])
-        result = method(args.event_id)
+    config = load_config(args.config)
+    try:
+        check_consumers(config["AMQP_URI"], (args.service,))
+        with ClusterRpcProxy(config, timeout=args.timeout) as rpc:
+            method = getattr(getattr(rpc, args.service), METHODS[args.command])
+            result = method(args.event_id)
+    except Unreachable as exc:
+        return fail(PROG, str(exc))
+    except RpcTimeout:
+        return fail(PROG, f"{args.service} did not answer within {args.timeout:g} s.")
+    except RemoteError as exc:
+        return fail(PROG, f"{args.service} failed: {exc}")
     json.dump(result, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
     return 0

@@ -8,14 +8,19 @@ Safe to run again, and from two processes at once.
 
 import argparse
 import logging
+import sys
 
+import ops.quiet  # noqa: F401  (first: it silences eventlet's import-time banner)
+
+# isort: split
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from psycopg2 import errors as pg_errors
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from ops.cli import fail
 from ops.config import load_config
 
 _log = logging.getLogger("ops.migrate")
@@ -77,8 +82,12 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown service(s): {', '.join(sorted(unknown))}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    migrate(load_config(args.config), args.services or list(SERVICES))
+    try:
+        migrate(load_config(args.config), args.services or list(SERVICES))
+    except OperationalError as exc:  # PostgreSQL down, or refusing us
+        return fail("migrate", f"PostgreSQL is unreachable ({str(exc.orig).strip().splitlines()[0]}).")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

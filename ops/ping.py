@@ -7,6 +7,9 @@ import argparse
 import json
 import sys
 
+import ops.quiet  # noqa: F401  (first: it silences eventlet's import-time banner)
+
+# isort: split
 import eventlet
 
 eventlet.monkey_patch()  # noqa: E402  (the standalone proxy needs a patched socket)

@@ -20,31 +20,26 @@ interrupted (also resumable).
 
 import argparse
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # not this tool's to fix; keep stderr clear
+import ops.quiet  # noqa: F401  (first: it silences eventlet's import-time banner)
 
+# isort: split
 import eventlet  # noqa: E402
 
 eventlet.monkey_patch()  # noqa: E402  (the standalone proxy needs a patched socket)
 
 from amqp.exceptions import AMQPError  # noqa: E402
-from kombu import Connection  # noqa: E402
 from kombu.exceptions import OperationalError  # noqa: E402
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService  # noqa: E402
 from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from ops.cli import Unreachable, check_consumers, fail  # noqa: E402
 from ops.config import load_config  # noqa: E402
-from reliable_events.rpc import rpc_consumers  # noqa: E402
 from score import rebuild as rebuilder  # noqa: E402
 from score.rebuild import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RebuildError  # noqa: E402
 
 PROG = "rebuild-replica"
-
-
-class Unreachable(Exception):
-    """The broker, score or person cannot be reached: nothing was done by this page."""
 
 
 def build_parser():
@@ -67,33 +62,10 @@ def build_parser():
     return parser
 
 
-def check_consumers(amqp_uri: str, services=("score", "person")) -> None:
-    """Fail fast, and say which: the broker down, or a service with no running
-    instance (its durable ``rpc-<service>`` queue outlives it, so a request
-    would only wait there until the timeout)."""
-    try:
-        with Connection(amqp_uri, connect_timeout=5) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0)
-            for service in services:
-                if not rpc_consumers(conn, service):
-                    raise Unreachable(f"{service} is not running (no consumer on rpc-{service}).")
-    except (OperationalError, OSError, AMQPError) as exc:  # down, refused, bad vhost or credentials
-        raise Unreachable(f"the message broker at {_safe(amqp_uri)} is unreachable ({exc}).") from None
-
-
-def _safe(uri: str) -> str:
-    """The URI without its password, for a message."""
-    scheme, sep, rest = uri.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
-    return f"{scheme}{sep}{rest}"
-
-
 def run(config: dict, from_position, page_size: int, timeout: float, progress: bool) -> dict:
     """Step until the head as of the first step (score.rebuild's own loop, each
     step an RPC to score); returns the totals."""
-    check_consumers(config["AMQP_URI"])
+    check_consumers(config["AMQP_URI"], ("score", "person"))
     bar = None
 
     def show(result, totals):
@@ -154,14 +126,11 @@ def main(argv=None) -> int:
     try:
         totals = run(load_config(args.config), from_position, args.page_size, args.timeout, not args.no_progress)
     except Unreachable as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return fail(PROG, str(exc))
     except RebuildError as exc:
-        print(f"{PROG}: score could not do a page: {exc}", file=sys.stderr)
-        return 1
+        return fail(PROG, f"score could not do a page: {exc}")
     except RemoteError as exc:
-        print(f"{PROG}: a page failed in score ({exc}); run again to resume from the checkpoint.", file=sys.stderr)
-        return 1
+        return fail(PROG, f"a page failed in score ({exc}); run again to resume from the checkpoint.")
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run again to resume from the checkpoint.", file=sys.stderr)
         return 130

@@ -34,6 +34,8 @@ def pytest_collection_modifyitems(items):
         for marker, fixtures in NEEDS.items():
             if fixtures & set(item.fixturenames):
                 item.add_marker(marker)
+
+
 PG_BASE = os.environ.get("TEST_PG_URI", "postgresql+psycopg2://postgres@localhost:5432/postgres")
 
 

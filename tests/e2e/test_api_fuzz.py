@@ -236,7 +236,9 @@ def secured(amqp_uri, db_uris, tmp_path_factory):
 @pytest.mark.parametrize("method, path", WRITES, ids=[f"{m} {p}" for m, p in WRITES])
 def test_with_api_tokens_a_write_without_one_is_a_documented_401(secured, clean_databases, method, path):
     statuses = fuzz(load_schema(secured.url, coverage=False), method, path)
-    assert set(statuses) == {401} and sum(statuses.values()) >= MAX_EXAMPLES // 2, statuses
+    # A generated path parameter that leaves the route ("", a "/" in the CPF) is
+    # a 404 before any token is looked at: no route, nothing behind it.
+    assert set(statuses) <= {401, 404} and statuses[401] >= MAX_EXAMPLES // 2, statuses
 
     # and with the token the same operation gets past the check
     if path != "/person":

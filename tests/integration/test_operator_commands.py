@@ -1,0 +1,120 @@
+"""The operator commands fail fast, in one line and with exit status 1, when
+what they need is not running; ``make reset`` drops what it says and only that."""
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Queue
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from harness.processes import ROOT
+from harness.rabbit import message_count
+from ops.migrate import migrate
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:1/"
+UNREACHABLE_DB = "postgresql+psycopg2://postgres@127.0.0.1:1/nothing"
+TIMEOUT = 30  # the commands' own wait for an answer: failing fast means well before it
+
+
+def run(env, *command, stdin=None):
+    started = time.monotonic()
+    result = subprocess.run(
+        [*command],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+    )
+    return result, time.monotonic() - started
+
+
+def assert_one_line_failure(result, elapsed, says):
+    assert result.returncode == 1, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "Eventlet is deprecated" not in result.stderr
+    assert elapsed < TIMEOUT, f"took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ((str(BIN / "deadletters"), "list"), "deadletters: score is not running (no consumer on rpc-score)."),
+        ((str(BIN / "rebuild-replica"),), "rebuild-replica: score is not running (no consumer on rpc-score)."),
+    ],
+)
+def test_a_command_says_at_once_that_its_service_is_not_running(fresh_config, command, says):
+    result, elapsed = run({"AMQP_URI": fresh_config["AMQP_URI"]}, *command)
+    assert_one_line_failure(result, elapsed, says)
+
+
+@pytest.mark.parametrize("command", [(str(BIN / "deadletters"), "list"), (str(BIN / "rebuild-replica"),)])
+def test_a_command_says_at_once_that_the_broker_is_unreachable(command):
+    result, elapsed = run({"AMQP_URI": UNREACHABLE_BROKER}, *command)
+    assert_one_line_failure(result, elapsed, "the message broker at amqp://guest:***@127.0.0.1:1/ is unreachable")
+
+
+def test_migrate_says_at_once_that_postgresql_is_unreachable():
+    env = {"PERSON_DB_URI": UNREACHABLE_DB, "SCORE_DB_URI": UNREACHABLE_DB}
+    result, elapsed = run(env, sys.executable, "-m", "ops.migrate")
+    assert result.returncode == 1, result
+    assert result.stderr.strip().splitlines()[-1].startswith("migrate: PostgreSQL is unreachable"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def throwaway(fresh_config):
+    """Two migrated databases and a vhost with the project's queues, to reset."""
+    base = make_url(fresh_config["DB_URIS"]["person:PersonBase"])
+    run_id = uuid.uuid4().hex[:8]
+    uris = {
+        "person:PersonBase": base.set(database=f"person_reset_{run_id}").render_as_string(hide_password=False),
+        "score:ScoreBase": base.set(database=f"score_reset_{run_id}").render_as_string(hide_password=False),
+    }
+    migrate({"DB_URIS": uris})
+    with Connection(fresh_config["AMQP_URI"]) as conn:
+        channel = conn.channel()
+        for name in ("rpc-person", "evt-person-income_added--score.on_income_added.dead"):
+            Queue(name, durable=True)(channel).declare()
+    env = {"AMQP_URI": fresh_config["AMQP_URI"], "PERSON_DB_URI": uris["person:PersonBase"]}
+    env["SCORE_DB_URI"] = uris["score:ScoreBase"]
+    yield env, uris
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for uri in uris.values():
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(uri).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def databases_left(uris) -> set:
+    admin = create_engine(make_url(uris["person:PersonBase"]).set(database="postgres"))
+    with admin.connect() as conn:
+        names = {row[0] for row in conn.execute(text("SELECT datname FROM pg_database"))}
+    admin.dispose()
+    return names & {make_url(uri).database for uri in uris.values()}
+
+
+def test_reset_asks_and_does_nothing_without_a_yes(throwaway):
+    env, uris = throwaway
+    result, _ = run(env, sys.executable, "-m", "ops.reset", stdin="no\n")
+    assert result.returncode == 1 and "nothing done" in result.stdout, result
+    assert len(databases_left(uris)) == 2
+    assert message_count(env["AMQP_URI"], "rpc-person") == 0  # still there (a missing queue raises)
+
+
+def test_reset_drops_the_databases_and_the_queues(throwaway):
+    env, uris = throwaway
+    result, _ = run(env, sys.executable, "-m", "ops.reset", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert databases_left(uris) == set()
+    assert "deleted 2 queues" in result.stdout, result.stdout
