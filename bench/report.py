@@ -241,6 +241,58 @@ def build_rows(results: dict) -> list:
         for name, label in labels.items():
             if name in cpu:
                 rows.append(_row(S, label, cpu[name], "ms CPU/write"))
+    rows.extend(compare_rows(results.get("compare")))
+    return rows
+
+
+def compare_rows(compare: dict | None) -> list:
+    """This system against the plain Nameko pipeline, at each number of connections."""
+    if not compare or "plain" not in compare or "system" not in compare:
+        return []
+    rows = []
+    S = "10 against the plain Nameko pipeline (same run, alternating rounds; target: ratios >= 100 %, CPU <= 100 %)"
+    for c in sorted(compare["system"], key=int):
+        ours, plain = compare["system"][c], compare["plain"][c]
+        for name, data in (("plain", plain), ("system", ours)):
+            refused = data["refused_share"]["median"] or 0
+            note = f"p50 {_fmt(data['p50_ms']['median'])} ms, p99 {_fmt(data['p99_ms']['median'])} ms (accepted)"
+            if refused:
+                note += f", refused {refused * 100:.1f} %"
+            if data["lost"]:
+                note += f", {data['lost']} writes never applied"
+            rows.append(_row(S, f"c={c} {name}: writes/s applied", data["writes_per_sec"], "writes/s", note))
+            rows.append(_row(S, f"c={c} {name}: CPU per write, all", data["cpu_ms_per_write_total"], "ms CPU/write"))
+        speed = _ratio_row(
+            S,
+            f"c={c} writes/s: system / plain",
+            ours["writes_per_sec"]["median"],
+            plain["writes_per_sec"]["median"],
+            1.0,
+        )
+        cpu_ratio = (ours["cpu_ms_per_write_total"]["median"] or 0) / (plain["cpu_ms_per_write_total"]["median"] or 1)
+        rows.append(speed)
+        rows.append(
+            _row(
+                S,
+                f"c={c} CPU per write: system / plain",
+                {"median": cpu_ratio * 100},
+                "%",
+                target="<= 100%",
+                status="PASS" if cpu_ratio <= 1 else "MISS",
+            )
+        )
+        p50s = (ours["p50_ms"]["median"], plain["p50_ms"]["median"])
+        if c in (1, "1") and None not in p50s:
+            rows.append(
+                _row(
+                    S,
+                    "c=1 write p50: system / plain",
+                    {"median": p50s[0] / p50s[1] * 100},
+                    "%",
+                    target="<= 100%",
+                    status="PASS" if p50s[0] <= p50s[1] else "MISS",
+                )
+            )
     return rows
 
 

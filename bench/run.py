@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import profile, report, scenarios, wrk
+from bench import compare, profile, report, scenarios, wrk
 from bench.system import BenchSystem
 from harness.cpf import cpfs
 
@@ -43,6 +43,9 @@ class Params:
     outage_reps: int = 3
     profile_seconds: int = 20
     ryw_reads: int = 300  # write-then-read rounds per repetition
+    compare_connections: tuple = (1, 8, 32, 256)  # against the plain Nameko pipeline
+    compare_rounds: int = 3
+    compare_seconds: int = 10
 
 
 QUICK = Params(
@@ -60,6 +63,8 @@ QUICK = Params(
     outage_reps=1,
     profile_seconds=8,
     ryw_reads=60,
+    compare_rounds=1,
+    compare_seconds=3,
 )
 
 
@@ -73,6 +78,11 @@ def parse_args(argv):
         "--profile",
         action="store_true",
         help="then sample person, score and gateway with py-spy under load; print their top functions",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["compare"],
+        help="compare: only this system against the plain Nameko pipeline (the A/B of a change)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs (printed path)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each measure as it is taken")
@@ -91,6 +101,22 @@ def _git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+class _Done(Exception):
+    """The sections asked for (--only) are done."""
+
+
+def run_compare(system: BenchSystem, people: list, p) -> dict:
+    plain = compare.start_plain(system, system.log_dir / "plain")
+    try:
+        compare.create_people(plain, people)
+        pipelines = [plain, compare.system_pipeline(system)]
+        return compare.compare(
+            pipelines, system.node, people, p.compare_connections, p.compare_rounds, p.compare_seconds
+        )
+    finally:
+        compare.stop_plain(plain)
 
 
 def run_profile(system: BenchSystem, people: list, connections: int, seconds: int, out_dir: Path) -> dict:
@@ -161,6 +187,9 @@ def main(argv=None) -> int:
         results["services_start_seconds"] = system.start_services()
         people = cpfs(p.people, start=200000011)
         system.create_people(people)
+        if args.only == "compare":
+            results["compare"] = run_compare(system, people, p)
+            raise _Done()
         results["write_path"] = scenarios.write_path(system, people, p)
         best_c, best = max(((c, w["rps"]["median"]) for c, w in results["write_path"].items()), key=lambda t: t[1])
         results["lag"] = scenarios.lag(system, people, best / 2, p)
@@ -172,8 +201,11 @@ def main(argv=None) -> int:
             name.split(".")[0]: None if mib is None else mib * 1024 * 1024 / report.MB
             for name, mib in system.services.peak_rss_mib().items()
         }
+        results["compare"] = run_compare(system, people, p)
         if args.profile:
             results["profile"] = run_profile(system, people, best_c, p.profile_seconds, args.json.parent)
+    except _Done:
+        pass
     except KeyboardInterrupt:
         failed = "interrupted"
     except Exception as exc:

@@ -1,0 +1,201 @@
+"""This system against the plain Nameko pipeline (``bench/plain``), in the same run.
+
+Both run at once on the bench's broker node and PostgreSQL server (each with a
+vhost and databases of its own, idle while the other is loaded); the load
+alternates between them, round after round, at each number of connections. A
+round is ``wrk`` posting incomes for ``compare_seconds``; a write counts when
+it was answered 201 and its event was applied in score. The CPU of every
+process (the three services, RabbitMQ, PostgreSQL; wrk apart) is read from
+``/proc`` around the round and divided by the writes.
+"""
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import psycopg2
+from sqlalchemy import create_engine
+
+from bench import wrk
+from bench.data import person_body
+from bench.stats import summary
+from harness import databases
+from harness.processes import CpuMeter, System
+
+log = logging.getLogger("bench")
+
+PLAIN_CONFIG = "bench/plain/config.yml"
+
+
+@dataclass
+class Pipeline:
+    name: str
+    services: System
+    db_uris: dict
+    committed_sql: str  # income ids/events committed between two database times
+    applied_sql: str  # (count, last applied time) of those in score
+
+    def _query(self, key, sql, params=()):
+        conn = databases.connect(self.db_uris[key])
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def now(self):
+        return self._query("person:PersonBase", "SELECT clock_timestamp()")[0][0]
+
+    def committed(self, since, until) -> list:
+        return [row[0] for row in self._query("person:PersonBase", self.committed_sql, (since, until))]
+
+    def applied(self, ids) -> tuple:
+        return self._query("score:ScoreBase", self.applied_sql, (ids,))[0]
+
+    def wait_applied(self, ids, timeout=120) -> tuple:
+        """Until score applied every one of ``ids`` (or the bound: the plain
+        pipeline may lose some); (count, last applied time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            count, last = self.applied(ids)
+            if count >= len(ids) or time.monotonic() > deadline:
+                return count, last
+            time.sleep(0.2)
+
+
+def system_pipeline(system) -> Pipeline:
+    return Pipeline(
+        "system",
+        system.services,
+        system.db_uris,
+        "SELECT event_id::text FROM outbox WHERE event_type = 'income_added' AND created_at BETWEEN %s AND %s",
+        "SELECT count(*), max(processed_at) FROM processed_events WHERE event_id = ANY(%s::uuid[])",
+    )
+
+
+def start_plain(system, log_dir) -> Pipeline:
+    """The plain pipeline's services, on a vhost and databases of their own."""
+    from bench.plain.models import PlainPersonBase, PlainScoreBase
+
+    amqp_uri = system.node.add_vhost("plain")
+    uris = databases.database_uris("plain", system.run_id)
+    admin = psycopg2.connect(databases.dsn(databases.PG_BASE))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        for uri in uris.values():
+            cur.execute(f'CREATE DATABASE "{databases.make_url(uri).database}"')
+    admin.close()
+    for key, base in (("person:PersonBase", PlainPersonBase), ("score:ScoreBase", PlainScoreBase)):
+        engine = create_engine(uris[key])
+        base.metadata.create_all(engine)
+        engine.dispose()
+    services = System(amqp_uri, uris, log_dir, config=PLAIN_CONFIG, LOG_LEVEL="WARNING")
+    for service in ("person", "score", "gateway"):
+        services.start(service, module=f"bench.plain.{service}")
+    services.wait_healthy(timeout=90)
+    return Pipeline(
+        "plain",
+        services,
+        uris,
+        "SELECT id FROM income WHERE created_at BETWEEN %s AND %s",
+        "SELECT count(*), max(applied_at) FROM scored_income WHERE item_id = ANY(%s::bigint[])",
+    )
+
+
+def stop_plain(pipeline: Pipeline) -> None:
+    pipeline.services.stop_all()
+    databases.drop_databases(pipeline.db_uris)
+
+
+def create_people(pipeline: Pipeline, people: list) -> None:
+    import requests
+
+    with requests.Session() as session:
+        for cpf in people:
+            response = session.post(f"{pipeline.services.url}/person", json=person_body(cpf), timeout=30)
+            if response.status_code not in (200, 201, 409):
+                raise RuntimeError(f"{pipeline.name} POST /person: {response.status_code} {response.text[:200]}")
+
+
+def _meter(pipeline: Pipeline, node) -> CpuMeter:
+    services = pipeline.services
+    groups = {
+        name.split(".")[0]: (lambda name=name: [services.pid(name)] if services.running(name) else [])
+        for name in services.processes
+    }
+    groups["postgres"] = databases.server_pids
+    groups["rabbitmq"] = lambda: [node.pid] if node.pid else []
+    groups["bench"] = lambda: [os.getpid()]
+    return CpuMeter(groups)
+
+
+def round_once(pipeline: Pipeline, node, people: list, connections: int, seconds: float, seed: int) -> dict:
+    meter = _meter(pipeline, node).start()
+    since = pipeline.now()
+    result = wrk.run_wrk(pipeline.services.url, people, seconds, connections, seed=seed, timeout=10)
+    until = pipeline.now()
+    ids = pipeline.committed(since, until)
+    applied, last = pipeline.wait_applied(ids)
+    cpu = meter.stop()
+    writes = min(result.created, applied)
+    elapsed = (last - since).total_seconds() if last else float("nan")
+    services_and_servers = {k: v for k, v in cpu.items() if k not in ("machine_busy", "wall", "bench")}
+    return {
+        "connections": connections,
+        "answered_201": result.created,
+        "refused": result.codes,
+        "socket_errors": result.socket_errors,
+        "applied": applied,
+        "lost": len(ids) - applied,
+        "writes_per_sec": writes / elapsed if elapsed else float("nan"),
+        "p50_ms": result.p50_accepted_ms,
+        "p99_ms": result.p99_accepted_ms,
+        "refused_share": (result.failed / (result.created + result.failed)) if result.created + result.failed else 0.0,
+        "cpu_ms_per_write": {k: v * 1000 / writes for k, v in services_and_servers.items()} if writes else {},
+        "cpu_ms_per_write_total": sum(services_and_servers.values()) * 1000 / writes if writes else float("nan"),
+    }
+
+
+def _keys(runs) -> list:
+    return list(runs[0]["cpu_ms_per_write"]) if runs else []
+
+
+def compare(pipelines: list, node, people: list, connections: tuple, rounds: int, seconds: float) -> dict:
+    """Alternating rounds: for each round, each number of connections, each pipeline."""
+    runs = {p.name: {c: [] for c in connections} for p in pipelines}
+    for number in range(rounds):
+        for c in connections:
+            for pipeline in pipelines:
+                run = round_once(pipeline, node, people, c, seconds, seed=5000 + number * 100 + c)
+                runs[pipeline.name][c].append(run)
+                log.info(
+                    "%s c=%d: %.0f writes/s, p50 %.1f ms, p99 %.1f ms, %.1f ms CPU/write, refused %.0f%%",
+                    pipeline.name,
+                    c,
+                    run["writes_per_sec"],
+                    run["p50_ms"],
+                    run["p99_ms"],
+                    run["cpu_ms_per_write_total"],
+                    run["refused_share"] * 100,
+                )
+    return {
+        name: {
+            c: {
+                "writes_per_sec": summary(r["writes_per_sec"] for r in rs),
+                "p50_ms": summary(r["p50_ms"] for r in rs),
+                "p99_ms": summary(r["p99_ms"] for r in rs),
+                "cpu_ms_per_write_total": summary(r["cpu_ms_per_write_total"] for r in rs),
+                "cpu_ms_per_write": {
+                    k: summary(r["cpu_ms_per_write"].get(k) for r in rs)
+                    for k in (rs[0]["cpu_ms_per_write"] if rs else {})
+                },
+                "refused_share": summary(r["refused_share"] for r in rs),
+                "lost": sum(r["lost"] for r in rs),
+                "runs": rs,
+            }
+            for c, rs in by_c.items()
+        }
+        for name, by_c in runs.items()
+    }
