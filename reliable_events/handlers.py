@@ -273,13 +273,18 @@ class ReliableEventHandler(EventHandler):
         return result, exc_info
 
     def _applied(self, worker_ctx, events, messages, applied):
-        """One line and the counters per event of a batch that committed."""
-        applied_ids = None if applied is None else {event["event_id"] for event in applied}
+        """One line and the counters per event of a batch that committed.
+
+        An event delivered twice in one batch (published twice, say by the
+        sweep and by its writer) was applied once: its first message counts as
+        applied, the other as a duplicate."""
+        to_count = {event["event_id"] for event in (events if applied is None else applied)}
         now = datetime.now(UTC)
         for event, message in zip(events, messages, strict=True):
-            if applied_ids is not None and event["event_id"] not in applied_ids:
+            if event["event_id"] not in to_count:
                 EVENTS_DUPLICATE.labels(event["event_type"]).inc()
                 continue
+            to_count.discard(event["event_id"])
             lag = (now - event["occurred_at"]).total_seconds()
             EVENTS_APPLIED.labels(event["event_type"]).inc()
             PROPAGATION_LAG.labels(event["event_type"]).observe(max(lag, 0.0))
