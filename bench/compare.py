@@ -11,8 +11,12 @@ process (the three services, RabbitMQ, PostgreSQL; wrk apart) is read from
 
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg2
 from sqlalchemy import create_engine
@@ -21,7 +25,7 @@ from bench import wrk
 from bench.data import person_body
 from bench.stats import summary
 from harness import databases
-from harness.processes import CpuMeter, System
+from harness.processes import ROOT, CpuMeter, System
 
 log = logging.getLogger("bench")
 
@@ -35,6 +39,7 @@ class Pipeline:
     db_uris: dict
     committed_sql: str  # income ids/events committed between two database times
     applied_sql: str  # (count, last applied time) of those in score
+    cleanup: list = field(default_factory=list)  # what stop() undoes, last first
 
     def _query(self, key, sql, params=()):
         conn = databases.connect(self.db_uris[key])
@@ -65,11 +70,11 @@ class Pipeline:
             time.sleep(0.2)
 
 
-def system_pipeline(system) -> Pipeline:
+def system_pipeline(system, services=None, db_uris=None, name="system") -> Pipeline:
     return Pipeline(
-        "system",
-        system.services,
-        system.db_uris,
+        name,
+        services or system.services,
+        db_uris or system.db_uris,
         "SELECT event_id::text FROM outbox WHERE event_type = 'income_added' AND created_at BETWEEN %s AND %s",
         "SELECT count(*), max(processed_at) FROM processed_events WHERE event_id = ANY(%s::uuid[])",
     )
@@ -104,9 +109,36 @@ def start_plain(system, log_dir) -> Pipeline:
     )
 
 
-def stop_plain(pipeline: Pipeline) -> None:
+def stop(pipeline: Pipeline) -> None:
     pipeline.services.stop_all()
     databases.drop_databases(pipeline.db_uris)
+    for undo in reversed(pipeline.cleanup):
+        undo()
+
+
+def start_revision(system, revision: str, log_dir) -> Pipeline:
+    """This system at another git revision (the A of an A/B), from a checkout of
+    its own, on a vhost and databases of its own (migrated by its own migrations)."""
+    tree = Path(tempfile.mkdtemp(prefix="bench-ab-")) / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(tree), revision], cwd=ROOT, check=True, capture_output=True
+    )
+    cleanup = [
+        lambda: subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    ]
+    try:
+        uris = databases.database_uris("ab", system.run_id)
+        env = {**os.environ, "PERSON_DB_URI": uris["person:PersonBase"], "SCORE_DB_URI": uris["score:ScoreBase"]}
+        subprocess.run([sys.executable, "-m", "ops.migrate"], cwd=tree, env=env, check=True, capture_output=True)
+        services = System(system.node.add_vhost("ab"), uris, log_dir, root=tree, **system.service_env)
+        services.start_all(timeout=90)
+    except BaseException:
+        cleanup[0]()
+        raise
+    label = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True)
+    pipeline = system_pipeline(system, services, uris, name=f"system@{label.stdout.strip() or revision}")
+    pipeline.cleanup = cleanup
+    return pipeline
 
 
 def create_people(pipeline: Pipeline, people: list) -> None:

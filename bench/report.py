@@ -293,6 +293,48 @@ def compare_rows(compare: dict | None) -> list:
                     status="PASS" if p50s[0] <= p50s[1] else "MISS",
                 )
             )
+    rows.extend(ab_rows(compare))
+    return rows
+
+
+def ab_rows(compare: dict) -> list:
+    """This system against itself at another revision (``--ab REV``), in the same run."""
+    before = next((name for name in compare if name.startswith("system@")), None)
+    if before is None:
+        return []
+    rows = []
+    S = f"11 A/B: {before} (before) against the working tree (after), same run, alternating rounds"
+    for c in sorted(compare["system"], key=int):
+        a, b = compare[before][c], compare["system"][c]
+        rows.append(_row(S, f"c={c} before: writes/s applied", a["writes_per_sec"], "writes/s"))
+        rows.append(_row(S, f"c={c} after: writes/s applied", b["writes_per_sec"], "writes/s"))
+        rows.append(
+            _ratio_row(
+                S, f"c={c} writes/s: after / before", b["writes_per_sec"]["median"], a["writes_per_sec"]["median"]
+            )
+        )
+        for name in sorted(set(a["cpu_ms_per_write"]) | set(b["cpu_ms_per_write"])):
+            was = (a["cpu_ms_per_write"].get(name) or {}).get("median")
+            now = (b["cpu_ms_per_write"].get(name) or {}).get("median")
+            rows.append(
+                _row(
+                    S,
+                    f"c={c} CPU per write, {name}: before -> after",
+                    {"median": now},
+                    "ms CPU/write",
+                    f"before {_fmt(was)} ms",
+                )
+            )
+        was, now = a["cpu_ms_per_write_total"]["median"], b["cpu_ms_per_write_total"]["median"]
+        rows.append(
+            _row(
+                S,
+                f"c={c} CPU per write, all: before -> after",
+                {"median": now},
+                "ms CPU/write",
+                f"before {_fmt(was)} ms",
+            )
+        )
     return rows
 
 

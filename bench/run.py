@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import compare, profile, report, scenarios, wrk
+from bench import chart, compare, profile, report, scenarios, wrk
 from bench.system import BenchSystem
 from harness.cpf import cpfs
 
@@ -84,6 +84,11 @@ def parse_args(argv):
         choices=["compare"],
         help="compare: only this system against the plain Nameko pipeline (the A/B of a change)",
     )
+    parser.add_argument(
+        "--ab",
+        metavar="REV",
+        help="also run this system at git revision REV beside the working tree's, alternating (an A/B)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs (printed path)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each measure as it is taken")
     return parser.parse_args(argv)
@@ -107,16 +112,20 @@ class _Done(Exception):
     """The sections asked for (--only) are done."""
 
 
-def run_compare(system: BenchSystem, people: list, p) -> dict:
-    plain = compare.start_plain(system, system.log_dir / "plain")
+def run_compare(system: BenchSystem, people: list, p, ab: str | None = None) -> dict:
+    started = [compare.start_plain(system, system.log_dir / "plain")]
     try:
-        compare.create_people(plain, people)
-        pipelines = [plain, compare.system_pipeline(system)]
+        if ab:
+            started.append(compare.start_revision(system, ab, system.log_dir / "ab"))
+        for pipeline in started:
+            compare.create_people(pipeline, people)
+        pipelines = [*started, compare.system_pipeline(system)]
         return compare.compare(
             pipelines, system.node, people, p.compare_connections, p.compare_rounds, p.compare_seconds
         )
     finally:
-        compare.stop_plain(plain)
+        for pipeline in started:
+            compare.stop(pipeline)
 
 
 def run_profile(system: BenchSystem, people: list, connections: int, seconds: int, out_dir: Path) -> dict:
@@ -188,7 +197,7 @@ def main(argv=None) -> int:
         people = cpfs(p.people, start=200000011)
         system.create_people(people)
         if args.only == "compare":
-            results["compare"] = run_compare(system, people, p)
+            results["compare"] = run_compare(system, people, p, args.ab)
             raise _Done()
         results["write_path"] = scenarios.write_path(system, people, p)
         best_c, best = max(((c, w["rps"]["median"]) for c, w in results["write_path"].items()), key=lambda t: t[1])
@@ -201,7 +210,7 @@ def main(argv=None) -> int:
             name.split(".")[0]: None if mib is None else mib * 1024 * 1024 / report.MB
             for name, mib in system.services.peak_rss_mib().items()
         }
-        results["compare"] = run_compare(system, people, p)
+        results["compare"] = run_compare(system, people, p, args.ab)
         if args.profile:
             results["profile"] = run_profile(system, people, best_c, p.profile_seconds, args.json.parent)
     except _Done:
@@ -240,6 +249,10 @@ def main(argv=None) -> int:
         print(render_profile(results["profile"]))
     report.write_json(args.json, meta, rows, results)
     print(f"results: {args.json}")
+    if results.get("compare"):
+        picture = chart.draw(results["compare"], args.json.with_name("compare.png"), header)
+        if picture:
+            print(f"picture: {picture}")
     if args.keep_logs:
         print(f"service logs: {system.log_dir}")
     else:

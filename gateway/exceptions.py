@@ -18,6 +18,12 @@ class BrokerUnavailable(ServiceUnavailable):
     """The message broker cannot take the request."""
 
 
+class Overloaded(ServiceUnavailable):
+    """More requests in progress than ``MAX_IN_FLIGHT``: refused at once, to retry."""
+
+    headers = [("Retry-After", "1")]
+
+
 class GatewayTimeout(Exception):
     """A backend did not answer within ``RPC_TIMEOUT``."""
 
@@ -43,6 +49,7 @@ MAPPED_ERRORS = {
     PersonAlreadyExists: (409, "PERSON_ALREADY_EXISTS"),
     ScoreNotFound: (404, "SCORE_NOT_FOUND"),
     KeyReused: (422, "IDEMPOTENCY_KEY_REUSED"),
+    Overloaded: (503, "OVERLOADED"),
     ServiceUnavailable: (503, "SERVICE_UNAVAILABLE"),
     GatewayTimeout: (504, "GATEWAY_TIMEOUT"),
     EmptyBody: (400, "EMPTY_BODY"),

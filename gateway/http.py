@@ -3,6 +3,14 @@
 Nameko's ``@http`` answers errors with plain text and unknown routes with
 werkzeug's HTML pages; here both go through :func:`gateway.exceptions.error_for`,
 and request bodies are capped at ``MAX_CONTENT_LENGTH`` bytes.
+
+Overload is refused, not queued: past ``MAX_IN_FLIGHT`` requests in progress
+(the whole gateway), a request is answered at once with 503 ``OVERLOADED`` and
+``Retry-After: 1``, before it is parsed or given a worker. Queued, it would only
+wait longer and longer for a worker (Nameko's pool is ``MAX_WORKERS``), its
+client's timeout running; refused, the client backs off and the requests
+already accepted keep their latency. ``/health`` and ``/metrics`` are never
+refused: they are how an operator sees the overload.
 """
 
 import json
@@ -17,12 +25,13 @@ from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 
 from gateway.auth import check_bearer, parse_tokens
-from gateway.exceptions import CLIENT_ERRORS, error_for
-from observability.metrics import HTTP_DURATION, HTTP_REQUESTS
+from gateway.exceptions import CLIENT_ERRORS, Overloaded, error_for
+from observability.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 
 _log = logging.getLogger(__name__)
 
 CALL_ID_STACK_KEY = "nameko.call_id_stack"  # in the WSGI environ
+NEVER_REFUSED = ("/health", "/metrics")
 
 
 def json_response(payload, status=200, headers=None) -> Response:
@@ -60,14 +69,32 @@ class JsonRequest(Request):
 
 
 class JsonWsgiApp(WsgiApp):
-    def __init__(self, server, max_content_length):
+    def __init__(self, server, max_content_length, max_in_flight):
         super().__init__(server)
         self.max_content_length = max_content_length
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # one process, green threads: no lock needed
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
         request = JsonRequest(environ, shallow=True)
         request.max_content_length = self.max_content_length
+        if request.path in NEVER_REFUSED:  # nor counted: they are how the overload is seen
+            return self._handle(request, environ, started)(environ, start_response)
+        if self.in_flight >= self.max_in_flight:
+            response = error_response(Overloaded(f"Over {self.max_in_flight} requests in progress; retry in a second."))
+            _observe(request, "refused", {}, response, time.perf_counter() - started)
+            return response(environ, start_response)
+        self.in_flight += 1
+        HTTP_IN_FLIGHT.set(self.in_flight)
+        try:
+            response = self._handle(request, environ, started)
+        finally:
+            self.in_flight -= 1
+            HTTP_IN_FLIGHT.set(self.in_flight)
+        return response(environ, start_response)
+
+    def _handle(self, request, environ, started):
         adapter = self.url_map.bind_to_environ(environ)
         route, values = "unmatched", {}
         try:
@@ -78,7 +105,7 @@ class JsonWsgiApp(WsgiApp):
         except HTTPException as exc:
             response = error_response(exc)
         _observe(request, route, values, response, time.perf_counter() - started)
-        return response(environ, start_response)
+        return response
 
 
 def _observe(request, route, values, response, elapsed):
@@ -123,8 +150,8 @@ class JsonWebServer(WebServer):
         return url_map
 
     def get_wsgi_app(self):
-        limit = int(self.container.config["MAX_CONTENT_LENGTH"])
-        return JsonWsgiApp(self, limit)
+        config = self.container.config
+        return JsonWsgiApp(self, int(config["MAX_CONTENT_LENGTH"]), int(config["MAX_IN_FLIGHT"]))
 
 
 class JsonHttpEntrypoint(HttpRequestHandler):

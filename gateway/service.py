@@ -38,19 +38,21 @@ def _json_body(request):
         raise BadRequest("The JSON body is nested too deeply.") from None
 
 
-def _idempotency_key(request):
-    """The ``Idempotency-Key`` header (1 to 200 printable ASCII characters), or a
-    key of this request's own: the broker may deliver an RPC request twice (after
-    a reconnect), and the key makes the second delivery return the first answer."""
+def _write_keys(request) -> dict:
+    """The keys a write goes to person with: ``request_id``, this request's own
+    (the broker may deliver an RPC request twice, after a reconnect: the second
+    delivery then answers the first answer), and the client's
+    ``Idempotency-Key`` header if it sent one (1 to 200 printable ASCII characters)."""
+    keys = {"request_id": str(uuid.uuid4())}
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        return f"request:{uuid.uuid4()}"
+        return keys
     if not (1 <= len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
         raise InvalidInput(
             "Invalid Idempotency-Key header.",
             {"Idempotency-Key": [f"Must be 1 to {MAX_KEY_LENGTH} printable ASCII characters."]},
         )
-    return key
+    return {**keys, "idempotency_key": key}
 
 
 MAX_SEQUENCE = 2**31 - 1  # person's sequence column is a PostgreSQL integer
@@ -110,7 +112,7 @@ class GatewayService:
         Errors: 400 malformed JSON or empty body, 415 not JSON, 422 invalid
         fields, 409 CPF exists.
         """
-        person = self.person.create_person(_json_body(request), idempotency_key=_idempotency_key(request))
+        person = self.person.create_person(_json_body(request), **_write_keys(request))
         return _written(person, 201, {"Location": f"/person/{person['cpf']}"})
 
     @http("GET", "/person/<cpf>")
@@ -134,7 +136,7 @@ class GatewayService:
         """
         cpf = _path_cpf(cpf)
         add = getattr(self.person, BY_NAME[kind].rpc_method)
-        item = add(cpf, _json_body(request), idempotency_key=_idempotency_key(request))
+        item = add(cpf, _json_body(request), **_write_keys(request))
         return _written(item)
 
     @http("GET", "/<cpf>/score")

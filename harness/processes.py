@@ -145,16 +145,20 @@ class System:
     :meth:`start` takes more for one process. A process is named
     ``<service>.<instance>`` (``person.1``) and logs to ``<log_dir>/<name>.log``;
     every gateway instance gets a port of its own (``gateways``: name -> URL).
-    The one launcher of the tests and the benchmark.
+    The one launcher of the tests and the benchmark; ``root`` runs another
+    checkout's code (the benchmark's A/B of two revisions).
     """
 
-    def __init__(self, amqp_uri: str, db_uris: dict, log_dir, config: str = "config.yml", **extra_env):
+    def __init__(
+        self, amqp_uri: str, db_uris: dict, log_dir, config: str = "config.yml", root: Path = ROOT, **extra_env
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gateways = {"gateway.1": self.url}
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.config = str(ROOT / config)
+        self.root = Path(root)  # the checkout whose code runs (another revision's, for an A/B)
+        self.config = str(self.root / config)
         self.env = {
             **os.environ,
             "AMQP_URI": amqp_uri,
@@ -182,7 +186,7 @@ class System:
         with open(self.log_dir / f"{name}.log", "ab") as out:
             self.processes[name] = subprocess.Popen(
                 [NAMEKO, "run", "--config", self.config, module or f"{service}.service"],
-                cwd=ROOT,
+                cwd=self.root,
                 env=process_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

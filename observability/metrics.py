@@ -35,6 +35,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered, by route and status.", ["method", "route", "status"])
+HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "HTTP requests in progress (refused past MAX_IN_FLIGHT).")
 HTTP_DURATION = Histogram(
     "http_request_duration_seconds", "Time to answer an HTTP request.", ["method", "route"], buckets=LATENCY_BUCKETS
 )

@@ -1,28 +1,26 @@
 """The person service: the source of truth for people and their items.
 
-Every write goes through one function, :meth:`PersonService._write`: it claims
-the request's idempotency key, writes the rows, adds the outbox row and stores
-the answer, in one transaction; the outbox relay then announces the event on
-``person.events`` (see :mod:`reliable_events.outbox`). A method only loads its
-input and says which rows to write.
+Every write goes one way (:mod:`reliable_events.group_commit`): a method loads
+its input and submits it; the writes submitted at the same time are applied
+together (``person/writes.py``) in one transaction with their outbox rows,
+their idempotency key claimed and answer stored if a client gave one; the
+outbox relay then announces the events on ``person.events``
+(:mod:`reliable_events.outbox`).
 
 The item methods (``add_income``, ``add_asset``, ``add_debt``) are made from
 the kinds declared in :mod:`contracts.kinds`, one per kind.
 """
 
 import logging
-from dataclasses import dataclass
 
 from marshmallow import ValidationError
 from nameko.timer import timer
-from psycopg2.errorcodes import UNIQUE_VIOLATION
-from sqlalchemy import text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
 from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
-from contracts.events import PERSON_CREATED, PERSON_EVENTS
+from contracts.events import PERSON_EVENTS
 from contracts.kinds import KINDS, ItemKind
 from observability.logs import CallContext
 from observability.metrics import (
@@ -33,9 +31,11 @@ from observability.metrics import (
     metrics_response,
     read_at_scrape,
 )
-from person.models import ITEM_MODELS, Person, PersonBase, idempotency_keys, outbox
+from person import writes
+from person.models import Person, PersonBase, idempotency_keys, outbox
 from person.schemas import CreatePersonSchema, PersonOutSchema, item_schemas
 from reliable_events.database import Database
+from reliable_events.group_commit import Committer
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
 from reliable_events.outbox import Outbox, relay_timer
 from reliable_events.rpc import rpc
@@ -45,8 +45,8 @@ _log = logging.getLogger(__name__)
 # The caller's mistakes: answered as errors, not logged as the service's failures.
 CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, KeyReused)
 
-# kind name -> (input schema, output schema)
-ITEM_SCHEMAS = {kind.name: item_schemas(kind) for kind in KINDS}
+# kind name -> its input schema
+ITEM_SCHEMAS = {kind.name: item_schemas(kind)[0] for kind in KINDS}
 
 
 def _load(schema, payload):
@@ -70,28 +70,18 @@ def _set_outbox_gauges(backlog):
     OUTBOX_OLDEST_AGE.set(backlog["oldest_pending_age_seconds"])
 
 
-@dataclass
-class Change:
-    """What a write did: the event announcing it, and the answer (without its sequence)."""
-
-    event_type: str
-    cpf: str
-    sequence: int
-    data: dict
-    answer: dict
-
-
 class PersonService:
     name = "person"
 
     db = Database(PersonBase)
     outbox = Outbox(PersonBase, outbox, PERSON_EVENTS)
     idempotency = IdempotencyKeys(idempotency_keys)
+    committer = Committer(PersonBase, writes.apply, writes.answer_again, idempotency_keys)
     call_context = CallContext()
     rpc_metrics = RpcMetrics()
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
-    def create_person(self, person, idempotency_key=None):
+    def create_person(self, person, idempotency_key=None, request_id=None):
         """Create a person; announces ``person_created``.
 
         Example (``nameko shell``)::
@@ -108,25 +98,14 @@ class PersonService:
 
         With ``idempotency_key``, a retry of the same request returns the first
         answer and writes nothing (see :mod:`reliable_events.idempotency`).
+        ``request_id`` (the gateway's, one per HTTP request) makes the same
+        request delivered again by the broker answer the first answer.
 
         Raises ``InvalidInput`` (fields named), ``PersonAlreadyExists`` or
         ``KeyReused`` (the key was used for another request).
         """
         data = _load(CreatePersonSchema(), person)
-
-        def insert_person(session):
-            row = Person(**data, last_sequence=1)
-            session.add(row)
-            session.flush()
-            event_data = {"name": row.name, "address": row.address, "date_of_birth": row.date_of_birth.isoformat()}
-            return Change(PERSON_CREATED, row.cpf, 1, event_data, PersonOutSchema().dump(row))
-
-        try:
-            return self._write("create_person", (person,), idempotency_key, insert_person)
-        except IntegrityError as exc:
-            if getattr(exc.orig, "pgcode", None) == UNIQUE_VIOLATION:
-                raise PersonAlreadyExists(f"A person with CPF {data['cpf']} exists.") from None
-            raise
+        return self._submit(writes.NewPerson(data), "create_person", (person,), idempotency_key, request_id)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
     def get_person(self, cpf):
@@ -148,65 +127,17 @@ class PersonService:
                 raise PersonNotFound(f"No person with CPF {cpf}.")
             return PersonOutSchema().dump(row)
 
-    def _add_item(self, declared: ItemKind, cpf, item, idempotency_key=None):
+    def _add_item(self, kind: ItemKind, cpf, item, idempotency_key=None, request_id=None):
         """Add an item of a kind (:mod:`contracts.kinds`): the body of every
         ``add_<kind>`` method. Announces ``<kind>_added``."""
         cpf = _cpf(cpf)
-        in_schema, out_schema = ITEM_SCHEMAS[declared.name]
-        data = _load(in_schema, item)
-        model = ITEM_MODELS[declared.name]
-
-        def insert_item(session):
-            # Bumping the sequence locks the person's row: writes for one
-            # person queue up here, so their sequence numbers have no gaps.
-            sequence = session.execute(
-                update(Person)
-                .where(Person.cpf == cpf)
-                .values(last_sequence=Person.last_sequence + 1)
-                .returning(Person.last_sequence)
-            ).scalar_one_or_none()
-            if sequence is None:
-                raise PersonNotFound(f"No person with CPF {cpf}.")
-            row = model(cpf=cpf, **data)
-            session.add(row)
-            session.flush()
-            event_data = {"item_id": row.id, "value": str(row.value)}
-            if declared.typed:
-                event_data["type"] = row.type
-            return Change(declared.event_type, cpf, sequence, event_data, out_schema.dump(row))
-
+        data = _load(ITEM_SCHEMAS[kind.name], item)
         # The request as the client sent it: a retry of it hashes the same.
-        return self._write(declared.rpc_method, (cpf, item), idempotency_key, insert_item)
+        return self._submit(writes.NewItem(kind, cpf, data), kind.rpc_method, (cpf, item), idempotency_key, request_id)
 
-    def _write(self, operation, request, idempotency_key, change):
-        """The one way person writes, in one transaction: claim the idempotency
-        key (a request seen before gets its stored answer, and nothing is
-        written), ``change(session)`` writes the rows, the outbox row announces
-        it, the answer is stored under the key. Returns the answer with the
-        event's ``sequence``."""
-        with self.db.get_session() as session:
-            earlier = self._claim(session, idempotency_key, operation, request)
-            if earlier is not None:
-                return earlier
-            done = change(session)
-            self.outbox.add(session, done.event_type, done.cpf, done.sequence, done.data)
-            answer = {**done.answer, "sequence": done.sequence}
-            if idempotency_key is not None:
-                self.idempotency.store(session, idempotency_key, answer)
-        return answer
-
-    def _claim(self, session, idempotency_key, operation, request):
-        if idempotency_key is None:
-            return None
-        earlier = self.idempotency.claim(session, idempotency_key, request_hash(operation, *request))
-        if earlier is not None:
-            _log.info(
-                "%s answered with the stored answer of idempotency key %s (a retry or a redelivery); nothing written",
-                operation,
-                idempotency_key,
-                extra={"idempotency_key": idempotency_key},
-            )
-        return earlier
+    def _submit(self, payload, operation, request, idempotency_key, request_id):
+        digest = request_hash(operation, *request) if idempotency_key is not None else None
+        return self.committer.submit(payload, request_id, idempotency_key, digest)
 
     @rpc
     def health(self):
@@ -326,8 +257,8 @@ class PersonService:
 def _item_method(kind: ItemKind):
     """The RPC method ``add_<kind>(cpf, item, idempotency_key=None)`` of one kind."""
 
-    def add(self, cpf, item, idempotency_key=None):
-        return self._add_item(kind, cpf, item, idempotency_key)
+    def add(self, cpf, item, idempotency_key=None, request_id=None):
+        return self._add_item(kind, cpf, item, idempotency_key, request_id)
 
     add.__name__ = add.__qualname__ = kind.rpc_method
     example = '{"type": "renting", "value": 1000}' if kind.typed else '{"value": 1000}'

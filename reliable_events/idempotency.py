@@ -1,7 +1,10 @@
 """Safe client retries: a request with an ``Idempotency-Key`` takes effect once.
 
-The key is claimed in the same transaction as the write it protects, and the
-response is stored with it. So:
+This protects against a client's retries; a redelivery by the broker of the
+same RPC request is caught without a row of its own, by the request id on the
+outbox row (:mod:`reliable_events.group_commit`). The key is claimed in the
+same transaction as the write it protects, and the response is stored with
+it. So:
 
 - a retry with the same key and the same request gets the stored response and
   writes nothing;
@@ -48,7 +51,33 @@ def request_hash(operation: str, *args) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def claim(session, table: Table, key: str, digest: str):
+    """Claim ``key`` for this request in ``session``'s transaction.
+
+    Returns None when the caller should do the work (then :func:`store`), or
+    the stored response of the earlier request with this key. Raises
+    :class:`KeyReused` for a key used by a different request.
+    """
+    claimed = session.execute(
+        insert(table).values(key=key, request_hash=digest).on_conflict_do_nothing().returning(table.c.key)
+    ).first()
+    if claimed is not None:
+        return None
+    stored_hash, response = session.execute(
+        select(table.c.request_hash, table.c.response).where(table.c.key == key)
+    ).one()
+    if stored_hash != digest:
+        raise KeyReused(f"Idempotency-Key {key!r} was already used for a different request.")
+    return response
+
+
+def store(session, table: Table, key: str, response) -> None:
+    session.execute(table.update().where(table.c.key == key).values(response=response))
+
+
 class IdempotencyKeys(DependencyProvider):
+    """Forgets keys older than ``IDEMPOTENCY_KEY_TTL``: :meth:`purge_expired`."""
+
     def __init__(self, table: Table):
         self.table = table
 
@@ -57,26 +86,6 @@ class IdempotencyKeys(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self
-
-    def claim(self, session, key, digest):
-        """Claim ``key`` for this request in ``session``'s transaction.
-
-        Returns None when the caller should do the work (then :meth:`store`),
-        or the stored response of the earlier request with this key.
-        """
-        t = self.table
-        claimed = session.execute(
-            insert(t).values(key=key, request_hash=digest).on_conflict_do_nothing().returning(t.c.key)
-        ).first()
-        if claimed is not None:
-            return None
-        stored_hash, response = session.execute(select(t.c.request_hash, t.c.response).where(t.c.key == key)).one()
-        if stored_hash != digest:
-            raise KeyReused(f"Idempotency-Key {key!r} was already used for a different request.")
-        return response
-
-    def store(self, session, key, response) -> None:
-        session.execute(self.table.update().where(self.table.c.key == key).values(response=response))
 
     def purge_expired(self, session) -> int:
         return session.execute(

@@ -75,21 +75,7 @@ class OutboxWriter:
         Nothing is published here. The relay is woken as soon as the transaction
         commits (a rollback leaves no row and wakes nothing).
         """
-        envelope = self._outbox.source.new(event_type, key, sequence, data)
-        # None outside a container (a worker_factory test, a script).
-        headers = {CALL_ID_STACK_HEADER: self._worker_ctx.call_id_stack} if self._worker_ctx is not None else None
-        session.execute(
-            self._outbox.table.insert().values(
-                event_id=envelope["event_id"],
-                event_type=event_type,
-                aggregate_key=key,
-                sequence=sequence,
-                payload=envelope,
-                headers=headers,
-            )
-        )
-        self._outbox.wrote(session, self._worker_ctx, envelope, headers)
-        return envelope
+        return self._outbox.add_many(session, [(self._worker_ctx, None, event_type, key, sequence, data)])[0]
 
     def relay_pending(self, min_age: float | None = None) -> int:
         """Publish every row pending for ``min_age`` seconds (default
@@ -121,6 +107,7 @@ class Outbox(DependencyProvider):
         self.declarative_base = declarative_base
         self.table = table
         self.source = source
+        self._insert = table.insert()
         self._writers = WeakKeyDictionary()
 
     def setup(self):
@@ -157,6 +144,36 @@ class Outbox(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
+
+    def add_many(self, session, events: list) -> list:
+        """Insert ``(worker_ctx, request_key, event_type, key, sequence, data)``
+        events in ``session``'s transaction, in one statement; their envelopes.
+
+        ``worker_ctx`` (None outside a container) gives the row the writer's
+        call ids, published as headers; ``request_key`` (or None) is the
+        writing request's id, unique (see :mod:`reliable_events.group_commit`).
+        """
+        rows, written = [], []
+        for worker_ctx, request_key, event_type, key, sequence, data in events:
+            envelope = self.source.new(event_type, key, sequence, data)
+            headers = {CALL_ID_STACK_HEADER: worker_ctx.call_id_stack} if worker_ctx is not None else None
+            rows.append(
+                {
+                    "event_id": envelope["event_id"],
+                    "event_type": event_type,
+                    "aggregate_key": key,
+                    "sequence": sequence,
+                    "payload": envelope,
+                    "headers": headers,
+                    "request_key": request_key,
+                }
+            )
+            written.append((worker_ctx, envelope, headers))
+        # Rows as parameters: one cached statement, sent as one multi-row INSERT.
+        session.execute(self._insert, rows)
+        for worker_ctx, envelope, headers in written:
+            self.wrote(session, worker_ctx, envelope, headers)
+        return [envelope for _, envelope, _ in written]
 
     def wrote(self, session, worker_ctx, envelope: dict, headers: dict) -> None:
         if self._crash_before_publish:

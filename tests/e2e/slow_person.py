@@ -22,7 +22,7 @@ class SlowPersonService:
         return {"stand_in": "slow_person", "slept": HANG_SECONDS}
 
     @rpc
-    def create_person(self, person, idempotency_key=None):
+    def create_person(self, person, idempotency_key=None, request_id=None):
         return self._hang()
 
     @rpc
@@ -30,15 +30,15 @@ class SlowPersonService:
         return self._hang()
 
     @rpc
-    def add_income(self, cpf, income, idempotency_key=None):
+    def add_income(self, cpf, income, idempotency_key=None, request_id=None):
         return self._hang()
 
     @rpc
-    def add_asset(self, cpf, asset, idempotency_key=None):
+    def add_asset(self, cpf, asset, idempotency_key=None, request_id=None):
         return self._hang()
 
     @rpc
-    def add_debt(self, cpf, debt, idempotency_key=None):
+    def add_debt(self, cpf, debt, idempotency_key=None, request_id=None):
         return self._hang()
 
     @rpc

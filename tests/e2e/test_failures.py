@@ -10,15 +10,18 @@ stopping a service here cannot disturb another module's tests:
 No durations are asserted except generous upper bounds proving "did not hang".
 """
 
+import re
 import subprocess
 import time
 import uuid
 
+import eventlet
 import pytest
 import requests
 
 from harness.api import HTTP_TIMEOUT, assert_json_error, create_person, person_body, wait_for_score
 from harness.processes import System, started
+from harness.waits import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +29,7 @@ CPF = "52998224725"
 SCORE_DOWN_RPC_TIMEOUT = 3
 SLOW_RPC_TIMEOUT = 1
 SLOW_SECONDS = 10
+SLOW_MAX_IN_FLIGHT = 2
 
 
 def _rabbitmqctl(*args):
@@ -111,6 +115,7 @@ def slow_system(amqp_uri, db_uris, tmp_path_factory):
         tmp_path_factory.mktemp("slow-logs"),
         RPC_TIMEOUT=SLOW_RPC_TIMEOUT,
         SLOW_PERSON_SECONDS=SLOW_SECONDS,
+        MAX_IN_FLIGHT=SLOW_MAX_IN_FLIGHT,
     )
     try:
         running.start("person", module="tests.e2e.slow_person")
@@ -154,3 +159,32 @@ def test_gateway_stays_responsive_after_timeouts(slow_system):
     assert health.status_code == 503, health.text  # score is not running in this vhost
     assert "error" in health.json()["services"]["score"], health.text
     assert "error" not in health.json()["services"]["person"], health.text
+
+
+def _in_flight(url):
+    metrics = requests.get(f"{url}/metrics", timeout=HTTP_TIMEOUT).text
+    return float(re.search(r"^http_requests_in_flight (\S+)$", metrics, re.M).group(1))
+
+
+def test_overload_is_refused_at_once_not_queued(slow_system):
+    """Past MAX_IN_FLIGHT requests in progress a request is answered 503 at once,
+    with Retry-After, instead of waiting for a worker; /health still answers."""
+    url = slow_system.url
+    pool = eventlet.GreenPool()
+    held = [
+        pool.spawn(requests.post, f"{url}/person", json=person_body(CPF), timeout=SLOW_SECONDS + 5)
+        for _ in range(SLOW_MAX_IN_FLIGHT)
+    ]
+    wait_for(lambda: _in_flight(url) == SLOW_MAX_IN_FLIGHT, 10, "the gateway to hold its limit of requests", 0.02)
+
+    started = time.monotonic()
+    refused = requests.post(f"{url}/person", json=person_body(CPF), timeout=HTTP_TIMEOUT)
+    elapsed = time.monotonic() - started
+    assert_json_error(refused, 503, "OVERLOADED")
+    assert refused.headers["Retry-After"] == "1"
+    assert elapsed < SLOW_RPC_TIMEOUT, f"took {elapsed:.2f}s: it waited"  # not queued behind the others
+    assert requests.get(f"{url}/health", timeout=HTTP_TIMEOUT).status_code == 503  # answered: score is absent
+
+    assert [gt.wait().status_code for gt in held] == [504] * SLOW_MAX_IN_FLIGHT
+    # and with room again, the next request is taken (and times out against the slow person)
+    assert_json_error(requests.post(f"{url}/person", json=person_body(CPF), timeout=HTTP_TIMEOUT), 504)

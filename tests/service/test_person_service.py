@@ -1,7 +1,8 @@
 """The person service's RPC methods on a real PostgreSQL, through ``worker_factory``.
 
 The database dependency is nameko-sqlalchemy's own ``DatabaseWrapper`` on this
-session's private database; the outbox dependency is the real ``OutboxWriter``
+session's private database; the writes go through the real ``Transactions``
+(person's one write path, one write per transaction) and the real outbox insert
 (so its rows are inserted in the worker's transaction), without the relay.
 """
 
@@ -9,14 +10,11 @@ import uuid
 from datetime import date, datetime, timedelta
 
 import pytest
-from nameko.testing.services import worker_factory
 from sqlalchemy import text
 
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_EVENTS
-from person.models import outbox
-from person.service import PersonService
-from reliable_events.outbox import OutboxWriter
+from harness.workers import RecordingOutbox, person_worker
 
 CPF = "52998224725"
 SEED_PERSON = {
@@ -27,34 +25,16 @@ SEED_PERSON = {
 }
 
 
-class RecordingOutbox:
-    """Stands in for the ``Outbox`` provider: the real table, no broker."""
-
-    table = outbox
-    source = PERSON_EVENTS
-
-    def __init__(self):
-        self.writes = 0
-
-    def wrote(self, session, worker_ctx, envelope, headers):
-        self.writes += 1
-
-
 class Crash(Exception):
     pass
 
 
-class CrashingOutboxWriter(OutboxWriter):
-    """Inserts the outbox row for real, then fails inside the same transaction."""
+class CrashingOutbox(RecordingOutbox):
+    """Inserts the outbox rows for real, then fails inside the same transaction."""
 
-    def add(self, session, event_type, key, sequence, data):
-        super().add(session, event_type, key, sequence, data)
+    def add_many(self, session, events):
+        super().add_many(session, events)
         raise Crash("after the outbox insert")
-
-
-@pytest.fixture
-def wrappers(db_wrappers, person_engine):
-    return lambda: db_wrappers(person_engine)
 
 
 @pytest.fixture
@@ -63,8 +43,8 @@ def recorder():
 
 
 @pytest.fixture
-def service(wrappers, recorder):
-    return worker_factory(PersonService, db=wrappers(), outbox=OutboxWriter(recorder, worker_ctx=None))
+def service(db_wrappers, person_engine, recorder):
+    return person_worker(person_engine, db_wrappers, recorder)
 
 
 def rows(engine, sql):
@@ -297,8 +277,9 @@ def test_get_person_with_malformed_cpf_raises_invalid_input(service):
 # --- the transaction: business row and outbox row commit together -----------
 
 
-def test_failure_after_outbox_insert_rolls_back_person_and_event(wrappers, recorder, person_engine):
-    service = worker_factory(PersonService, db=wrappers(), outbox=CrashingOutboxWriter(recorder, None))
+def test_failure_after_outbox_insert_rolls_back_person_and_event(db_wrappers, person_engine):
+    recorder = CrashingOutbox()
+    service = person_worker(person_engine, db_wrappers, recorder)
 
     with pytest.raises(Crash):
         service.create_person(SEED_PERSON)
@@ -308,15 +289,16 @@ def test_failure_after_outbox_insert_rolls_back_person_and_event(wrappers, recor
     assert count(person_engine, "outbox") == 0
 
 
-def test_failure_after_outbox_insert_rolls_back_item_sequence_and_event(wrappers, recorder, person_engine):
-    good = worker_factory(PersonService, db=wrappers(), outbox=OutboxWriter(recorder, None))
+def test_failure_after_outbox_insert_rolls_back_item_sequence_and_event(db_wrappers, recorder, person_engine):
+    good = person_worker(person_engine, db_wrappers, recorder)
     good.create_person(SEED_PERSON)
-    crashing = worker_factory(PersonService, db=wrappers(), outbox=CrashingOutboxWriter(recorder, None))
+    crashing_recorder = CrashingOutbox()
+    crashing = person_worker(person_engine, db_wrappers, crashing_recorder)
 
     with pytest.raises(Crash):
         crashing.add_income(CPF, {"type": "renting", "value": 1000})
 
-    assert recorder.writes == 2
+    assert recorder.writes + crashing_recorder.writes == 2
     assert count(person_engine, "income") == 0
     assert [r["event_type"] for r in outbox_rows(person_engine)] == ["person_created"]
     assert rows(person_engine, "SELECT last_sequence FROM person") == [{"last_sequence": 1}]

@@ -19,11 +19,10 @@ from contracts.errors import InvalidInput
 from contracts.events import PERSON_EVENTS
 from contracts.kinds import NAMES
 from harness.cpf import cpfs
+from harness.workers import person_worker
 from person.models import outbox
-from person.service import PersonService
 from reliable_events.handlers import reliable_handler
 from reliable_events.inbox import Inbox, consumer_names
-from reliable_events.outbox import OutboxWriter
 from score import rules
 from score.models import processed_events
 from score.rebuild import RebuildError, fetch_history
@@ -31,16 +30,6 @@ from score.service import ScoreService
 
 PEOPLE = cpfs(3, start=987654321)
 KIND_OF = {"income_added": "income", "asset_added": "asset", "debt_added": "debt"}
-
-
-class NoBroker:
-    """Stands in for person's ``Outbox`` provider: the real table, nothing published."""
-
-    table = outbox
-    source = PERSON_EVENTS
-
-    def wrote(self, session, worker_ctx, envelope, headers):
-        pass
 
 
 class HistoryOverJson:
@@ -61,9 +50,7 @@ class HistoryOverJson:
 
 @pytest.fixture
 def person(db_wrappers, person_engine):
-    return worker_factory(
-        PersonService, db=db_wrappers(person_engine), outbox=OutboxWriter(NoBroker(), worker_ctx=None)
-    )
+    return person_worker(person_engine, db_wrappers)
 
 
 @pytest.fixture
