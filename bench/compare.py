@@ -141,12 +141,19 @@ def start_revision(system, revision: str, log_dir) -> Pipeline:
     return pipeline
 
 
-def create_people(pipeline: Pipeline, people: list) -> None:
+def create_people(pipeline: Pipeline, people: list, timeout: float = 60) -> None:
+    """Through the pipeline's API; the plain gateway's /health knows nothing of
+    person, so the first creation is retried until person answers (bounded)."""
     import requests
 
+    deadline = time.monotonic() + timeout
     with requests.Session() as session:
         for cpf in people:
-            response = session.post(f"{pipeline.services.url}/person", json=person_body(cpf), timeout=30)
+            while True:
+                response = session.post(f"{pipeline.services.url}/person", json=person_body(cpf), timeout=30)
+                if response.status_code < 500 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             if response.status_code not in (200, 201, 409):
                 raise RuntimeError(f"{pipeline.name} POST /person: {response.status_code} {response.text[:200]}")
 

@@ -6,6 +6,11 @@ histogram (``latency:percentile``, microseconds). With ``rate`` set, a ``delay()
 keeps a fixed schedule (monotonic clock through LuaJIT's FFI): request k of a
 thread is sent no earlier than ``k / rate`` seconds after its first, so the load
 is steady whatever the latency, with at most ``connections`` requests in flight.
+
+A client told ``503`` with ``Retry-After`` (the gateway refusing overload)
+waits that long before its next request on that connection, as HTTP clients
+are meant to: without it, each refusal is retried at once, and a load of
+instant retries measures only how fast refusals can be sent back.
 """
 
 import json
@@ -45,6 +50,14 @@ function init(args)
   created, failed = 0, 0
   codes = {}
   next_ms = nil
+  backoff_ms = 0
+end
+
+-- wrk calls delay() for the connection whose response() ran just before.
+function backoff()
+  local wait = backoff_ms
+  backoff_ms = 0
+  return wait
 end
 
 function request()
@@ -60,6 +73,9 @@ function request()
 end
 
 function response(status, hdrs, body)
+  if status == 503 and hdrs["Retry-After"] then
+    backoff_ms = tonumber(hdrs["Retry-After"]) * 1000  -- this connection's next request waits
+  end
   if status == 201 then
     created = created + 1
   else
@@ -100,12 +116,18 @@ end
 
 PACING = r"""
 function delay()
+  local refused = backoff()
   local now = now_ms()
   if next_ms == nil or now - next_ms > 1000 then next_ms = now end  -- start, or a long stall: resync
   local wait = next_ms - now
   next_ms = next_ms + interval_ms
-  if wait < 0 then return 0 end
+  if wait < refused then return refused end
   return wait
+end
+"""
+UNPACED = r"""
+function delay()
+  return backoff()
 end
 """
 
@@ -126,7 +148,7 @@ def lua_script(cpfs: list, kind: str = "income", rate: float | None = None, thre
         .replace("KIND", kind)
         .replace("INTERVAL_MS", f"{interval:.6f}")
         .replace("SEED", str(int(seed)))
-        .replace("PACING", PACING if rate else "")
+        .replace("PACING", PACING if rate else UNPACED)
     )
 
 

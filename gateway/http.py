@@ -74,25 +74,36 @@ class JsonWsgiApp(WsgiApp):
         self.max_content_length = max_content_length
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # one process, green threads: no lock needed
+        self._refusal = None
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
+        counted = environ.get("PATH_INFO", "") not in NEVER_REFUSED  # they are how the overload is seen
+        if counted:
+            if self.in_flight >= self.max_in_flight:
+                return self._refuse(environ, start_response, started)
+            self.in_flight += 1
+            HTTP_IN_FLIGHT.set(self.in_flight)
         request = JsonRequest(environ, shallow=True)
         request.max_content_length = self.max_content_length
-        if request.path in NEVER_REFUSED:  # nor counted: they are how the overload is seen
-            return self._handle(request, environ, started)(environ, start_response)
-        if self.in_flight >= self.max_in_flight:
-            response = error_response(Overloaded(f"Over {self.max_in_flight} requests in progress; retry in a second."))
-            _observe(request, "refused", {}, response, time.perf_counter() - started)
-            return response(environ, start_response)
-        self.in_flight += 1
-        HTTP_IN_FLIGHT.set(self.in_flight)
         try:
             response = self._handle(request, environ, started)
         finally:
-            self.in_flight -= 1
-            HTTP_IN_FLIGHT.set(self.in_flight)
+            if counted:
+                self.in_flight -= 1
+                HTTP_IN_FLIGHT.set(self.in_flight)
         return response(environ, start_response)
+
+    def _refuse(self, environ, start_response, started):
+        # As cheap as an answer gets (a refusal must not cost what it saves):
+        # no request object, one prepared answer, the counters, no log line.
+        if self._refusal is None:
+            refused = Overloaded(f"Over {self.max_in_flight} requests in progress; retry in a second.")
+            self._refusal = error_response(refused)
+        method = environ.get("REQUEST_METHOD", "")
+        HTTP_REQUESTS.labels(method, "refused", "503").inc()
+        HTTP_DURATION.labels(method, "refused").observe(time.perf_counter() - started)
+        return self._refusal(environ, start_response)
 
     def _handle(self, request, environ, started):
         adapter = self.url_map.bind_to_environ(environ)

@@ -51,15 +51,24 @@ def peak_rss_mib(pid: int) -> float | None:
     return None if kib is None else kib / 1024
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), 0 if it is gone."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time of a process (all its threads), with ``children``
+    that of its children that ended and were waited for too; 0 if it is gone.
+
+    The children matter for PostgreSQL: its postmaster forks a backend per
+    connection, and a pool that opens and closes connections (nameko-sqlalchemy's
+    overflow, say) has backends end within a measure; their CPU would
+    otherwise be lost, as they are not there to be read at its end."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    # fields[0] is the state (field 3); utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14 to 17
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def pids_named(comm: str) -> list:
@@ -108,13 +117,17 @@ class CpuMeter:
     (called at both ends, so processes that appear in between are counted from 0).
     """
 
-    def __init__(self, groups: dict):
+    def __init__(self, groups: dict, with_children=("postgres",)):
         self.groups = groups
+        self.with_children = with_children  # groups whose ended children count (PostgreSQL's backends)
         self._start = {}
         self.result = {}
 
     def _sample(self) -> dict:
-        return {name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self.groups.items()}
+        return {
+            name: {pid: cpu_seconds(pid, children=name in self.with_children) for pid in pids()}
+            for name, pids in self.groups.items()
+        }
 
     def start(self) -> "CpuMeter":
         self._start = self._sample()
