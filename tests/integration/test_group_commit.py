@@ -26,17 +26,24 @@ def scalar(engine, sql):
 
 
 def at_once(config, calls):
-    """Run ``calls`` (``rpc -> result``) concurrently; their results or errors, in order."""
-    with ClusterRpcProxy(config, timeout=20) as rpc:
+    """Run ``calls`` (``rpc -> result``) concurrently, each on a proxy of its own
+    (one proxy's reply connection serves one waiting caller at a time); their
+    results or errors, in order."""
+    proxies = [ClusterRpcProxy(config, timeout=20) for _ in calls]
+    started = [proxy.start() for proxy in proxies]  # connected first, so the calls go out together
 
-        def run(call):
-            try:
-                return call(rpc)
-            except Exception as exc:  # the caller looks at each outcome
-                return exc
+    def run(pair):
+        rpc, call = pair
+        try:
+            return call(rpc)
+        except Exception as exc:  # the caller looks at each outcome
+            return exc
 
-        pool = eventlet.GreenPool(len(calls))
-        return list(pool.imap(run, calls))
+    try:
+        return list(eventlet.GreenPool(len(calls)).imap(run, zip(started, calls, strict=True)))
+    finally:
+        for proxy in proxies:
+            proxy.stop()
 
 
 def income(n, cpf=CPF, kind="salary"):
