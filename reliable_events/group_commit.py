@@ -147,8 +147,13 @@ class Transactions:
             row = session.execute(select(table).where(table.c.request_key == write.request_id)).one()
             answer = self.answer_again(session, row)
         _log.info(
-            "request %s was written before (a redelivery); answered with its first answer, nothing written",
+            "request %s was written before, as %s %s of %s (a redelivery); answered with its first answer, "
+            "nothing written",
             write.request_id,
+            row.event_type,
+            row.sequence,
+            row.aggregate_key,
+            extra={"request_id": write.request_id, "event_id": str(row.event_id), "sequence": row.sequence},
         )
         return answer
 

@@ -73,7 +73,7 @@ def test_lost_reply_is_not_written_twice(system, broker, proxy, invariant, perso
 
     answered.wait()
     assert write.status == 201, (write.status, write.error, system.logs())
-    answered_again = "was written before (a redelivery); answered with its first answer"
+    answered_again = f"as asset_added 3 of {cpf} (a redelivery); answered with its first answer"
     wait_for(
         lambda: answered_again in system.log("person.1"),
         30,
