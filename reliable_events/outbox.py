@@ -11,7 +11,12 @@ Guarantees:
   mark re-sends the row, and consumers dedupe on ``event_id`` (:mod:`.inbox`).
 - Two paths publish. The fast path publishes the rows a process's own workers
   just committed, from memory, the moment they commit, then marks them (only
-  if still unmarked); no other process knows those rows yet. The sweep takes
+  if still unmarked); no other process knows those rows yet. Its marks are
+  written together, at most ``OUTBOX_MARK_DELAY`` seconds after the confirm,
+  in a transaction that does not wait for its WAL flush: a mark records what
+  the broker already holds, so losing one (a crash) costs a second publish
+  that consumers dedupe, never an event. (A transaction per event just to
+  mark it was the fast path's largest cost.) The sweep takes
   rows left pending for ``OUTBOX_SWEEP_GRACE`` seconds (broker down, publish
   failed, process killed before publishing) with ``FOR UPDATE SKIP LOCKED``,
   so sweeps in several processes never share a row. The grace keeps the sweep
@@ -27,6 +32,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from weakref import WeakKeyDictionary
 
 import sqlalchemy.event
@@ -34,7 +40,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY, HEA
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 from nameko.timer import Timer
-from sqlalchemy import Table, create_engine, func, select, update
+from sqlalchemy import Table, create_engine, func, select, text, update
 
 from observability.logs import event_fields
 from observability.metrics import EVENT_PUBLISH_FAILURES, EVENTS_PUBLISHED
@@ -43,6 +49,9 @@ from reliable_events.envelope import EventSource
 
 _log = logging.getLogger(__name__)
 
+# A mark is safe to lose (see the module's docstring): its commit need not
+# wait for the disk.
+_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO OFF")
 _WRITTEN = "outbox_written"  # session.info: (envelope, headers) its transaction wrote
 # The header Nameko's own publishers carry the call ids in.
 CALL_ID_STACK_HEADER = f"{HEADER_PREFIX}.{CALL_ID_STACK_CONTEXT_KEY}"
@@ -121,7 +130,15 @@ class Outbox(DependencyProvider):
         self.engine = create_engine(config["DB_URIS"][key], pool_size=3)
         self.batch_size = int(config["OUTBOX_BATCH_SIZE"])
         self.sweep_grace = float(config["OUTBOX_SWEEP_GRACE"])
+        self.mark_delay = float(config["OUTBOX_MARK_DELAY"])
+        if self.mark_delay * 2 > self.sweep_grace:
+            # A row published but not yet marked must never look abandoned to a sweep.
+            raise ValueError(
+                f"OUTBOX_MARK_DELAY ({self.mark_delay}) must be at most half of OUTBOX_SWEEP_GRACE ({self.sweep_grace})"
+            )
         self._committed = collections.deque()  # (envelope, headers) committed, not yet published
+        self._unmarked = []  # event ids the broker confirmed, not yet marked sent
+        self._mark_due = None  # when the oldest of them is to be marked (monotonic)
         # Fault injection for the crash-safety tests only: die between the
         # commit and the publish, as a kill -9 at the worst moment would.
         self._crash_before_publish = bool(config.get("FAULT_CRASH_BEFORE_PUBLISH", False))
@@ -204,36 +221,53 @@ class Outbox(DependencyProvider):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _relay_on_wake(self):
-        while not self._stopping or self._committed:
-            if not self._committed:
-                self._wake.wait()
+        while not self._stopping or self._committed or self._unmarked:
+            if not self._committed and not self._stopping:
+                self._wake.wait(None if self._mark_due is None else max(0.0, self._mark_due - time.monotonic()))
                 self._wake.clear()
             take = min(self.batch_size, len(self._committed))
             written = [self._committed.popleft() for _ in range(take)]
-            if not written:
-                continue
-            try:
-                self._relay_committed(written)
-            except Exception:  # the sweep retries; say so, do not hide it
-                _log.exception("relay of %d events failed; they are left to the sweep", len(written))
+            if written:
+                try:
+                    self._relay_committed(written)
+                except Exception:  # the sweep retries; say so, do not hide it
+                    _log.exception("relay of %d events failed; they are left to the sweep", len(written))
+            if self._unmarked and (
+                self._stopping or len(self._unmarked) >= self.batch_size or time.monotonic() >= self._mark_due
+            ):
+                self._mark_sent()
 
     def _relay_committed(self, written: list) -> None:
-        """Publish events just committed by this process, then mark them sent."""
-        t = self.table
+        """Publish events just committed by this process; they are marked sent soon after."""
         outcome = self.publisher.publish([(e["event_id"], e["event_type"], e, h) for e, h in written])
         sent = [e["event_id"] for e, _ in written if outcome[e["event_id"]] is None]
         if sent:
+            if not self._unmarked:
+                self._mark_due = time.monotonic() + self.mark_delay
+            self._unmarked.extend(sent)
+        for envelope, headers in written:
+            _published(self.source, envelope, headers, outcome[envelope["event_id"]], "commit")
+
+    def _mark_sent(self) -> None:
+        """Mark the confirmed events sent, in one transaction (those a sweep has not marked)."""
+        t, sent = self.table, self._unmarked
+        self._unmarked, self._mark_due = [], None
+        try:
             with self.engine.begin() as conn:
+                conn.execute(_NO_FLUSH_WAIT)
                 marked = conn.execute(
                     update(t)
                     .where(t.c.event_id.in_(sent), t.c.published_at.is_(None))
                     .values(published_at=func.clock_timestamp(), attempts=t.c.attempts + 1)
                 ).rowcount
-            if marked < len(sent):
-                # Only when publishing took longer than the sweep's grace.
-                _log.warning("%d of %d events were also published by a sweep", len(sent) - marked, len(sent))
-        for envelope, headers in written:
-            _published(self.source, envelope, headers, outcome[envelope["event_id"]], "commit")
+        except Exception:
+            # Still pending in the table: a sweep publishes them again once they
+            # are past its grace, and consumers dedupe the second copy.
+            _log.exception("marking %d published events sent failed; a sweep will publish them again", len(sent))
+            return
+        if marked < len(sent):
+            # Only when publishing took longer than the sweep's grace.
+            _log.warning("%d of %d events were also published by a sweep", len(sent) - marked, len(sent))
 
     def relay_pending(self, min_age: float | None = None) -> int:
         """Publish rows pending for at least ``min_age`` seconds (default: the
@@ -280,13 +314,19 @@ class Outbox(DependencyProvider):
         return len(sent), len(rows)
 
     def backlog(self) -> dict:
+        """Rows not published yet: those unmarked, less the ones this process
+        published and is about to mark (another instance's show for at most
+        ``OUTBOX_MARK_DELAY``)."""
         t = self.table
+        pending = t.c.published_at.is_(None)
+        if self._unmarked:
+            pending = pending & t.c.event_id.not_in(list(self._unmarked))
         with self.engine.connect() as conn:
             count, oldest = conn.execute(
                 select(
                     func.count(),
                     func.extract("epoch", func.clock_timestamp() - func.min(t.c.created_at)),
-                ).where(t.c.published_at.is_(None))
+                ).where(pending)
             ).one()
         return {"pending": count, "oldest_pending_age_seconds": float(oldest or 0)}
 

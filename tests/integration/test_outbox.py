@@ -5,6 +5,7 @@ import time
 
 import eventlet
 import pytest
+from nameko.containers import ServiceContainer
 from nameko.testing.services import entrypoint_hook
 from nameko.testing.utils import get_extension
 from sqlalchemy import text
@@ -183,3 +184,66 @@ def test_sweep_leaves_rows_younger_than_its_grace_to_their_writer(run_container,
         age = conn.execute(text("SELECT extract(epoch FROM published_at - created_at) FROM outbox")).scalar_one()
     assert age >= grace
     assert len(tap.drain(wait=0.5)) == 1
+
+
+def test_published_events_are_marked_sent_together_soon_after_their_confirm(
+    run_container, fresh_config, tap, person_engine
+):
+    """The fast path marks what the broker confirmed in one transaction per
+    ``OUTBOX_MARK_DELAY``, not one per event; and within that delay."""
+    delay = 2.0
+    # No sweep marks anything here; the grace must be at least twice the delay.
+    fresh_config.update(OUTBOX_MARK_DELAY=delay, OUTBOX_SWEEP_GRACE=2 * delay, OUTBOX_SWEEP_INTERVAL=3600)
+    container = run_container(OutboxProbe)
+    cpfs = ["52998224725", "11144477735", "39053344705", "86288366757", "71428793860"]
+    with entrypoint_hook(container, "write") as write:
+        for cpf in cpfs:
+            write(cpf)
+            # Each event published and confirmed before the next write: one
+            # relay batch each, so only the delay can put their marks together.
+            assert tap.simple.get(timeout=5).payload["cpf"] == cpf
+    # Published, not yet marked: not pending for health and metrics.
+    unmarked = mark_transactions(person_engine)[1]
+    assert get_extension(container, Outbox).backlog()["pending"] == 0
+    assert unmarked > 0, "every mark came before the check above: it proved nothing"
+    deadline = time.monotonic() + delay + 5  # the promised delay, plus a generous margin
+    while (marks := mark_transactions(person_engine))[1]:
+        assert time.monotonic() < deadline, f"{marks[1]} events still unmarked"
+        eventlet.sleep(0.05)
+    assert marks[0] < len(cpfs), f"{marks[0]} mark transactions for {len(cpfs)} events"
+
+
+def mark_transactions(engine) -> tuple:
+    """(transactions that marked rows, rows unmarked): rows one transaction updated share its xmin."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT count(DISTINCT xmin::text) FILTER (WHERE published_at IS NOT NULL),"
+                " count(*) FILTER (WHERE published_at IS NULL) FROM outbox"
+            )
+        ).one()
+
+
+def test_a_stopping_relay_marks_what_it_published(run_container, fresh_config, tap, person_engine):
+    """A clean stop writes the pending marks: no sweep publishes those events
+    again after a restart."""
+    # Long enough that the stop comes well before the mark is due.
+    fresh_config.update(OUTBOX_MARK_DELAY=5, OUTBOX_SWEEP_GRACE=10, OUTBOX_SWEEP_INTERVAL=3600)
+    container = run_container(OutboxProbe)
+    with entrypoint_hook(container, "write") as write:
+        write("52998224725")
+    assert tap.simple.get(timeout=5).payload["cpf"] == "52998224725"
+    stopping = time.monotonic()
+    container.stop()
+    assert time.monotonic() - stopping < 5, "the mark came due before the stop ended: this test proved nothing"
+    [row] = outbox_rows(person_engine)
+    assert row.published_at is not None
+
+
+def test_a_mark_delay_past_half_the_sweep_grace_is_refused(fresh_config):
+    """A published row still unmarked must never look abandoned to a sweep."""
+    fresh_config.update(OUTBOX_MARK_DELAY=0.3, OUTBOX_SWEEP_GRACE=0.5)
+    container = ServiceContainer(OutboxProbe, fresh_config)
+    with pytest.raises(ValueError, match="OUTBOX_MARK_DELAY"):
+        container.start()
+    container.kill()
