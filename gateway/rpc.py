@@ -12,12 +12,12 @@ import time
 from functools import partial
 
 import eventlet
-from kombu import Connection
+from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import UnknownService
-from nameko.rpc import MethodProxy, RpcProxy
+from nameko.rpc import MethodProxy, ReplyListener, RpcProxy
 
 from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
 from reliable_events.rpc import DEADLINE_HEADER, rpc_consumers
@@ -121,8 +121,30 @@ class TimedServiceProxy:
                 events.pop(correlation_id, None)
 
 
+class TransientReplyListener(ReplyListener):
+    """Nameko's reply listener on a non-durable queue. Nameko's is durable, so
+    it lives on one node of a cluster; when that node is lost the gateway
+    cannot declare it again elsewhere ("home node is down") and gets no reply
+    until the node returns. A transient queue goes with its node, and the
+    reconnected listener declares it anew on a survivor; a reply in flight at
+    that moment is lost, and its request answered 504."""
+
+    def setup(self):
+        super().setup()
+        queue = self.queue
+        self.queue = Queue(
+            queue.name,
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            durable=False,
+            queue_arguments=queue.queue_arguments,
+        )
+
+
 class TimedRpcProxy(RpcProxy):
     """``RpcProxy`` whose calls fail within ``RPC_TIMEOUT`` seconds (config)."""
+
+    rpc_reply_listener = TransientReplyListener()
 
     def setup(self):
         self.timeout = float(self.container.config["RPC_TIMEOUT"])

@@ -5,6 +5,7 @@ its own, with no plugins and no config file; it never touches the machine's
 shared node. ``stop_app``/``start_app`` make an outage; ``stop`` removes it all.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -160,7 +161,18 @@ class RabbitNode:
 
 
 def amqp_connection(amqp_uri: str, confirm_publish: bool = False, connect_timeout: float = 10) -> amqp.Connection:
-    """A connected py-amqp connection to ``amqp://user:password@host:port/vhost``."""
+    """A connected py-amqp connection to ``amqp://user:password@host:port/vhost``;
+    to the first node that answers of a cluster's ``uri;uri;...``."""
+    *others, last = amqp_uri.split(";")
+    for uri in others:
+        try:
+            return _connect(uri, confirm_publish, min(connect_timeout, 2))
+        except (OSError, amqp.exceptions.AMQPError):
+            continue
+    return _connect(last, confirm_publish, connect_timeout)
+
+
+def _connect(amqp_uri: str, confirm_publish: bool, connect_timeout: float) -> amqp.Connection:
     url = urlsplit(amqp_uri)
     conn = amqp.Connection(
         host=f"{url.hostname}:{url.port or 5672}",
@@ -181,3 +193,124 @@ def message_count(amqp_uri: str, queue: str) -> int:
         return conn.channel().queue_declare(queue, passive=True).message_count
     finally:
         conn.close()
+
+
+class RabbitCluster:
+    """Three (``size``) private nodes joined in one cluster, on ports of their own.
+
+    Each node is a :class:`RabbitNode` (own directories, ports and config
+    file); the second and third join the first with ``rabbitmqctl
+    join_cluster``. The machine's shared node is never addressed: every
+    ``rabbitmqctl`` call names a node of this cluster. A vhost is cluster-wide,
+    and :meth:`amqp_uri` lists every node, so a client fails over to a survivor.
+    """
+
+    def __init__(self, size: int = 3, prefix: str = "cluster", run_id: str | None = None):
+        run_id = run_id or uuid.uuid4().hex[:8]
+        self.nodes = [RabbitNode(prefix=f"{prefix}{index}", run_id=run_id) for index in range(1, size + 1)]
+
+    def start(self) -> "RabbitCluster":
+        try:
+            for node in self.nodes:
+                node.start()
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                node.ctl("stop_app", timeout=120)
+                node.ctl("reset", timeout=120)
+                node.ctl("join_cluster", first.name, timeout=120)
+                node.ctl("start_app", timeout=120)
+            self.wait_running(len(self.nodes))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            self.resume(node)  # a paused node would not stop
+            node.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def running_nodes(self) -> list:
+        """Names of the nodes the cluster sees running, asked of any live node."""
+        for node in self.nodes:
+            if not node.app_running:
+                continue
+            try:
+                out = node.ctl("cluster_status", "--formatter", "json", timeout=15, check=False).stdout
+                names = json.loads(out).get("running_nodes", [])
+            except (subprocess.TimeoutExpired, ValueError):
+                continue
+            if names:
+                return names
+        return []
+
+    def wait_running(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.running_nodes()) != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not reach {count} running nodes: {self.running_nodes()}")
+            time.sleep(0.5)
+
+    # --- faults --------------------------------------------------------------------
+
+    def kill(self, node: RabbitNode) -> None:
+        """SIGKILL the node's VM: no goodbye to its peers or its clients."""
+        os.kill(node.pid, signal.SIGKILL)
+        node.pid_file.unlink(missing_ok=True)
+        node.app_running = False
+
+    def restart(self, node: RabbitNode) -> None:
+        """Start a node that was killed or stopped; it rejoins the cluster from its own data."""
+        node.pid_file.unlink(missing_ok=True)
+        node.start()
+
+    def pause(self, node: RabbitNode) -> None:
+        """SIGSTOP: the node holds its sockets open and answers nothing."""
+        os.kill(node.pid, signal.SIGSTOP)
+        node.app_running = False  # no rabbitmqctl call may wait on it
+
+    def resume(self, node: RabbitNode) -> None:
+        if node.pid is not None:
+            try:
+                os.kill(node.pid, signal.SIGCONT)
+                node.app_running = True
+            except ProcessLookupError:
+                pass
+
+    def stop_node(self, node: RabbitNode) -> None:
+        """A clean stop of one node (a rolling restart's step); its data stays."""
+        node.ctl("stop", str(node.pid_file), timeout=120)
+        node.app_running = False
+
+    # --- clients -------------------------------------------------------------------
+
+    def add_vhost(self, name: str | None = None) -> str:
+        """A vhost on the cluster (guest may use it); the AMQP URI listing every node."""
+        name = name or f"v-{uuid.uuid4().hex[:10]}"
+        self.nodes[0].add_vhost(name)
+        return self.amqp_uri(name)
+
+    def amqp_uri(self, vhost: str) -> str:
+        """``amqp://...node1;amqp://...node2;...``: kombu fails over through it in order."""
+        return ";".join(node.amqp_uri(vhost) for node in self.nodes)
+
+    def node_named(self, name: str) -> RabbitNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    def queue_leader(self, vhost: str, queue: str) -> RabbitNode:
+        """The node holding a quorum queue's leader."""
+        for node in self.nodes:
+            if not node.app_running:
+                continue
+            out = node.ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers", check=False).stdout
+            for line in out.splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == queue:
+                    return self.node_named(parts[1])
+        raise RuntimeError(f"no leader found for {queue}")

@@ -1,27 +1,42 @@
-"""Create each service's database if it is missing, then apply its migrations.
+"""Create each service's database if it is missing, then apply its migrations;
+and bring the broker's RPC queues to the type the services declare.
 
     python -m ops.migrate [--config config.yml] [person|score ...]
 
 The database URIs come from ``config.yml`` (``PERSON_DB_URI``, ``SCORE_DB_URI``).
 Safe to run again, and from two processes at once.
+
+The ``rpc-<service>`` queues and the event handlers' retry queues are quorum
+queues (``reliable_events.rpc``, ``reliable_events.handlers``); earlier
+versions declared them classic, and a queue cannot change type. A classic one
+left by an earlier version is deleted and declared again: an RPC queue if no
+service consumes from it, a retry queue once its messages have gone back to
+their event queue (see :func:`migrate_queue_types`).
 """
 
 import argparse
 import logging
 import sys
+import time
 
 import ops.quiet  # noqa: F401  (first: it silences eventlet's import-time banner)
 
 # isort: split
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from amqp.exceptions import PreconditionFailed
+from kombu import Connection, Queue
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from psycopg2 import errors as pg_errors
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from contracts.events import EVENT_TYPES, PERSON_EVENTS
 from ops.cli import fail
 from ops.config import load_config
+from reliable_events.handlers import retry_queues
+from reliable_events.rpc import RPC_QUEUE_ARGUMENTS
 
 _log = logging.getLogger("ops.migrate")
 
@@ -73,6 +88,64 @@ def migrate(config: dict, services=tuple(SERVICES)) -> None:
         _log.info("%s database is at the latest migration", service)
 
 
+def queues_of_a_type(config: dict, services) -> list:
+    """The queues whose type changed since earlier versions, as the services declare them."""
+    queues = [
+        Queue(f"rpc-{service}", durable=True, auto_delete=False, queue_arguments=RPC_QUEUE_ARGUMENTS)
+        for service in services
+    ]
+    if "score" in services:
+        delays = [float(delay) for delay in config["EVENT_RETRY_DELAYS"]]
+        for event_type in EVENT_TYPES:
+            queues += retry_queues(f"evt-{PERSON_EVENTS.service}-{event_type}--score.on_{event_type}", delays)
+    return queues
+
+
+def migrate_queue_types(config: dict, services=tuple(SERVICES), wait: float | None = None) -> list:
+    """Replace each queue of :func:`queues_of_a_type` that exists with another
+    type (classic, from an earlier version); the names of those replaced.
+
+    An RPC queue is replaced only if no service consumes from it. A retry
+    queue's messages go back to their event queue as they expire: it is
+    replaced once empty, waited for at most ``wait`` seconds (default: the
+    longest retry delay, and a margin).
+    """
+    if wait is None:
+        wait = max(float(delay) for delay in config["EVENT_RETRY_DELAYS"]) + 5
+    replaced = []
+    with Connection(config["AMQP_URI"], connect_timeout=5) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0)
+        for queue in queues_of_a_type(config, services):
+            try:
+                queue(conn.channel()).declare()
+                continue
+            except PreconditionFailed:
+                pass  # another type; that channel is closed now
+            channel = conn.channel()
+            deadline = time.monotonic() + wait
+            while True:
+                _, messages, consumers = channel.queue_declare(queue.name, passive=True)
+                if consumers and queue.name.startswith("rpc-"):
+                    raise RuntimeError(
+                        f"{queue.name} is a classic queue from an earlier version and {consumers} service "
+                        "instance(s) consume from it: stop them, then migrate again."
+                    )
+                # An RPC queue's requests are past their deadline or close to it: their callers get 504.
+                if not messages or queue.name.startswith("rpc-"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{queue.name} is a classic queue from an earlier version and still holds {messages} "
+                        f"message(s) after {wait:.0f}s: is an earlier score still running? Stop it, then migrate again."
+                    )
+                time.sleep(0.5)
+            channel.queue_delete(queue.name)
+            queue(channel).declare()
+            replaced.append(queue.name)
+            _log.info("%s is now a quorum queue", queue.name)
+    return replaced
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="path to config.yml (default: the repository's)")
@@ -82,10 +155,19 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown service(s): {', '.join(sorted(unknown))}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    config = load_config(args.config)
+    services = args.services or list(SERVICES)
     try:
-        migrate(load_config(args.config), args.services or list(SERVICES))
+        migrate(config, services)
     except OperationalError as exc:  # PostgreSQL down, or refusing us
         return fail("migrate", f"PostgreSQL is unreachable ({str(exc.orig).strip().splitlines()[0]}).")
+    try:
+        migrate_queue_types(config, services)
+    except (BrokerUnreachable, OSError) as exc:
+        # The services wait for the broker themselves; only an old queue type would stop them.
+        _log.warning("RabbitMQ is unreachable (%s): the RPC queues were not checked", exc)
+    except RuntimeError as exc:
+        return fail("migrate", str(exc))
     return 0
 
 

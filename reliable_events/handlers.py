@@ -73,8 +73,39 @@ LAST_ERROR = "x-last-error"
 DEAD_REASON = "x-dead-reason"
 
 
+# Quorum, like the event queues: a classic queue lives on one node, and while
+# that node is down no consumer can declare it, so the handler could not start
+# consuming again. An expired message goes back to its event queue at least
+# once (the broker keeps it until the event queue has taken it), which needs
+# reject-publish overflow.
+RETRY_QUEUE_ARGUMENTS = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
 def retry_queue_name(queue_name: str, attempt: int) -> str:
     return f"{queue_name}.retry.{attempt}"
+
+
+def retry_queues(queue_name: str, delays) -> list:
+    """The retry queues of an event queue: the n-th holds a failed event for the
+    n-th delay, then hands it back to the event queue."""
+    return [
+        Queue(
+            retry_queue_name(queue_name, attempt),
+            durable=True,
+            auto_delete=False,
+            queue_arguments={
+                **RETRY_QUEUE_ARGUMENTS,
+                "x-message-ttl": int(delay * 1000),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue_name,
+            },
+        )
+        for attempt, delay in enumerate(delays, start=1)
+    ]
 
 
 def dead_letter_queue_name(queue_name: str) -> str:
@@ -145,19 +176,7 @@ class ReliableEventHandler(EventHandler):
                 "x-dead-letter-routing-key": dead_letter_queue_name(name),
             },
         )
-        self.retry_queues = [
-            Queue(
-                retry_queue_name(name, attempt),
-                durable=True,
-                auto_delete=False,
-                queue_arguments={
-                    "x-message-ttl": int(delay * 1000),
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": name,
-                },
-            )
-            for attempt, delay in enumerate(self.retry_delays, start=1)
-        ]
+        self.retry_queues = retry_queues(name, self.retry_delays)
         self.dead_letters = dead_letter_queue(name)
         self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
         # Declared whenever the consumer (re)declares the main queue, so the

@@ -22,16 +22,39 @@ import logging
 import time
 
 from amqp.exceptions import ChannelError
+from kombu import Queue
 from kombu.exceptions import OperationalError
-from nameko.rpc import Rpc
+from nameko.rpc import Rpc, RpcConsumer
 
 _log = logging.getLogger(__name__)
 
 
 DEADLINE_HEADER = "x-deadline"
+# A quorum queue: replicated on every node of a cluster, so requests keep
+# flowing when the node that declared it is lost (Nameko's classic queue
+# lives on one node, and while that node is down no node can serve it).
+RPC_QUEUE_ARGUMENTS = {"x-queue-type": "quorum"}
+
+
+class QuorumRpcConsumer(RpcConsumer):
+    """Nameko's RPC consumer, on a quorum ``rpc-<service>`` queue."""
+
+    def setup(self):
+        if self.queue is None:
+            super().setup()
+            queue = self.queue
+            self.queue = Queue(
+                queue.name,
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                durable=True,
+                queue_arguments=RPC_QUEUE_ARGUMENTS,
+            )
 
 
 class ResilientRpc(Rpc):
+    rpc_consumer = QuorumRpcConsumer()
+
     def handle_message(self, body, message):
         deadline = (message.headers or {}).get(DEADLINE_HEADER)
         if deadline is not None and time.time() > float(deadline):

@@ -7,14 +7,16 @@ import time
 import uuid
 from pathlib import Path
 
+import amqp
 import pytest
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from harness.processes import ROOT
 from harness.rabbit import message_count
-from ops.migrate import migrate
+from ops.migrate import migrate, migrate_queue_types, queues_of_a_type
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +120,35 @@ def test_reset_drops_the_databases_and_the_queues(throwaway):
     assert result.returncode == 0, result.stderr
     assert databases_left(uris) == set()
     assert "deleted 2 queues" in result.stdout, result.stdout
+
+
+def test_migrate_turns_the_classic_queues_of_an_earlier_version_into_quorum_queues(fresh_config):
+    """A queue cannot change type: migrate replaces an idle classic ``rpc-<service>``
+    and refuses while a service still consumes from it; it replaces a classic
+    retry queue once its messages have gone back to their event queue."""
+    config = {**fresh_config, "EVENT_RETRY_DELAYS": [0.5, 1]}
+    event_queue = "evt-person-income_added--score.on_income_added"
+    retry = f"{event_queue}.retry.1"
+    with Connection(config["AMQP_URI"]) as conn:
+        channel = conn.channel()
+        for name in ("rpc-person", "rpc-score"):
+            channel.queue_declare(name, durable=True, auto_delete=False)  # classic, as Nameko declares it
+        channel.queue_declare(event_queue, durable=True, auto_delete=False)
+        arguments = {"x-message-ttl": 500, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": event_queue}
+        channel.queue_declare(retry, durable=True, auto_delete=False, arguments=arguments)  # classic, as before
+        channel.basic_publish(amqp.Message("a failed event", delivery_mode=2), exchange="", routing_key=retry)
+        consumer = conn.channel()
+        consumer.basic_consume("rpc-score", callback=lambda message: None)
+
+        with pytest.raises(RuntimeError, match="rpc-score is a classic queue .* 1 service instance"):
+            migrate_queue_types(config)
+        consumer.close()
+        # rpc-person, idle, was replaced before the refusal; the rest now.
+        assert migrate_queue_types(config) == ["rpc-score", retry]
+        assert migrate_queue_types(config) == []  # and again: nothing to do
+
+        assert message_count(config["AMQP_URI"], event_queue) == 1  # the waiting event went back, not lost
+        for queue in queues_of_a_type(config, ("person", "score")):
+            queue(conn.channel()).declare()  # succeeds only as the type the services declare
+        with pytest.raises(PreconditionFailed):
+            conn.channel().queue_declare("rpc-person", durable=True, auto_delete=False)

@@ -240,7 +240,7 @@ def test_migrate_runs_once(services):
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("migrate", {"postgres": "service_healthy"}),
+        ("migrate", {"postgres": "service_healthy", "rabbitmq": "service_healthy"}),
         ("person", {"rabbitmq": "service_healthy", "migrate": "service_completed_successfully"}),
         ("score", {"rabbitmq": "service_healthy", "migrate": "service_completed_successfully"}),
         ("gateway", {"rabbitmq": "service_healthy", "person": "service_healthy", "score": "service_healthy"}),

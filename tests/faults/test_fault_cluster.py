@@ -1,0 +1,154 @@
+"""No single point of failure: the system on a three-node RabbitMQ cluster, with a
+node killed under continuous writes through the gateway.
+
+The cluster is three private nodes on this machine (``harness.rabbit.RabbitCluster``:
+ports, data and config of their own; the machine's node is never touched). The
+services get every node in ``AMQP_URI`` and fail over to a survivor. Every
+scenario ends with the suite's invariant (``harness.faults.Invariant``): each
+write answered 201 stored once in person and applied once in score, nothing
+doubled, nothing invented; and records how long writes failed.
+
+Where the queues live: the event queues and the ``rpc-<service>`` queues are
+quorum queues, replicated on every node (a leader moves to a survivor); reply
+and notice queues are transient and are declared again wherever their owner
+reconnects.
+"""
+
+import time
+
+import pytest
+
+from harness.cpf import cpfs
+from harness.faults import INCOME_QUEUE, FaultSystem, Invariant, Load, lost_and_doubled, wait_for
+from harness.rabbit import RabbitCluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(400)]
+
+# The issue's target for a node lost; asserted with a generous margin, reported exactly.
+ANSWERED_AGAIN_BOUND = 5 + 10
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with RabbitCluster(prefix="cluster") as running:
+        yield running
+
+
+@pytest.fixture
+def nodes(cluster):
+    """The cluster, every node running again after the test whatever happened."""
+    yield cluster
+    for node in cluster.nodes:
+        cluster.resume(node)
+        if node.pid is None:
+            cluster.restart(node)
+    cluster.wait_running(len(cluster.nodes))
+
+
+@pytest.fixture
+def cluster_system(nodes, db_uris, clean_databases, tmp_path):
+    vhost_uri = nodes.add_vhost()
+    running = FaultSystem(vhost_uri, db_uris, tmp_path / "logs")
+    try:
+        yield running
+    finally:
+        running.stop_all()
+        nodes.nodes[0].delete_vhost(running.vhost)
+
+
+def uri_from(cluster, vhost, first) -> str:
+    """The cluster's URI list starting at node ``first`` (clients connect to the first that answers)."""
+    order = cluster.nodes[first:] + cluster.nodes[:first]
+    return ";".join(node.amqp_uri(vhost) for node in order)
+
+
+def start(system, cluster, score_on: int, others_on: int) -> None:
+    """Score first (it declares the event queues, whose leaders start on its node), then person and gateway."""
+    system.start("score", AMQP_URI=uri_from(cluster, system.vhost, score_on))
+    for service in ("person", "gateway"):
+        system.start(service, AMQP_URI=uri_from(cluster, system.vhost, others_on))
+    system.wait_gateway(timeout=90)
+
+
+def under_load(system, invariant, fault, restore, report, name, **facts):
+    """Writes run all along; ``fault()`` then ``restore()``; the invariant must hold."""
+    people = cpfs(4)
+    system.create_people(people)
+    load = Load([system.url], people, total=100_000, workers=4, pause=0.05).start()
+    try:
+        wait_for(lambda: load.accepted_count() >= 20, 60, "20 writes accepted before the fault", on_timeout=system.logs)
+        fault_at = time.monotonic()
+        fault()
+
+        def answered_after(moment):
+            return [w for w in load.accepted if w.started >= moment]
+
+        wait_for(
+            lambda: answered_after(fault_at + 0.5),
+            60,
+            "a write accepted after the fault",
+            0.1,
+            lambda: f"statuses {load.statuses()}\n{system.logs()}",
+        )
+        answered_again = min(w.ended for w in answered_after(fault_at + 0.5)) - fault_at
+        restore()
+        restored_at = time.monotonic()
+        wait_for(
+            lambda: len(answered_after(restored_at)) >= 20,
+            90,
+            "20 writes accepted after the cluster was whole again",
+            0.2,
+            lambda: f"statuses {load.statuses()}\n{system.logs()}",
+        )
+    finally:
+        load.stop()
+        load.wait(60)
+    failed = [w for w in load.writes if w.status != 201 and w.started >= fault_at]
+    assert not load.unexpected(), [vars(w) for w in load.unexpected()][:5]
+    snap, recovered = invariant.wait(load.writes, restored_at, timeout=120)
+    report(
+        name,
+        writes=len(load.writes),
+        statuses=load.statuses(),
+        failed_after_fault=len(failed),
+        writes_answered_again_after_s=round(answered_again, 2),
+        recovery_after_restore_s=round(recovered, 2),
+        **facts,
+        **lost_and_doubled(snap),
+    )
+    return answered_again
+
+
+def test_connected_node_killed(cluster_system, nodes, person_engine, score_engine, report):
+    """SIGKILL the node person and the gateway are connected to (rpc-person's leader too)."""
+    start(cluster_system, nodes, score_on=1, others_on=0)
+    victim = nodes.nodes[0]
+    invariant = Invariant(person_engine, score_engine, cluster_system)
+    answered_again = under_load(
+        cluster_system,
+        invariant,
+        lambda: nodes.kill(victim),
+        lambda: nodes.restart(victim),
+        report,
+        "cluster: the services' node killed",
+        killed=victim.name,
+    )
+    assert answered_again < ANSWERED_AGAIN_BOUND
+
+
+def test_event_queue_leader_node_killed(cluster_system, nodes, person_engine, score_engine, report):
+    """SIGKILL the node holding the event queues' leaders (score's node)."""
+    start(cluster_system, nodes, score_on=2, others_on=0)
+    victim = nodes.queue_leader(cluster_system.vhost, INCOME_QUEUE)
+    assert victim is nodes.nodes[2], f"the leader is on {victim.name}"
+    invariant = Invariant(person_engine, score_engine, cluster_system)
+    answered_again = under_load(
+        cluster_system,
+        invariant,
+        lambda: nodes.kill(victim),
+        lambda: nodes.restart(victim),
+        report,
+        "cluster: the event queues' leader node killed",
+        killed=victim.name,
+    )
+    assert answered_again < ANSWERED_AGAIN_BOUND
