@@ -26,6 +26,7 @@ from bench.data import person_body
 from bench.stats import summary
 from harness import databases
 from harness.processes import ROOT, CpuMeter, System
+from harness.rabbit import RabbitCluster
 
 log = logging.getLogger("bench")
 
@@ -40,6 +41,7 @@ class Pipeline:
     committed_sql: str  # income ids/events committed between two database times
     applied_sql: str  # (count, last applied time) of those in score
     cleanup: list = field(default_factory=list)  # what stop() undoes, last first
+    broker_pids: object = None  # () -> the broker's pids, when not the bench's node (a cluster)
 
     def _query(self, key, sql, params=()):
         conn = databases.connect(self.db_uris[key])
@@ -141,6 +143,26 @@ def start_revision(system, revision: str, log_dir) -> Pipeline:
     return pipeline
 
 
+CLUSTER = "system on 3 nodes"
+
+
+def start_cluster(system, log_dir) -> Pipeline:
+    """This system on a three-node RabbitMQ cluster of its own (private nodes,
+    as in the fault suite), with databases of its own; named :data:`CLUSTER`."""
+    cluster = RabbitCluster(prefix="benchcl", run_id=system.run_id).start()
+    try:
+        uris = databases.create_databases("cl", system.run_id)
+        services = System(cluster.add_vhost("bench"), uris, log_dir, **system.service_env)
+        services.start_all(timeout=90)
+    except BaseException:
+        cluster.stop()
+        raise
+    pipeline = system_pipeline(system, services, uris, name=CLUSTER)
+    pipeline.cleanup = [cluster.stop]
+    pipeline.broker_pids = lambda: [node.pid for node in cluster.nodes if node.pid]
+    return pipeline
+
+
 def create_people(pipeline: Pipeline, people: list, timeout: float = 60) -> None:
     """Through the pipeline's API; the plain gateway's /health knows nothing of
     person, so the first creation is retried until person answers (bounded)."""
@@ -165,7 +187,7 @@ def _meter(pipeline: Pipeline, node) -> CpuMeter:
         for name in services.processes
     }
     groups["postgres"] = databases.server_pids
-    groups["rabbitmq"] = lambda: [node.pid] if node.pid else []
+    groups["rabbitmq"] = pipeline.broker_pids or (lambda: [node.pid] if node.pid else [])
     groups["bench"] = lambda: [os.getpid()]
     return CpuMeter(groups)
 

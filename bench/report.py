@@ -294,6 +294,40 @@ def compare_rows(compare: dict | None) -> list:
                 )
             )
     rows.extend(ab_rows(compare))
+    rows.extend(cluster_rows(compare))
+    return rows
+
+
+def cluster_rows(compare: dict) -> list:
+    """This system on a three-node RabbitMQ cluster against the single node, same run."""
+    from bench.compare import CLUSTER
+
+    if CLUSTER not in compare:
+        return []
+    rows = []
+    S = "12 a three-node RabbitMQ cluster against the single node, same run, alternating rounds"
+    for c in sorted(compare["system"], key=int):
+        one, three = compare["system"][c], compare[CLUSTER][c]
+        rows.append(_row(S, f"c={c} single node: writes/s applied", one["writes_per_sec"], "writes/s"))
+        rows.append(_row(S, f"c={c} three nodes: writes/s applied", three["writes_per_sec"], "writes/s"))
+        rows.append(
+            _ratio_row(
+                S,
+                f"c={c} writes/s: three nodes / single node",
+                three["writes_per_sec"]["median"],
+                one["writes_per_sec"]["median"],
+            )
+        )
+        was, now = one["cpu_ms_per_write_total"]["median"], three["cpu_ms_per_write_total"]["median"]
+        rows.append(
+            _row(
+                S,
+                f"c={c} CPU per write, all: single -> three nodes",
+                {"median": now},
+                "ms CPU/write",
+                f"single {_fmt(was)} ms",
+            )
+        )
     return rows
 
 

@@ -89,6 +89,7 @@ def parse_args(argv):
         metavar="REV",
         help="also run this system at git revision REV beside the working tree's, alternating (an A/B)",
     )
+    parser.add_argument("--no-cluster", action="store_true", help="leave out the run on a three-node RabbitMQ cluster")
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs (printed path)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each measure as it is taken")
     return parser.parse_args(argv)
@@ -112,11 +113,13 @@ class _Done(Exception):
     """The sections asked for (--only) are done."""
 
 
-def run_compare(system: BenchSystem, people: list, p, ab: str | None = None) -> dict:
+def run_compare(system: BenchSystem, people: list, p, ab: str | None = None, cluster: bool = True) -> dict:
     started = [compare.start_plain(system, system.log_dir / "plain")]
     try:
         if ab:
             started.append(compare.start_revision(system, ab, system.log_dir / "ab"))
+        if cluster:
+            started.append(compare.start_cluster(system, system.log_dir / "cluster"))
         for pipeline in started:
             compare.create_people(pipeline, people)
         pipelines = [*started, compare.system_pipeline(system)]
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
         people = cpfs(p.people, start=200000011)
         system.create_people(people)
         if args.only == "compare":
-            results["compare"] = run_compare(system, people, p, args.ab)
+            results["compare"] = run_compare(system, people, p, args.ab, not args.no_cluster)
             raise _Done()
         results["write_path"] = scenarios.write_path(system, people, p)
         best_c, best = max(((c, w["rps"]["median"]) for c, w in results["write_path"].items()), key=lambda t: t[1])
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
             name.split(".")[0]: None if mib is None else mib * 1024 * 1024 / report.MB
             for name, mib in system.services.peak_rss_mib().items()
         }
-        results["compare"] = run_compare(system, people, p, args.ab)
+        results["compare"] = run_compare(system, people, p, args.ab, not args.no_cluster)
         if args.profile:
             results["profile"] = run_profile(system, people, best_c, p.profile_seconds, args.json.parent)
     except _Done:

@@ -30,7 +30,6 @@ CONSUMER_CHECK_TTL = 1.0  # seconds
 class _FailFastPublisher(Publisher):
     # One reconnect attempt, no multi-second back-off: the caller has a deadline.
     transport_options = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
-    retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
 class _TimedMethodProxy(MethodProxy):
@@ -73,7 +72,19 @@ class TimedServiceProxy:
         try:
             try:
                 self._check_consumers(target)
-                reply = method.call_async(*args, **kwargs)
+                # Published from a greenthread of its own: if the deadline fires
+                # mid-publish against a frozen node (paused: the connection stays
+                # open and nothing answers), kombu then closes that connection
+                # gracefully, waiting for the node as long as it stays frozen.
+                # The caller is answered at its deadline all the same; the
+                # publish ends whenever the node does (too late to run: the
+                # request carries the deadline).
+                publishing = eventlet.spawn(method.call_async, *args, **kwargs)
+                try:
+                    reply = publishing.wait()
+                except eventlet.Timeout:
+                    publishing.link(self._forget_when_published)
+                    raise
             except UnknownService:
                 raise ServiceUnavailable(f"{target}: the service is not running.") from None
             except (OperationalError, OSError) as exc:
@@ -101,16 +112,30 @@ class TimedServiceProxy:
         amqp_uri = self._worker_ctx.container.config[AMQP_URI_CONFIG_KEY]
         # A connection of its own, not the pool's: after a broker restart a
         # pooled connection is the dead one from before the outage.
+        conn = Connection(amqp_uri, connect_timeout=2)
         try:
-            with Connection(amqp_uri, connect_timeout=2) as conn:
-                conn.ensure_connection(max_retries=1, interval_start=0)
-                consumers = rpc_consumers(conn, self._service_name)
-        except (OperationalError, OSError, AttributeError) as exc:
-            raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc!r}).") from None
+            conn.ensure_connection(max_retries=1, interval_start=0)
+            consumers = rpc_consumers(conn, self._service_name)
+        except BaseException as exc:
+            # Dropped without the closing handshake: a node that is frozen
+            # (paused, overloaded) accepts the TCP connection and then never
+            # answers, and a graceful close would wait for it past the caller's
+            # deadline, which has already fired.
+            conn.collect()
+            if isinstance(exc, (OperationalError, OSError, AttributeError)):
+                raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc!r}).") from None
+            raise
+        conn.release()
         if not consumers:
             self._consumers_seen.pop(self._service_name, None)
             raise ServiceUnavailable(f"{target}: no {self._service_name} instance is running.")
         self._consumers_seen[self._service_name] = time.monotonic()
+
+    def _forget_when_published(self, publishing):
+        try:
+            self._forget(publishing.wait())
+        except BaseException:  # noqa: BLE001  (it never reached the broker: nothing to forget)
+            pass
 
     def _forget(self, reply):
         # A reply that comes after the deadline is dropped by the listener;

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import amqp
 
-from harness.processes import free_port
+from harness.processes import ROOT, free_port
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 class RabbitNode:
     """One ``rabbitmq-server -detached`` node; use as a context manager or call start/stop."""
 
-    def __init__(self, prefix: str = "harness", run_id: str | None = None):
+    def __init__(self, prefix: str = "harness", run_id: str | None = None, config: str = ""):
+        self.config = config  # rabbitmq.conf lines of its own (none by default)
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.name = f"{prefix}-{self.run_id}@localhost"
         self.port = free_port()
@@ -72,8 +73,10 @@ class RabbitNode:
             "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_PID_FILE": str(self.pid_file),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.dir / "none"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / ("rabbitmq.conf" if self.config else "none")),
         }
+        if self.config:
+            (self.dir / "rabbitmq.conf").write_text(self.config)
         started = time.monotonic()
         # The detached node inherits stdout/stderr: a pipe there would never reach
         # EOF, so they go to a file.
@@ -195,6 +198,28 @@ def message_count(amqp_uri: str, queue: str) -> int:
         conn.close()
 
 
+def cluster_uri(node_uris: list) -> str:
+    """``amqp://...node1;amqp://...node2;...``, as compose's ``AMQP_URI`` for a
+    cluster: kombu fails over through it in order."""
+    return ";".join(node_uris)
+
+
+COMPOSE_CLUSTER_CONF = ROOT / "docker" / "rabbitmq-cluster.conf"
+
+
+def node_settings(conf: Path = COMPOSE_CLUSTER_CONF) -> str:
+    """The compose cluster's node settings (``docker/rabbitmq-cluster.conf``),
+    less its peer discovery, which names the containers' hosts: the nodes here
+    join with ``rabbitmqctl join_cluster`` instead. One file, so the cluster
+    the tests break is configured as the one compose runs."""
+    lines = [
+        line
+        for line in conf.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and not line.startswith("cluster_formation.")
+    ]
+    return "\n".join(lines) + "\n"
+
+
 class RabbitCluster:
     """Three (``size``) private nodes joined in one cluster, on ports of their own.
 
@@ -207,7 +232,10 @@ class RabbitCluster:
 
     def __init__(self, size: int = 3, prefix: str = "cluster", run_id: str | None = None):
         run_id = run_id or uuid.uuid4().hex[:8]
-        self.nodes = [RabbitNode(prefix=f"{prefix}{index}", run_id=run_id) for index in range(1, size + 1)]
+        config = node_settings()
+        self.nodes = [
+            RabbitNode(prefix=f"{prefix}{index}", run_id=run_id, config=config) for index in range(1, size + 1)
+        ]
 
     def start(self) -> "RabbitCluster":
         try:
@@ -297,8 +325,7 @@ class RabbitCluster:
         return self.amqp_uri(name)
 
     def amqp_uri(self, vhost: str) -> str:
-        """``amqp://...node1;amqp://...node2;...``: kombu fails over through it in order."""
-        return ";".join(node.amqp_uri(vhost) for node in self.nodes)
+        return cluster_uri([node.amqp_uri(vhost) for node in self.nodes])
 
     def node_named(self, name: str) -> RabbitNode:
         return next(node for node in self.nodes if node.name == name)

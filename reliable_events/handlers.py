@@ -45,6 +45,7 @@ import threading
 from datetime import UTC, datetime
 from functools import partial
 
+from amqp.exceptions import AMQPError
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
@@ -134,6 +135,22 @@ class ReliableQueueConsumer(QueueConsumer):
     @property
     def prefetch_count(self):
         return max(self.container.max_workers, int(self.container.config["EVENT_PREFETCH"]))
+
+    def ack_message(self, message):
+        # Nameko ignores only amqp's ConnectionError; a socket reset by a node
+        # that is going away (a restart, a cluster node stopped) would end the
+        # worker's thread and with it the whole service. Unacked, the message
+        # comes back after the reconnect and the inbox skips it.
+        try:
+            super().ack_message(message)
+        except (OSError, AMQPError) as exc:
+            _log.warning("could not ack a message (%r); the broker will deliver it again", exc)
+
+    def requeue_message(self, message):
+        try:
+            super().requeue_message(message)
+        except (OSError, AMQPError) as exc:
+            _log.warning("could not requeue a message (%r); the broker will deliver it again", exc)
 
     def on_decode_error(self, message, exc):
         info = message.delivery_info

@@ -16,6 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
+from harness.rabbit import COMPOSE_CLUSTER_CONF, cluster_uri, node_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
@@ -316,7 +318,6 @@ def test_cluster_has_three_nodes_sharing_one_config_and_cookie(cluster):
         assert f"rabbit@{name}" in conf
         assert any("rabbitmq-cluster.conf:/etc/rabbitmq/conf.d/" in v for v in node["volumes"])
         assert "RABBITMQ_ERLANG_COOKIE" in _as_dict(node["environment"])
-    assert "quorum_queue.initial_cluster_size = 3" in conf
 
 
 @pytest.mark.parametrize("name", NAMEKO_SERVICES)
@@ -327,6 +328,28 @@ def test_cluster_services_can_fail_over_to_every_node(cluster, name):
     assert {dep: cond["condition"] for dep, cond in service["depends_on"].items()} == {
         f"rabbitmq-{i}": "service_healthy" for i in (1, 2, 3)
     }
+
+
+# The cluster the fault suite breaks (harness.rabbit.RabbitCluster) is the one
+# compose runs: the same node settings, the same AMQP_URI shape.
+
+AMQP_LIST = re.compile(r"^amqp://[^;@/]+@[^;:/]+:[0-9]+/[^;]*(;amqp://[^;@/]+@[^;:/]+:[0-9]+/[^;]*){2}$")
+
+
+def test_the_test_cluster_nodes_run_the_compose_cluster_settings():
+    settings = [line for line in node_settings().splitlines() if line]
+    conf = [line for line in COMPOSE_CLUSTER_CONF.read_text().splitlines() if line and not line.startswith("#")]
+    # Everything compose sets but how nodes find each other (the tests join them by hand).
+    assert settings == [line for line in conf if not line.startswith("cluster_formation.")]
+
+
+def test_the_test_cluster_uri_has_the_compose_shape(cluster):
+    compose_uri = _as_dict(cluster["services"]["person"]["environment"])["AMQP_URI"]
+    as_compose_fills_it = re.sub(r"\$\{[^}]+\}", "guest", compose_uri).strip()
+    assert AMQP_LIST.match(as_compose_fills_it), as_compose_fills_it
+    nodes = [f"amqp://guest:guest@127.0.0.1:{port}/v-test" for port in (5701, 5702, 5703)]
+    assert AMQP_LIST.match(cluster_uri(nodes))
+    assert not AMQP_LIST.match(";".join(nodes[:2]))  # the check can fail
 
 
 # --- Protected endpoints and observability -----------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from contracts.events import PERSON_EVENTS
 from observability.metrics import EVENTS_APPLIED, EVENTS_DUPLICATE
-from reliable_events.handlers import ReliableEventHandler
+from reliable_events.handlers import ReliableEventHandler, ReliableQueueConsumer
 
 EVENT = PERSON_EVENTS.parse(PERSON_EVENTS.new("income_added", "52998224725", 2, {"item_id": 1, "value": "1.00"}))
 
@@ -32,3 +32,23 @@ def test_an_event_twice_in_one_batch_counts_once(caplog, applied):
     assert lines == [f"applied event {EVENT['event_id']} income_added cpf=52998224725 sequence=2"]
     assert counted(EVENTS_APPLIED) - applied_before == 1
     assert counted(EVENTS_DUPLICATE) - duplicates_before == 1
+
+
+@pytest.mark.parametrize("failure", [ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "")])
+def test_an_ack_on_a_connection_the_broker_reset_does_not_end_the_service(caplog, failure):
+    """A node going away mid-ack (seen in the cluster's rolling restart): Nameko
+    lets a socket error through, which ends the worker's thread and the service
+    with it. The message stays unacked, comes back, and the inbox skips it."""
+
+    def ack():
+        raise failure
+
+    message = types.SimpleNamespace(channel=types.SimpleNamespace(connection=object()), ack=ack, requeue=ack)
+    consumer = ReliableQueueConsumer()
+    with caplog.at_level(logging.WARNING, logger="reliable_events.handlers"):
+        consumer.ack_message(message)
+        consumer.requeue_message(message)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "could not ack a message",
+        "could not requeue a message",
+    ]
