@@ -12,7 +12,7 @@ import time
 from functools import partial
 
 import eventlet
-from kombu import Connection, Queue
+from kombu import Connection
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
@@ -20,6 +20,7 @@ from nameko.exceptions import UnknownService
 from nameko.rpc import MethodProxy, ReplyListener, RpcProxy
 
 from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
+from reliable_events.queues import redeclared
 from reliable_events.rpc import DEADLINE_HEADER, rpc_consumers
 
 _log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ CONSUMER_CHECK_TTL = 1.0  # seconds
 class _FailFastPublisher(Publisher):
     # One reconnect attempt, no multi-second back-off: the caller has a deadline.
     transport_options = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+    retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
 class _TimedMethodProxy(MethodProxy):
@@ -156,14 +158,7 @@ class TransientReplyListener(ReplyListener):
 
     def setup(self):
         super().setup()
-        queue = self.queue
-        self.queue = Queue(
-            queue.name,
-            exchange=queue.exchange,
-            routing_key=queue.routing_key,
-            durable=False,
-            queue_arguments=queue.queue_arguments,
-        )
+        self.queue = redeclared(self.queue, durable=False, queue_arguments=self.queue.queue_arguments)
 
 
 class TimedRpcProxy(RpcProxy):

@@ -1,5 +1,5 @@
 """Create each service's database if it is missing, then apply its migrations;
-and bring the broker's RPC queues to the type the services declare.
+and bring the broker's RPC and retry queues to the type the services declare.
 
     python -m ops.migrate [--config config.yml] [person|score ...]
 
@@ -32,9 +32,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from contracts.events import EVENT_TYPES, PERSON_EVENTS
 from ops.cli import fail
 from ops.config import load_config
+from ops.queues import event_queues
 from reliable_events.handlers import retry_queues
 from reliable_events.rpc import RPC_QUEUE_ARGUMENTS
 
@@ -96,8 +96,8 @@ def queues_of_a_type(config: dict, services) -> list:
     ]
     if "score" in services:
         delays = [float(delay) for delay in config["EVENT_RETRY_DELAYS"]]
-        for event_type in EVENT_TYPES:
-            queues += retry_queues(f"evt-{PERSON_EVENTS.service}-{event_type}--score.on_{event_type}", delays)
+        for queue in event_queues():
+            queues += retry_queues(queue, delays)
     return queues
 
 
@@ -165,7 +165,7 @@ def main(argv=None):
         migrate_queue_types(config, services)
     except (BrokerUnreachable, OSError) as exc:
         # The services wait for the broker themselves; only an old queue type would stop them.
-        _log.warning("RabbitMQ is unreachable (%s): the RPC queues were not checked", exc)
+        _log.warning("RabbitMQ is unreachable (%s): the queues' types were not checked", exc)
     except RuntimeError as exc:
         return fail("migrate", str(exc))
     return 0

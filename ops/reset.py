@@ -21,9 +21,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError as DatabaseUnreachable
 
-from contracts.events import EVENT_TYPES, PERSON_EVENTS
 from ops.cli import fail, safe_uri
 from ops.config import load_config
+from ops.queues import event_queues
 from reliable_events.handlers import dead_letter_queue_name, retry_queue_name
 
 PROG = "reset"
@@ -33,8 +33,7 @@ def queue_names(config: dict) -> list:
     """Every durable queue the services declare (the gateways' notice and reply
     queues go away with their connections)."""
     names = ["rpc-person", "rpc-score"]
-    for event_type in EVENT_TYPES:
-        queue = f"evt-{PERSON_EVENTS.service}-{event_type}--score.on_{event_type}"
+    for queue in event_queues():
         names += [queue, dead_letter_queue_name(queue)]
         names += [retry_queue_name(queue, n) for n in range(1, len(config["EVENT_RETRY_DELAYS"]) + 1)]
     return names

@@ -64,6 +64,7 @@ from observability.metrics import (
 )
 from reliable_events.envelope import EventSource, MalformedEvent
 from reliable_events.outbox import CALL_ID_STACK_HEADER
+from reliable_events.queues import redeclared
 
 _log = logging.getLogger(__name__)
 
@@ -179,10 +180,8 @@ class ReliableEventHandler(EventHandler):
         self.retry_delays = [float(d) for d in config["EVENT_RETRY_DELAYS"]]
         limit = int(config["EVENT_DELIVERY_LIMIT"])
         name = self.queue.name
-        self.queue = Queue(
-            name,
-            exchange=self.queue.exchange,
-            routing_key=self.queue.routing_key,
+        self.queue = redeclared(
+            self.queue,
             durable=True,
             auto_delete=False,
             queue_arguments={

@@ -22,9 +22,10 @@ import logging
 import time
 
 from amqp.exceptions import ChannelError
-from kombu import Queue
 from kombu.exceptions import OperationalError
 from nameko.rpc import Rpc, RpcConsumer
+
+from reliable_events.queues import redeclared
 
 _log = logging.getLogger(__name__)
 
@@ -42,14 +43,7 @@ class QuorumRpcConsumer(RpcConsumer):
     def setup(self):
         if self.queue is None:
             super().setup()
-            queue = self.queue
-            self.queue = Queue(
-                queue.name,
-                exchange=queue.exchange,
-                routing_key=queue.routing_key,
-                durable=True,
-                queue_arguments=RPC_QUEUE_ARGUMENTS,
-            )
+            self.queue = redeclared(self.queue, durable=True, queue_arguments=RPC_QUEUE_ARGUMENTS)
 
 
 class ResilientRpc(Rpc):

@@ -130,37 +130,27 @@ def under_load(system, invariant, fault, restore, report, name, seen=None, **fac
     return answered_again
 
 
-def test_connected_node_killed(cluster_system, nodes, person_engine, score_engine, report):
-    """SIGKILL the node person and the gateway are connected to (rpc-person's leader too)."""
-    start(cluster_system, nodes, score_on=1, others_on=0)
-    victim = nodes.nodes[0]
+@pytest.mark.parametrize("victim", ["services' node", "event queues' leader node"])
+def test_node_killed(victim, cluster_system, nodes, person_engine, score_engine, report):
+    """SIGKILL, then restart: the node person and the gateway are connected to
+    (rpc-person's leader too), or the node holding the event queues' leaders
+    (score's node)."""
+    if victim == "services' node":
+        start(cluster_system, nodes, score_on=1, others_on=0)
+        node = nodes.nodes[0]
+    else:
+        start(cluster_system, nodes, score_on=2, others_on=0)
+        node = nodes.queue_leader(cluster_system.vhost, INCOME_QUEUE)
+        assert node is nodes.nodes[2], f"the leader is on {node.name}"
     invariant = Invariant(person_engine, score_engine, cluster_system)
     answered_again = under_load(
         cluster_system,
         invariant,
-        lambda: nodes.kill(victim),
-        lambda: nodes.restart(victim),
+        lambda: nodes.kill(node),
+        lambda: nodes.restart(node),
         report,
-        "cluster: the services' node killed",
-        killed=victim.name,
-    )
-    assert answered_again < ANSWERED_AGAIN_BOUND
-
-
-def test_event_queue_leader_node_killed(cluster_system, nodes, person_engine, score_engine, report):
-    """SIGKILL the node holding the event queues' leaders (score's node)."""
-    start(cluster_system, nodes, score_on=2, others_on=0)
-    victim = nodes.queue_leader(cluster_system.vhost, INCOME_QUEUE)
-    assert victim is nodes.nodes[2], f"the leader is on {victim.name}"
-    invariant = Invariant(person_engine, score_engine, cluster_system)
-    answered_again = under_load(
-        cluster_system,
-        invariant,
-        lambda: nodes.kill(victim),
-        lambda: nodes.restart(victim),
-        report,
-        "cluster: the event queues' leader node killed",
-        killed=victim.name,
+        f"cluster: the {victim} killed",
+        killed=node.name,
     )
     assert answered_again < ANSWERED_AGAIN_BOUND
 

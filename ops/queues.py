@@ -1,0 +1,8 @@
+"""The broker queues the operator commands act on, named once."""
+
+from contracts.events import EVENT_TYPES, PERSON_EVENTS
+
+
+def event_queues() -> list:
+    """Score's event queues, as Nameko names them: ``evt-<source>-<event>--<service>.<handler>``."""
+    return [f"evt-{PERSON_EVENTS.service}-{event_type}--score.on_{event_type}" for event_type in EVENT_TYPES]
