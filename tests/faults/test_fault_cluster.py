@@ -9,10 +9,10 @@ scenario ends with the suite's invariant (``harness.faults.Invariant``): each
 write answered 201 stored once in person and applied once in score, nothing
 doubled, nothing invented; and records how long writes failed.
 
-Where the queues live: the event queues and the ``rpc-<service>`` queues are
-quorum queues, replicated on every node (a leader moves to a survivor); reply
-and notice queues are transient and are declared again wherever their owner
-reconnects.
+Where the queues live: the event queues, their retry and dead-letter queues
+and the ``rpc-<service>`` queues are quorum queues, replicated on every node
+(a leader moves to a survivor); reply and notice queues are transient and are
+declared again wherever their owner reconnects.
 """
 
 import time
@@ -21,7 +21,7 @@ import pytest
 
 from harness.cpf import cpfs
 from harness.faults import INCOME_QUEUE, FaultSystem, Invariant, Load, lost_and_doubled, wait_for
-from harness.rabbit import RabbitCluster
+from harness.rabbit import RabbitCluster, cluster_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(400)]
 
@@ -67,7 +67,7 @@ def cluster_system(nodes, db_uris, clean_databases, tmp_path):
 def uri_from(cluster, vhost, first) -> str:
     """The cluster's URI list starting at node ``first`` (clients connect to the first that answers)."""
     order = cluster.nodes[first:] + cluster.nodes[:first]
-    return ";".join(node.amqp_uri(vhost) for node in order)
+    return cluster_uri([node.amqp_uri(vhost) for node in order])
 
 
 def start(system, cluster, score_on: int, others_on: int) -> None:
