@@ -324,8 +324,10 @@ class RabbitCluster:
         self.nodes[0].add_vhost(name)
         return self.amqp_uri(name)
 
-    def amqp_uri(self, vhost: str) -> str:
-        return cluster_uri([node.amqp_uri(vhost) for node in self.nodes])
+    def amqp_uri(self, vhost: str, first: int = 0) -> str:
+        """Every node's URI, starting at node ``first`` (a client connects to the first that answers)."""
+        order = self.nodes[first:] + self.nodes[:first]
+        return cluster_uri([node.amqp_uri(vhost) for node in order])
 
     def node_named(self, name: str) -> RabbitNode:
         return next(node for node in self.nodes if node.name == name)

@@ -21,7 +21,7 @@ import pytest
 
 from harness.cpf import cpfs
 from harness.faults import INCOME_QUEUE, FaultSystem, Invariant, Load, lost_and_doubled, wait_for
-from harness.rabbit import RabbitCluster, cluster_uri
+from harness.rabbit import RabbitCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(400)]
 
@@ -64,17 +64,11 @@ def cluster_system(nodes, db_uris, clean_databases, tmp_path):
         nodes.nodes[0].delete_vhost(running.vhost)
 
 
-def uri_from(cluster, vhost, first) -> str:
-    """The cluster's URI list starting at node ``first`` (clients connect to the first that answers)."""
-    order = cluster.nodes[first:] + cluster.nodes[:first]
-    return cluster_uri([node.amqp_uri(vhost) for node in order])
-
-
 def start(system, cluster, score_on: int, others_on: int) -> None:
     """Score first (it declares the event queues, whose leaders start on its node), then person and gateway."""
-    system.start("score", AMQP_URI=uri_from(cluster, system.vhost, score_on))
+    system.start("score", AMQP_URI=cluster.amqp_uri(system.vhost, first=score_on))
     for service in ("person", "gateway"):
-        system.start(service, AMQP_URI=uri_from(cluster, system.vhost, others_on))
+        system.start(service, AMQP_URI=cluster.amqp_uri(system.vhost, first=others_on))
     system.wait_gateway(timeout=90)
 
 
