@@ -19,7 +19,6 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 
 from kombu import Queue
 from nameko.events import get_event_exchange
@@ -27,11 +26,12 @@ from nameko.extensions import DependencyProvider
 from nameko.messaging import QueueConsumer
 
 from contracts.events import REPLICA_ADVANCED, SCORE_NOTICES
+from reliable_events.queues import QueuePerConnection
 
 _log = logging.getLogger(__name__)
 
 
-class ReplicaWatch(DependencyProvider):
+class ReplicaWatch(QueuePerConnection, DependencyProvider):
     """Hands workers itself: :meth:`read_at_least` waits for a CPF's replica."""
 
     queue_consumer = QueueConsumer()
@@ -39,18 +39,20 @@ class ReplicaWatch(DependencyProvider):
     def setup(self):
         config = self.container.config
         self.timeout = float(config["READ_YOUR_WRITES_TIMEOUT"])
-        # One queue per gateway instance (every instance hears every notice),
-        # gone with its connection: notices for nobody are dropped by the exchange.
-        self.queue = Queue(
-            f"gateway-replica-advanced-{uuid.uuid4().hex}",
-            exchange=get_event_exchange(SCORE_NOTICES, config),
+        self.exchange = get_event_exchange(SCORE_NOTICES, config)
+        self._waiting = collections.defaultdict(set)  # cpf -> events of the reads waiting
+        self.queue_consumer.register_provider(self)
+
+    def new_queue(self, name_suffix):
+        # A queue per gateway instance (every instance hears every notice) and
+        # connection: notices for nobody are dropped by the exchange.
+        return Queue(
+            f"gateway-replica-advanced-{name_suffix}",
+            exchange=self.exchange,
             routing_key=REPLICA_ADVANCED,
             durable=False,
             exclusive=True,
-            auto_delete=True,
         )
-        self._waiting = collections.defaultdict(set)  # cpf -> events of the reads waiting
-        self.queue_consumer.register_provider(self)
 
     def stop(self):
         self.queue_consumer.unregister_provider(self)

@@ -12,15 +12,15 @@ import time
 from functools import partial
 
 import eventlet
-from kombu import Connection
+from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import UnknownService
-from nameko.rpc import MethodProxy, ReplyListener, RpcProxy
+from nameko.rpc import RPC_REPLY_QUEUE_TEMPLATE, MethodProxy, ReplyListener, RpcProxy, get_rpc_exchange
 
 from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
-from reliable_events.queues import redeclared
+from reliable_events.queues import QueuePerConnection
 from reliable_events.rpc import DEADLINE_HEADER, rpc_consumers
 
 _log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class TimedServiceProxy:
         deadline = eventlet.Timeout(self._timeout)
         try:
             try:
+                if self._reply_listener.routing_key is None:
+                    raise BrokerUnavailable(f"{target}: not yet connected to the message broker.")
                 self._check_consumers(target)
                 # Published from a greenthread of its own: if the deadline fires
                 # mid-publish against a frozen node (paused: the connection stays
@@ -148,17 +150,36 @@ class TimedServiceProxy:
                 events.pop(correlation_id, None)
 
 
-class TransientReplyListener(ReplyListener):
-    """Nameko's reply listener on a non-durable queue. Nameko's is durable, so
-    it lives on one node of a cluster; when that node is lost the gateway
+class TransientReplyListener(QueuePerConnection, ReplyListener):
+    """Nameko's reply listener on a queue of each connection's own
+    (:class:`~reliable_events.queues.QueuePerConnection`). Nameko's is durable,
+    so it lives on one node of a cluster; when that node is lost the gateway
     cannot declare it again elsewhere ("home node is down") and gets no reply
-    until the node returns. A transient queue goes with its node, and the
-    reconnected listener declares it anew on a survivor; a reply in flight at
-    that moment is lost, and its request answered 504."""
+    until the node returns. Requests carry the current queue's routing key; a
+    reply in flight when the connection drops is lost, and its request
+    answered 504."""
 
     def setup(self):
-        super().setup()
-        self.queue = redeclared(self.queue, durable=False, queue_arguments=self.queue.queue_arguments)
+        # Nameko's setup makes one queue for the process's life; this one makes
+        # a queue per connection (new_queue), so it only registers.
+        self.exchange = get_rpc_exchange(self.container.config)
+        self.routing_key = None  # no queue declared yet: calls are refused (503)
+        self.queue_consumer.register_provider(self)
+
+    def new_queue(self, name_suffix):
+        def declared(*_):
+            # Requests name the new queue from its declaration on; the one
+            # before goes with its connection.
+            self.routing_key = name_suffix
+
+        return Queue(
+            RPC_REPLY_QUEUE_TEMPLATE.format(self.container.service_name, name_suffix),
+            exchange=self.exchange,
+            routing_key=name_suffix,
+            durable=False,
+            exclusive=True,
+            on_declared=declared,
+        )
 
 
 class TimedRpcProxy(RpcProxy):

@@ -148,6 +148,29 @@ class RabbitNode:
     def delete_vhost(self, name: str) -> None:
         self.ctl("delete_vhost", name, check=False)
 
+    def queue_names(self, vhost: str) -> set:
+        out = self.ctl("list_queues", "-p", vhost, "name", "--no-table-headers").stdout
+        return {line.strip() for line in out.splitlines() if line.strip()}
+
+    def bound_queues(self, vhost: str) -> set:
+        """Names of the queues some binding of ``vhost`` routes to."""
+        out = self.ctl(
+            "list_bindings", "-p", vhost, "destination_name", "destination_kind", "--no-table-headers"
+        ).stdout
+        return {parts[0] for parts in (line.split() for line in out.splitlines()) if parts[1:] == ["queue"]}
+
+    def close_connections(self, vhost: str) -> None:
+        """Close every client connection of ``vhost`` (the clients see the broker drop them)."""
+        self.ctl("close_all_connections", "--vhost", vhost, "closed by a test")
+
+    def forget_queue(self, vhost: str, name: str) -> None:
+        """Delete a queue's record and bindings, not its process or consumers: what
+        a surviving cluster node's cleanup of a lost node does to a transient
+        queue of that name (``rabbit_amqqueue:on_node_down``), even to one
+        declared again since (rabbitmq-server#6271)."""
+        resource = f'rabbit_misc:r(<<"{vhost}">>, queue, <<"{name}">>)'
+        self.ctl("eval", f'rabbit_amqqueue:internal_delete({resource}, <<"harness">>).')
+
     def queue_depths(self, vhost: str) -> dict:
         """Messages (ready + unacknowledged) per queue of ``vhost``, as ``list_queues`` says.
 
@@ -331,6 +354,30 @@ class RabbitCluster:
 
     def node_named(self, name: str) -> RabbitNode:
         return next(node for node in self.nodes if node.name == name)
+
+    def queues(self, vhost: str) -> str:
+        """Every queue of ``vhost`` with its type, consumers, messages and node, as a
+        running node lists them: what a timed-out scenario prints to explain itself."""
+        for node in self.nodes:
+            if not node.app_running:
+                continue
+            result = node.ctl(
+                "list_queues",
+                "-p",
+                vhost,
+                "name",
+                "type",
+                "consumers",
+                "messages",
+                "pid",
+                "leader",
+                "--no-table-headers",
+                timeout=15,
+                check=False,
+            )
+            if result.returncode == 0:
+                return f"queues of {vhost} (asked of {node.name}):\n{result.stdout}"
+        return f"queues of {vhost}: no running node answered"
 
     def queue_leader(self, vhost: str, queue: str) -> RabbitNode:
         """The node holding a quorum queue's leader."""

@@ -1,5 +1,6 @@
 """Nameko's ``@rpc``, except that a reply the broker cannot take does not kill
-the service, and a request whose caller has given up is never run.
+the service, and a request whose caller has given up, or that names no
+queue for its reply, is never run.
 
 - Nameko publishes an RPC reply from the worker's result handler; if the broker
   has just gone away that publish raises, the exception ends the worker's
@@ -50,6 +51,18 @@ class ResilientRpc(Rpc):
     rpc_consumer = QuorumRpcConsumer()
 
     def handle_message(self, body, message):
+        if not message.properties.get("reply_to"):
+            # Nameko's responder would raise KeyError after the worker ran, and
+            # the exception would end the process; a request no one can be
+            # answered for is not run either.
+            _log.warning(
+                "dropped a %s.%s request (correlation_id=%s): it has no reply_to, so no caller can be answered",
+                self.container.service_name,
+                self.method_name,
+                message.properties.get("correlation_id"),
+            )
+            self.rpc_consumer.queue_consumer.ack_message(message)
+            return
         deadline = (message.headers or {}).get(DEADLINE_HEADER)
         if deadline is not None and time.time() > float(deadline):
             _log.warning(

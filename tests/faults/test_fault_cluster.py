@@ -72,7 +72,7 @@ def start(system, cluster, score_on: int, others_on: int) -> None:
     system.wait_gateway(timeout=90)
 
 
-def under_load(system, invariant, fault, restore, report, name, seen=None, **facts):
+def under_load(system, cluster, invariant, fault, restore, report, name, seen=None, **facts):
     """Writes run all along; ``fault()`` then ``restore()``; the invariant must hold.
     ``seen``: a list that gets every write, for a scenario's own checks."""
     people = cpfs(4)
@@ -91,7 +91,7 @@ def under_load(system, invariant, fault, restore, report, name, seen=None, **fac
             60,
             "a write accepted after the fault",
             0.1,
-            lambda: f"statuses {load.statuses()}\n{system.logs()}",
+            lambda: f"statuses {load.statuses()}\n{cluster.queues(system.vhost)}\n{system.logs()}",
         )
         answered_again = min(w.ended for w in answered_after(fault_at + 0.5)) - fault_at
         restore()
@@ -101,7 +101,7 @@ def under_load(system, invariant, fault, restore, report, name, seen=None, **fac
             90,
             "20 writes accepted after the cluster was whole again",
             0.2,
-            lambda: f"statuses {load.statuses()}\n{system.logs()}",
+            lambda: f"statuses {load.statuses()}\n{cluster.queues(system.vhost)}\n{system.logs()}",
         )
     finally:
         load.stop()
@@ -139,6 +139,7 @@ def test_node_killed(victim, cluster_system, nodes, person_engine, score_engine,
     invariant = Invariant(person_engine, score_engine, cluster_system)
     answered_again = under_load(
         cluster_system,
+        nodes,
         invariant,
         lambda: nodes.kill(node),
         lambda: nodes.restart(node),
@@ -167,6 +168,7 @@ def test_connected_node_paused_then_resumed(cluster_system, nodes, person_engine
 
     answered_again = under_load(
         cluster_system,
+        nodes,
         invariant,
         pause_then_resume,
         lambda: None,
@@ -188,7 +190,7 @@ def test_rolling_restart(cluster_system, nodes, person_engine, score_engine, rep
             nodes.restart(node)
             nodes.wait_running(len(nodes.nodes))
 
-    under_load(cluster_system, invariant, roll, lambda: None, report, "cluster: rolling restart")
+    under_load(cluster_system, nodes, invariant, roll, lambda: None, report, "cluster: rolling restart")
 
 
 def test_two_nodes_down_then_one_back(cluster_system, nodes, person_engine, score_engine, report):
@@ -211,6 +213,7 @@ def test_two_nodes_down_then_one_back(cluster_system, nodes, person_engine, scor
     writes = []
     answered_again = under_load(
         cluster_system,
+        nodes,
         invariant,
         two_down_then_one_back,
         lambda: None,

@@ -8,6 +8,9 @@
   those waiting in its queue.
 - Person not running: the gateway answers 503 at once, and that write never
   runs either.
+- The gateway's reply and notice queues, declared again after a reconnect,
+  survive a late cleanup of their old names (a lost cluster node's, here on
+  one node): replies reach the gateway again.
 """
 
 import os
@@ -27,6 +30,7 @@ from harness.proxy import TcpProxy
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 RPC_QUEUE = "rpc-person"
+GATEWAY_QUEUE_PREFIXES = ("rpc.reply-gateway-", "gateway-replica-advanced-")
 
 
 def _rows(person_engine, writes) -> dict:
@@ -192,5 +196,57 @@ def test_person_not_running_answers_503_at_once(system, invariant, person_engine
         status=write.status,
         answered_in_s=round(write.latency, 3),
         stored=0,
+        **lost_and_doubled(snap),
+    )
+
+
+def _gateway_queues(broker, vhost) -> set:
+    return {name for name in broker.queue_names(vhost) if name.startswith(GATEWAY_QUEUE_PREFIXES)}
+
+
+def test_gateway_queues_survive_a_late_cleanup_of_their_old_incarnation(system, broker, invariant, report):
+    """The race a lost cluster node sets off, made to happen every time on one node.
+
+    When a node is lost, each survivor deletes the transient queues that lived
+    on it by name, some time after listing them (rabbitmq-server#6271). The
+    gateway has meanwhile reconnected and declared its reply and notice
+    queues again; under their old names, the cleanup would delete them under
+    their consumer and no reply would reach the gateway again (every write
+    504: the cluster test saw it once in CI). Here the connections drop, the
+    gateway reconnects, and then the old names are deleted the way that
+    cleanup does it (record and bindings, not the process)."""
+    system.start_all(timeout=60)
+    cpf = cpfs(1)[0]
+    system.create_people([cpf])
+    before = system.add_item(cpf, "income").accepted()
+    vhost = system.vhost
+    old = _gateway_queues(broker, vhost)
+    assert len(old) == 2, old
+
+    broker.close_connections(vhost)
+    dropped_at = time.monotonic()
+    writes = []
+
+    def accepted():
+        writes.append(system.add_item(cpf, "income"))
+        return writes[-1].status == 201
+
+    # Reconnected: the first writes may meet the publisher's dropped connection (503).
+    wait_for(accepted, 30, "a write accepted after the reconnect", 0.2, lambda: f"{writes[-5:]}\n{system.logs()}")
+    reconnected_after = time.monotonic() - dropped_at
+    for name in old:
+        broker.forget_queue(vhost, name)
+
+    following = [system.add_item(cpf, kind) for kind in ("income", "asset", "debt")]
+    assert [write.status for write in following] == [201, 201, 201], [(w.status, w.error) for w in following]
+    current = _gateway_queues(broker, vhost)
+    assert len(current) == 2 and current <= broker.bound_queues(vhost), (current, broker.bound_queues(vhost))
+    snap, _ = invariant.wait([before, *writes, *following], time.monotonic())
+    report(
+        "13b the gateway's queues after a late cleanup of their old names",
+        queues_before=sorted(old),
+        queues_after=sorted(current),
+        writes_until_one_accepted=len(writes),
+        accepted_again_after_s=round(reconnected_after, 2),
         **lost_and_doubled(snap),
     )
