@@ -11,7 +11,9 @@ This module is pure: no I/O, no framework imports.
 
 from __future__ import annotations
 
-__all__ = ["InvalidCPF", "format_cpf", "is_valid_cpf", "normalize_cpf"]
+import re
+
+__all__ = ["InvalidCPF", "format_cpf", "is_valid_cpf", "mask_cpfs", "normalize_cpf"]
 
 CPF_LENGTH = 11
 _PUNCTUATION = ".-"
@@ -88,3 +90,19 @@ def is_valid_cpf(value: object) -> bool:
     except InvalidCPF:
         return False
     return True
+
+
+# Anything shaped like a CPF (11 digits, bare or punctuated, valid or not) that
+# stands alone: not part of a longer run of digits or letters (a UUID's last
+# group), nor the whole part of a decimal number.
+_CPF_IN_TEXT = re.compile(r"(?<![\w.])(\d{3})(\.?)(\d{3})\2(\d{3})(-?)(\d{2})(?!\w)(?!\.\d)")
+
+
+def mask_cpfs(text: str) -> str:
+    """``text`` with every CPF in it masked to its first three and last two
+    digits: enough to follow one person's lines, not to name the person.
+
+    >>> mask_cpfs('POST /person/52998224725/income cpf=529.982.247-25 id=...-a12345678901-1a')
+    'POST /person/529.***.***-25/income cpf=529.***.***-25 id=...-a12345678901-1a'
+    """
+    return _CPF_IN_TEXT.sub(lambda m: f"{m[1]}.***.***-{m[6]}", text)

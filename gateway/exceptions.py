@@ -33,7 +33,7 @@ class EmptyBody(Exception):
 
 
 class Unauthorized(Exception):
-    """A write without a valid bearer token (when ``API_TOKENS`` is set)."""
+    """A scoped route without a known bearer token (when ``API_TOKENS`` is set)."""
 
     def __init__(self, message, invalid=False):
         super().__init__(message)
@@ -41,6 +41,10 @@ class Unauthorized(Exception):
         if invalid:
             challenge += ', error="invalid_token"'
         self.headers = [("WWW-Authenticate", challenge)]
+
+
+class Forbidden(Exception):
+    """A known token without the scope the route needs."""
 
 
 MAPPED_ERRORS = {
@@ -54,6 +58,7 @@ MAPPED_ERRORS = {
     GatewayTimeout: (504, "GATEWAY_TIMEOUT"),
     EmptyBody: (400, "EMPTY_BODY"),
     Unauthorized: (401, "UNAUTHORIZED"),
+    Forbidden: (403, "FORBIDDEN"),
     # Raised by werkzeug while reading the request.
     http_errors.BadRequest: (400, "MALFORMED_JSON"),
     http_errors.UnsupportedMediaType: (415, "UNSUPPORTED_MEDIA_TYPE"),

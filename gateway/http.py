@@ -13,6 +13,7 @@ already accepted keep their latency. ``/health`` and ``/metrics`` are never
 refused: they are how an operator sees the overload.
 """
 
+import functools
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 
-from gateway.auth import check_bearer, parse_tokens
+from gateway.auth import SCOPES, authorize, parse_tokens
 from gateway.exceptions import CLIENT_ERRORS, Overloaded, error_for
 from observability.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 
@@ -160,6 +161,14 @@ class JsonWebServer(WebServer):
             url_map.add(rule)
         return url_map
 
+    @functools.cached_property
+    def tokens(self) -> tuple:
+        """``API_TOKENS``, parsed once per gateway (its routes read it at setup)."""
+        tokens = parse_tokens(self.container.config.get("API_TOKENS"))
+        if not tokens:
+            _log.warning("API_TOKENS is empty: every route of this gateway is open to anyone who reaches it")
+        return tokens
+
     def get_wsgi_app(self):
         config = self.container.config
         return JsonWsgiApp(self, int(config["MAX_CONTENT_LENGTH"]), int(config["MAX_IN_FLIGHT"]))
@@ -168,22 +177,24 @@ class JsonWebServer(WebServer):
 class JsonHttpEntrypoint(HttpRequestHandler):
     server = JsonWebServer()
 
-    def __init__(self, method, url, requires_token=False, **kwargs):
-        """``requires_token``: the route answers 401 without a valid bearer
-        token whenever ``API_TOKENS`` is configured (see :mod:`gateway.auth`)."""
+    def __init__(self, method, url, scope=None, **kwargs):
+        """``scope``: one of :data:`gateway.auth.SCOPES`, which the route's
+        token must have whenever ``API_TOKENS`` is configured; None, an open route."""
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}")
         # 4xx answers are the client's mistakes, not the gateway's failures
         kwargs.setdefault("expected_exceptions", CLIENT_ERRORS)
-        self.requires_token = requires_token
+        self.scope = scope
         super().__init__(method, url, **kwargs)
 
     def setup(self):
-        self.tokens = parse_tokens(self.container.config.get("API_TOKENS")) if self.requires_token else ()
+        self.tokens = self.server.tokens
         super().setup()
 
     def handle_request(self, request):
-        # Checked before a worker is spawned: a refused write costs no worker.
+        # Checked before a worker is spawned: a refused request costs no worker.
         try:
-            check_bearer(request, self.tokens)
+            request.token = authorize(request, self.tokens, self.scope)
         except Exception as exc:
             return self.response_from_exception(exc)
         return super().handle_request(request)

@@ -1,5 +1,6 @@
 """The gateway's OpenAPI 3.1 document (``gateway/openapi.yaml``, kept by hand,
-with what depends on the kinds of item filled from :mod:`contracts.kinds`)
+with what depends on the kinds of item filled from :mod:`contracts.kinds`, and
+each route's token scope from its ``@http`` declaration)
 and the list of routes the gateway really serves, to check one against the other.
 
 Example::
@@ -30,7 +31,21 @@ _RULE_VARIABLE = re.compile(r"<(?:(?P<converter>\w+)(?:\((?P<args>[^)]*)\))?:)?(
 def openapi_document() -> dict:
     """The document as a dict, read once per process. Shared: do not change it."""
     with DOCUMENT_PATH.open(encoding="utf-8") as file:
-        return _with_kinds(yaml.safe_load(file))
+        return _with_scopes(_with_kinds(yaml.safe_load(file)))
+
+
+def _with_scopes(document: dict) -> dict:
+    """Each scoped route's bearer security, with its scope, and its 401 and
+    403 answers, from the route's own ``@http(..., scope=)``. Optional
+    (``{}``): with ``API_TOKENS`` empty every route is open."""
+    for (method, path), scope in route_scopes().items():
+        if scope is None:
+            continue
+        operation = document["paths"][path][method.lower()]
+        operation["security"] = [{}, {"bearerAuth": [scope]}]
+        operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+        operation["responses"]["403"] = {"$ref": "#/components/responses/Forbidden"}
+    return document
 
 
 def _with_kinds(document: dict) -> dict:
@@ -78,20 +93,29 @@ def openapi_path(rule: str) -> tuple[str, dict]:
     return _RULE_VARIABLE.sub(replace, rule), variables
 
 
-def gateway_routes(service_cls=None) -> dict:
-    """``{(METHOD, openapi path): {variable: allowed values or None}}`` for every
-    ``@http`` entrypoint of ``service_cls`` (default: the gateway's service)."""
+def _http_entrypoints(service_cls=None):
+    """``(METHOD, openapi path, variables, scope)`` for every ``@http``
+    entrypoint of ``service_cls`` (default: the gateway's service)."""
     from nameko.web.handlers import HttpRequestHandler
 
     if service_cls is None:
         from gateway.service import GatewayService as service_cls
 
-    routes = {}
     for _, method in inspect.getmembers(service_cls, inspect.isfunction):
         for entrypoint in getattr(method, "nameko_entrypoints", ()):
             if not isinstance(entrypoint, HttpRequestHandler):
                 continue
             path, variables = openapi_path(entrypoint.url)
             for verb in entrypoint.method.split(","):
-                routes[(verb.strip().upper(), path)] = variables
-    return routes
+                yield verb.strip().upper(), path, variables, getattr(entrypoint, "scope", None)
+
+
+def gateway_routes(service_cls=None) -> dict:
+    """``{(METHOD, openapi path): {variable: allowed values or None}}`` for every
+    ``@http`` entrypoint of ``service_cls`` (default: the gateway's service)."""
+    return {(verb, path): variables for verb, path, variables, _ in _http_entrypoints(service_cls)}
+
+
+def route_scopes(service_cls=None) -> dict:
+    """``{(METHOD, openapi path): the scope its token needs, or None (open)}``."""
+    return {(verb, path): scope for verb, path, _, scope in _http_entrypoints(service_cls)}

@@ -95,7 +95,7 @@ class GatewayService:
     config = Config()
     call_context = CallContext()
 
-    @http("POST", "/person", requires_token=True)
+    @http("POST", "/person", scope="write")
     def create_person(self, request):
         """Create a person. 201 with the person and ``Location: /person/<cpf>``.
 
@@ -115,7 +115,7 @@ class GatewayService:
         person = self.person.create_person(_json_body(request), **_write_keys(request))
         return _written(person, 201, {"Location": f"/person/{person['cpf']}"})
 
-    @http("GET", "/person/<cpf>")
+    @http("GET", "/person/<cpf>", scope="read")
     def get_person(self, request, cpf):
         """A person with incomes, assets and debts. 404 unknown, 422 malformed CPF.
 
@@ -123,7 +123,7 @@ class GatewayService:
         """
         return json_response(self.person.get_person(_path_cpf(cpf)))
 
-    @http("POST", ITEM_ROUTE, requires_token=True)
+    @http("POST", ITEM_ROUTE, scope="write")
     def add_item(self, request, cpf, kind):
         """Add an income, asset or debt. 201 with the item; 404 unknown person.
 
@@ -139,7 +139,7 @@ class GatewayService:
         item = add(cpf, _json_body(request), **_write_keys(request))
         return _written(item)
 
-    @http("GET", "/<cpf>/score")
+    @http("GET", "/<cpf>/score", scope="read")
     def get_score(self, request, cpf):
         """The credit score of a CPF from score's replica; 0 is a valid score.
 

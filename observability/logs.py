@@ -3,7 +3,8 @@
 ``config.yml`` selects the formatter (``LOG_FORMAT=json``, the default, or
 ``plain``). Every line has ``timestamp``, ``level``, ``logger``, ``message``,
 plus what the code passed in ``extra`` (``event_id``, the event's key, ...), plus the
-call id of the current worker:
+call id of the current worker. Every CPF in a line is masked (``529.***.***-25``):
+no log holds one whole. The lines of one write still share its call ids:
 
 - ``call_id``: the worker's own (``person.add_income.<uuid>``);
 - ``call_id_stack``: the chain of calls that led to it, starting with the
@@ -22,6 +23,8 @@ import logging
 from eventlet.corolocal import local
 from nameko.extensions import DependencyProvider
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+from contracts.cpf import mask_cpfs
 
 # Per greenthread: each Nameko worker runs in its own.
 _current = local()
@@ -56,7 +59,12 @@ class CallIdFilter(logging.Filter):
 
 
 class JsonFormatter(_JsonFormatter):
-    """python-json-logger's formatter with this project's field names."""
+    """python-json-logger's formatter with this project's field names, and
+    every CPF in the line masked (``529.***.***-25``): in the message, the
+    fields, a traceback, whatever logged it (Nameko's own lines included)."""
+
+    def format(self, record):
+        return mask_cpfs(super().format(record))
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("fmt", "%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -67,6 +75,13 @@ class JsonFormatter(_JsonFormatter):
     def formatTime(self, record, datefmt=None):  # noqa: N802  (logging's name)
         # ISO 8601 in UTC with milliseconds, like the events' occurred_at.
         return datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+class PlainFormatter(logging.Formatter):
+    """``LOG_FORMAT=plain``: a line of text, every CPF in it masked like :class:`JsonFormatter`'s."""
+
+    def format(self, record):
+        return mask_cpfs(super().format(record))
 
 
 def event_fields(event: dict, key_field: str, **more) -> dict:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from schemathesis.generation.feedback import FeedbackSources
 from schemathesis.pytest._test_builder import build_operation_test  # what schemathesis' pytest plugin runs
 
-from gateway.openapi import openapi_document
+from gateway.openapi import openapi_document, route_scopes
 from harness.api import HTTP_TIMEOUT, create_person, person_body
 from harness.cpf import cpf_from
 from harness.processes import started
@@ -56,7 +56,7 @@ OPERATIONS = {
     for method, operation in item.items()
     if method in {"get", "post", "put", "patch", "delete"}
 }
-WRITES = sorted(key for key in OPERATIONS if key[0] == "POST")
+SCOPED = sorted(key for key, scope in route_scopes().items() if scope)
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +228,13 @@ def test_inputs_the_generator_does_not_make(
 
 @pytest.fixture(scope="module")
 def secured(amqp_uri, db_uris, tmp_path_factory):
-    """A second system, with ``API_TOKENS`` set: the writes' 401 answers."""
+    """A second system, with ``API_TOKENS`` set: the scoped routes' 401 answers."""
     with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-auth-logs"), API_TOKENS=TOKEN) as running:
         yield running
 
 
-@pytest.mark.parametrize("method, path", WRITES, ids=[f"{m} {p}" for m, p in WRITES])
-def test_with_api_tokens_a_write_without_one_is_a_documented_401(secured, clean_databases, method, path):
+@pytest.mark.parametrize("method, path", SCOPED, ids=[f"{m} {p}" for m, p in SCOPED])
+def test_with_api_tokens_a_scoped_route_without_one_is_a_documented_401(secured, clean_databases, method, path):
     statuses = fuzz(load_schema(secured.url, coverage=False), method, path)
     # A generated path parameter that leaves the route ("", a "/" in the CPF) is
     # a 404 before any token is looked at: no route, nothing behind it.
@@ -245,4 +245,6 @@ def test_with_api_tokens_a_write_without_one_is_a_documented_401(secured, clean_
         created = requests.post(f"{secured.url}/person", json=person_body(KNOWN), headers=BEARER, timeout=HTTP_TIMEOUT)
         assert created.status_code == 201, created.text
     statuses = fuzz(load_schema(secured.url, coverage=False, headers=BEARER), method, path)
-    assert 401 not in statuses and any(200 <= status < 300 for status in statuses), statuses
+    assert 401 not in statuses and 403 not in statuses, statuses
+    if method == "POST":  # a generated read rarely names the one person there is
+        assert any(200 <= status < 300 for status in statuses), statuses

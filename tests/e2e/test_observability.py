@@ -7,7 +7,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.api import HTTP_TIMEOUT, create_person
+from contracts.cpf import format_cpf, mask_cpfs
+from harness.api import HTTP_TIMEOUT, create_person, person_body
+from harness.cpf import cpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -48,11 +50,12 @@ def test_one_write_is_followed_across_the_three_services_by_its_call_id(system, 
     assert written.status_code == 201
 
     (created,) = wait_for_record(system, "gateway.1", lambda r: r.get("route") == "/person")
-    assert (created["cpf"], created["sequence"], created["status"]) == (cpf, 1, 201)
+    masked = mask_cpfs(cpf)  # no log line holds a whole CPF
+    assert (created["cpf"], created["sequence"], created["status"]) == (masked, 1, 201)
     (request,) = wait_for_record(
         system, "gateway.1", lambda r: r.get("route") == "/person/<cpf>/<any(income, asset, debt):kind>"
     )
-    assert request["status"] == 201 and request["cpf"] == cpf and request["method"] == "POST"
+    assert request["status"] == 201 and request["cpf"] == masked and request["method"] == "POST"
     assert request["sequence"] == 2  # with the CPF, it names the event in person's and score's lines
     assert request["level"] == "INFO" and request["duration_ms"] > 0 and request["timestamp"].endswith("+00:00")
     origin = request["call_id"]
@@ -65,13 +68,13 @@ def test_one_write_is_followed_across_the_three_services_by_its_call_id(system, 
         system, "person.1", lambda r: r.get("event_type") == "income_added" and "published" in r["message"]
     )
     assert published["call_id_stack"][0] == origin
-    assert (published["cpf"], published["sequence"]) == (cpf, 2)
+    assert (published["cpf"], published["sequence"]) == (masked, 2)
     event_id = published["event_id"]
 
     (applied,) = wait_for_record(system, "score.1", lambda r: r.get("event_id") == event_id)
     assert "applied event" in applied["message"]
     assert applied["call_id_stack"][0] == origin and applied["call_id"].startswith("score.on_income_added.")
-    assert (applied["cpf"], applied["sequence"], applied["event_type"]) == (cpf, 2, "income_added")
+    assert (applied["cpf"], applied["sequence"], applied["event_type"]) == (masked, 2, "income_added")
     assert applied["lag_ms"] >= 0
 
 
@@ -105,3 +108,33 @@ def test_each_service_serves_its_metrics(system, api):
     assert lag >= 1
     dead = [v for (name, labels), v in score.items() if name == "dead_letters"]
     assert dead and all(v == 0 for v in dead)
+
+
+def test_a_gateway_without_tokens_says_once_that_every_route_is_open(system):
+    lines = [line for line in system.log("gateway.1").splitlines() if "API_TOKENS is empty" in line]
+    assert len(lines) == 1 and '"level": "WARNING"' in lines[0], lines
+
+
+def test_no_service_logs_a_whole_cpf(system, api):
+    """Every route, answered and refused, for CPFs of this test's own; then no
+    line of any service holds one of them, bare or punctuated."""
+    known, unknown = cpfs(2, start=900)
+    assert requests.post(f"{api}/person", json=person_body(format_cpf(known)), timeout=HTTP_TIMEOUT).status_code == 201
+    answers = [
+        requests.post(f"{api}/person", json=person_body(known), timeout=HTTP_TIMEOUT),  # 409
+        requests.post(f"{api}/person/{known}/income", json={"type": "a", "value": 5}, timeout=HTTP_TIMEOUT),
+        requests.post(f"{api}/person/{format_cpf(known)}/debt", json={"value": "x"}, timeout=HTTP_TIMEOUT),  # 422
+        requests.post(f"{api}/person/{unknown}/asset", json={"type": "a", "value": 5}, timeout=HTTP_TIMEOUT),  # 404
+        requests.get(f"{api}/person/{known}", timeout=HTTP_TIMEOUT),
+        requests.get(f"{api}/person/{unknown}", timeout=HTTP_TIMEOUT),  # 404
+        requests.get(f"{api}/{known}/score", params={"min_sequence": 2}, timeout=HTTP_TIMEOUT),
+        requests.get(f"{api}/{unknown}/score", params={"min_sequence": 1}, timeout=HTTP_TIMEOUT),  # 404
+    ]
+    assert [a.status_code for a in answers] == [409, 201, 422, 404, 200, 404, 200, 404], [a.text for a in answers]
+    services = ("gateway.1", "person.1", "score.1")
+    wait_for_record(system, "score.1", lambda r: r.get("cpf") == mask_cpfs(known) and r.get("sequence") == 2)
+    for name in services:
+        log = system.log(name)
+        for cpf in (known, unknown):
+            assert cpf not in log and format_cpf(cpf) not in log, f"{name} logged {cpf}"
+        assert mask_cpfs(known) in log, f"{name} has no line of {known}'s writes"

@@ -1,7 +1,7 @@
 """The README's examples are real answers: each one is run here against a running system.
 
 - Every ``$ curl ...`` line of a ``sh`` block that talks to ``localhost:8000``
-  (the gateway), ``localhost:8001`` (a second gateway, ``API_TOKENS=s3cret-token``)
+  (the gateway), ``localhost:8001`` (a second gateway, with the README's ``API_TOKENS``)
   or ``localhost:9101``/``9102`` (person's and score's metrics) is run, and the
   lines under it must match the answer: the status line, each header shown
   (others may be there too) and the body.
@@ -37,7 +37,7 @@ from harness.processes import ROOT, System, free_port
 pytestmark = pytest.mark.e2e
 
 README = ROOT / "README.md"
-TOKEN = "s3cret-token"
+TOKENS = "s3cret-token,reader-token:read"  # the README starts its second gateway with these
 LOCAL = re.compile(r"localhost:(8000|8001|9101|9102)")
 PLACEHOLDERS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?"), "<time>"),
@@ -168,7 +168,7 @@ def check_shell(example, namespace):
 
 def start(system):
     system.start_all()
-    system.start("gateway", 2, API_TOKENS=TOKEN)
+    system.start("gateway", 2, API_TOKENS=TOKENS)
     system.wait_healthy(url=system.gateways["gateway.2"])
 
 

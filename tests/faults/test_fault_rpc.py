@@ -23,6 +23,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
+from contracts.cpf import mask_cpfs
 from harness.cpf import cpfs
 from harness.faults import HTTP_TIMEOUT, RPC_TIMEOUT, Write, lost_and_doubled, wait_for
 from harness.proxy import TcpProxy
@@ -77,7 +78,7 @@ def test_lost_reply_is_not_written_twice(system, broker, proxy, invariant, perso
 
     answered.wait()
     assert write.status == 201, (write.status, write.error, system.logs())
-    answered_again = f"as asset_added 3 of {cpf} (a redelivery); answered with its first answer"
+    answered_again = f"as asset_added 3 of {mask_cpfs(cpf)} (a redelivery); answered with its first answer"
     wait_for(
         lambda: answered_again in system.log("person.1"),
         30,

@@ -7,8 +7,9 @@ import json
 import pytest
 from openapi_spec_validator import validate
 
+from gateway.auth import SCOPES
 from gateway.exceptions import MAPPED_ERRORS
-from gateway.openapi import gateway_routes, openapi_document, openapi_path
+from gateway.openapi import gateway_routes, openapi_document, openapi_path, route_scopes
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -93,21 +94,42 @@ def test_werkzeug_rules_become_openapi_paths(rule, expected):
     assert openapi_path(rule) == expected
 
 
-def test_writes_declare_optional_bearer_auth_and_reads_none(document):
+# What each route's token must be allowed, as the issue asks; the code
+# declares it once (@http(..., scope=)) and the document is filled from it.
+EXPECTED_SCOPES = {
+    ("POST", "/person"): "write",
+    ("POST", "/person/{cpf}/{kind}"): "write",
+    ("GET", "/person/{cpf}"): "read",
+    ("GET", "/{cpf}/score"): "read",
+    ("GET", "/health"): None,
+    ("GET", "/metrics"): None,
+    ("GET", "/openapi.json"): None,
+}
+
+
+def test_every_route_needs_the_scope_its_purpose_asks(document):
+    assert {route: scope for route, scope in route_scopes().items() if route in EXPECTED_SCOPES} == EXPECTED_SCOPES
+    assert {scope for scope in route_scopes().values() if scope} <= set(SCOPES)
+
+
+def test_scoped_routes_declare_optional_bearer_auth_with_their_scope_and_open_routes_none(document):
     scheme = document["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
-    assert "security" not in document  # nothing global: reads stay open
+    assert "security" not in document  # nothing global: the open routes stay open
     for (method, path), operation in operations(document).items():
+        scope = route_scopes()[(method, path)]
+        if scope is None:
+            assert "security" not in operation, path
+            assert "401" not in operation["responses"] and "403" not in operation["responses"], path
+            continue
+        assert operation["security"] == [{}, {"bearerAuth": [scope]}], path
+        unauthorized = resolve(document, operation["responses"]["401"])
+        assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
+        assert "FORBIDDEN" in _error_codes(document, operation["responses"]["403"])
         if method == "POST":
-            assert operation["security"] == [{}, {"bearerAuth": []}], path
-            unauthorized = resolve(document, operation["responses"]["401"])
-            assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
             assert "Idempotency-Key" in {
                 name for where, name in parameters(document, path, method) if where == "header"
             }
-        else:
-            assert "security" not in operation, path
-            assert "401" not in operation["responses"], path
 
 
 def test_writes_answer_with_their_sequence_in_the_body_and_a_header(document):
@@ -160,4 +182,4 @@ def test_every_error_of_the_gateways_table_is_documented_with_its_status(documen
     table = {(status, code) for status, code in MAPPED_ERRORS.values()}
     missing = {(status, code) for status, code in table if code not in documented.get(status, set())}
     assert not missing, f"errors of gateway/exceptions.py not in gateway/openapi.yaml: {sorted(missing)}"
-    assert {400, 401, 404, 405, 409, 413, 415, 422, 503, 504} <= set(documented)
+    assert {400, 401, 403, 404, 405, 409, 413, 415, 422, 503, 504} <= set(documented)
