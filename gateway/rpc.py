@@ -12,6 +12,7 @@ import time
 from functools import partial
 
 import eventlet
+from amqp.exceptions import AMQPError
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
@@ -26,6 +27,10 @@ from reliable_events.rpc import DEADLINE_HEADER, rpc_consumers
 _log = logging.getLogger(__name__)
 
 CONSUMER_CHECK_TTL = 1.0  # seconds
+# What a broker that cannot take a request raises: kombu's wrapped errors, a
+# socket's, and py-amqp's own (a node stopping closes its connections with 541
+# INTERNAL_ERROR, which reaches the caller unwrapped).
+BROKER_ERRORS = (OperationalError, OSError, AMQPError)
 
 
 class _FailFastPublisher(Publisher):
@@ -91,8 +96,8 @@ class TimedServiceProxy:
                     raise
             except UnknownService:
                 raise ServiceUnavailable(f"{target}: the service is not running.") from None
-            except (OperationalError, OSError) as exc:
-                raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc}).") from None
+            except BROKER_ERRORS as exc:
+                raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc!r}).") from None
             return reply.result()
         except eventlet.Timeout as exc:
             if exc is not deadline:
@@ -126,7 +131,7 @@ class TimedServiceProxy:
             # answers, and a graceful close would wait for it past the caller's
             # deadline, which has already fired.
             conn.collect()
-            if isinstance(exc, (OperationalError, OSError, AttributeError)):
+            if isinstance(exc, (*BROKER_ERRORS, AttributeError)):
                 raise BrokerUnavailable(f"{target}: the message broker is unreachable ({exc!r}).") from None
             raise
         conn.release()

@@ -1,8 +1,9 @@
 """A private RabbitMQ node, so a run can stop and start its broker at will.
 
 The node runs as user ``rabbitmq`` from a temporary directory, on ports of
-its own, with no plugins and no config file; it never touches the machine's
-shared node. ``stop_app``/``start_app`` make an outage; ``stop`` removes it all.
+its own, with no plugins (but the management API if asked) and a config file
+only if given; it never touches the machine's shared node.
+``stop_app``/``start_app`` make an outage; ``stop`` removes it all.
 """
 
 import json
@@ -24,15 +25,39 @@ from harness.processes import ROOT, free_port
 log = logging.getLogger(__name__)
 
 
+def _descendants(pid: int) -> list:
+    """Every process descended from ``pid``, from ``/proc`` (children first found, then theirs)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class RabbitNode:
     """One ``rabbitmq-server -detached`` node; use as a context manager or call start/stop."""
 
-    def __init__(self, prefix: str = "harness", run_id: str | None = None, config: str = ""):
-        self.config = config  # rabbitmq.conf lines of its own (none by default)
+    def __init__(self, prefix: str = "harness", run_id: str | None = None, config: str = "", management=False):
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.name = f"{prefix}-{self.run_id}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
+        # The management plugin (its HTTP API on api_url), only where a test needs it: it slows the boot.
+        self.management_port = free_port() if management else None
+        if management:
+            config += f"\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+        self.config = config  # rabbitmq.conf lines of its own (none by default)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-rabbit-"))
         self.app_running = False
 
@@ -51,9 +76,22 @@ class RabbitNode:
             return None
 
     def ctl(self, *args, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            ["rabbitmqctl", "-q", "-n", self.name, *args], capture_output=True, text=True, timeout=timeout
-        )
+        command = ["rabbitmqctl", "-q", "-n", self.name, *args]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # rabbitmqctl is a script that runs an Erlang VM through `su`, in a
+            # session of its own: killing the script alone (what subprocess.run
+            # does) would leave the VM running, holding the pipes open.
+            for pid in [*_descendants(process.pid), process.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            process.communicate()
+            raise
+        result = subprocess.CompletedProcess(command, process.returncode, out, err)
         if check and result.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
@@ -77,6 +115,8 @@ class RabbitNode:
         }
         if self.config:
             (self.dir / "rabbitmq.conf").write_text(self.config)
+        if self.management_port:
+            (self.dir / "plugins").write_text("[rabbitmq_management].\n")
         started = time.monotonic()
         # The detached node inherits stdout/stderr: a pipe there would never reach
         # EOF, so they go to a file.
@@ -137,6 +177,11 @@ class RabbitNode:
 
     def amqp_uri(self, vhost: str) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
+
+    @property
+    def api_url(self) -> str:
+        """The management HTTP API (a node started with ``management=True``)."""
+        return f"http://127.0.0.1:{self.management_port}"
 
     def add_vhost(self, name: str | None = None) -> str:
         """Create a vhost (guest may use it); return its AMQP URI."""

@@ -22,7 +22,7 @@ queue for its reply, is never run.
 import logging
 import time
 
-from amqp.exceptions import ChannelError
+from amqp.exceptions import AMQPError, ChannelError
 from kombu.exceptions import OperationalError
 from nameko.rpc import Rpc, RpcConsumer
 
@@ -86,7 +86,7 @@ class ResilientRpc(Rpc):
     def handle_result(self, message, worker_ctx, result, exc_info):
         try:
             return super().handle_result(message, worker_ctx, result, exc_info)
-        except (OperationalError, OSError) as exc:
+        except (OperationalError, OSError, AMQPError) as exc:
             _log.warning(
                 "could not send the reply to %s.%s (correlation_id=%s): %r; the broker will redeliver the request",
                 worker_ctx.service_name,

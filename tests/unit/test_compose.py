@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from harness.rabbit import COMPOSE_CLUSTER_CONF, cluster_uri, node_settings
+from ops.permissions import DATABASES
+from ops.provision import BROKER_USERS, DATABASE_ROLES, PROVISION_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -232,11 +234,29 @@ def test_gateway_healthcheck_hits_health_endpoint(services):
     assert "http://localhost:8000/health" in test
 
 
-def test_migrate_runs_once(services):
+def test_migrate_runs_once_then_provisions_each_services_credentials(services):
     migrate = services["migrate"]
-    assert _as_argv(migrate["command"]) == ["python", "-m", "ops.migrate"]
+    assert _as_argv(migrate["command"]) == ["sh", "-c", "python -m ops.migrate && python -m ops.provision"]
     assert migrate["restart"] == "no"
     assert "healthcheck" not in migrate
+    env = _as_dict(migrate["environment"])
+    assert env["RABBITMQ_API"] == "http://rabbitmq:15672"
+    passwords = {f"{s.upper()}_BROKER_PASSWORD" for s in BROKER_USERS} | {f"{s.upper()}_DB_PASSWORD" for s in DATABASES}
+    assert passwords <= env.keys()
+
+
+@pytest.mark.parametrize("name", NAMEKO_SERVICES)
+def test_each_service_logs_in_as_itself_never_as_the_administrator(services, name):
+    """The users and roles ops/provision.py makes; the administrator's credentials
+    (RABBITMQ_USER, POSTGRES_PASSWORD) only in the migrate job."""
+    env = _as_dict(services[name]["environment"])
+    assert env["AMQP_URI"].startswith(f"amqp://{BROKER_USERS[name]}:${{{name.upper()}_BROKER_PASSWORD:?")
+    for key, value in env.items():
+        assert "RABBITMQ_USER" not in value and "RABBITMQ_PASSWORD" not in value, key
+        assert "POSTGRES_PASSWORD" not in value, key
+    if name in DATABASE_ROLES:
+        uri = env[f"{name.upper()}_DB_URI"]
+        assert uri.startswith(f"postgresql+psycopg2://{DATABASE_ROLES[name]}:${{{name.upper()}_DB_PASSWORD:?")
 
 
 @pytest.mark.parametrize(
@@ -401,8 +421,9 @@ def _credential_problems(document):
                 user, password = uri["user"], uri["password"] or ""
                 if not REQUIRED.fullmatch(password):
                     problems.append(f"{where}: password in {uri['scheme']} URI is not ${{VAR:?message}}: {value!r}")
-                if uri["scheme"] == "amqp" and not REQUIRED.fullmatch(user):
-                    problems.append(f"{where}: AMQP user is not ${{VAR:?message}}: {value!r}")
+                # A service's own user is named in ops/provision.py; the administrator's comes from .env.
+                if uri["scheme"] == "amqp" and not (REQUIRED.fullmatch(user) or user in BROKER_USERS.values()):
+                    problems.append(f"{where}: AMQP user is not ${{VAR:?message}} nor a service's: {value!r}")
     for variable, operator, argument in _variables(document):
         if SECRET_NAME.search(variable) and operator != ":?":
             problems.append(f"${{{variable}{operator or ''}{argument or ''}}}: a credential has no default")
@@ -634,17 +655,30 @@ def test_credentials_come_from_the_same_variables(services):
     user = REQUIRED.fullmatch(rabbitmq["RABBITMQ_DEFAULT_USER"])["name"]
     password = REQUIRED.fullmatch(rabbitmq["RABBITMQ_DEFAULT_PASS"])["name"]
     assert (user, password) == ("RABBITMQ_USER", "RABBITMQ_PASSWORD")
+    migrate = _as_dict(services["migrate"]["environment"])
+    admin = URI_USERINFO.match(migrate["AMQP_URI"])
+    assert (REQUIRED.fullmatch(admin["user"])["name"], REQUIRED.fullmatch(admin["password"])["name"]) == (
+        user,
+        password,
+    )
+    # Each service logs in with the password migrate (ops.provision) gave its user.
     for name in NAMEKO_SERVICES:
         uri = URI_USERINFO.match(_as_dict(services[name]["environment"])["AMQP_URI"])
-        assert REQUIRED.fullmatch(uri["user"])["name"] == user, name
-        assert REQUIRED.fullmatch(uri["password"])["name"] == password, name
+        variable = REQUIRED.fullmatch(uri["password"])["name"]
+        assert (uri["user"], variable) == (BROKER_USERS[name], f"{name.upper()}_BROKER_PASSWORD"), name
+        assert REQUIRED.fullmatch(migrate[variable])["name"] == variable
 
     pg = REQUIRED.fullmatch(_as_dict(services["postgres"]["environment"])["POSTGRES_PASSWORD"])["name"]
     assert pg == "POSTGRES_PASSWORD"
-    for name, key in (("migrate", "PERSON_DB_URI"), ("migrate", "SCORE_DB_URI"), ("person", "PERSON_DB_URI")):
-        uri = URI_USERINFO.match(_as_dict(services[name]["environment"])[key])
-        assert uri["user"] == "postgres", (name, key)
-        assert REQUIRED.fullmatch(uri["password"])["name"] == pg, (name, key)
+    for key in ("PERSON_DB_URI", "SCORE_DB_URI"):
+        uri = URI_USERINFO.match(migrate[key])
+        assert uri["user"] == "postgres", key
+        assert REQUIRED.fullmatch(uri["password"])["name"] == pg, key
+    for name in DATABASE_ROLES:
+        uri = URI_USERINFO.match(_as_dict(services[name]["environment"])[f"{name.upper()}_DB_URI"])
+        variable = REQUIRED.fullmatch(uri["password"])["name"]
+        assert (uri["user"], variable) == (DATABASE_ROLES[name], f"{name.upper()}_DB_PASSWORD"), name
+        assert REQUIRED.fullmatch(migrate[variable])["name"] == variable
 
     gateway = _as_dict(services["gateway"]["environment"])
     assert REQUIRED.fullmatch(gateway["API_TOKENS"])["name"] == "API_TOKENS"
@@ -816,7 +850,9 @@ def test_scrape_check_finds_a_mismatch(compose, prometheus_config, mutate):
 def test_every_variable_set_for_a_service_is_read_by_config_yml(services, name):
     # A misspelt name (PERSON_METRIC_ADDRESS) would be set and silently ignored.
     config = (ROOT / "config.yml").read_text(encoding="utf-8")
-    for key in _as_dict(services[name].get("environment")):
+    # ops.provision (migrate's second step) reads its own variables from the environment.
+    own = set(PROVISION_VARIABLES) if name == "migrate" else set()
+    for key in _as_dict(services[name].get("environment")).keys() - own:
         assert "${" + key + ":" in config or "${" + key + "}" in config, f"{name}: config.yml does not read {key}"
 
 
