@@ -30,6 +30,8 @@ from reliable_events.queues import QueuePerConnection
 
 _log = logging.getLogger(__name__)
 
+NOTICE_QUEUE_PREFIX = "gateway-replica-advanced-"  # then a new id per connection
+
 
 class ReplicaWatch(QueuePerConnection, DependencyProvider):
     """Hands workers itself: :meth:`read_at_least` waits for a CPF's replica."""
@@ -47,7 +49,7 @@ class ReplicaWatch(QueuePerConnection, DependencyProvider):
         # A queue per gateway instance (every instance hears every notice) and
         # connection: notices for nobody are dropped by the exchange.
         return Queue(
-            f"gateway-replica-advanced-{name_suffix}",
+            f"{NOTICE_QUEUE_PREFIX}{name_suffix}",
             exchange=self.exchange,
             routing_key=REPLICA_ADVANCED,
             durable=False,

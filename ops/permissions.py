@@ -40,13 +40,24 @@ Example::
 import re
 from dataclasses import dataclass, field
 
+from nameko.rpc import RPC_QUEUE_TEMPLATE, RPC_REPLY_QUEUE_TEMPLATE
+
 from contracts.events import PERSON_EVENTS, REPLICA_ADVANCED, SCORE_NOTICES
 from contracts.kinds import KINDS
+from gateway.freshness import NOTICE_QUEUE_PREFIX
+
+
+def _reply_queues(service: str) -> str:
+    """The pattern of a service's RPC reply queues (Nameko's name, and the gateway's)."""
+    return re.escape(RPC_REPLY_QUEUE_TEMPLATE.format(service, "")) + ".+"
+
 
 RPC_EXCHANGE = "nameko-rpc"  # Nameko's default (AMQP_URI's RPC_EXCHANGE config is not set)
 DEFAULT_EXCHANGE = "amq.default"  # what RabbitMQ calls "" in permissions
 PERSON_EVENTS_EXCHANGE = f"{PERSON_EVENTS.service}.events"
 NOTICES_EXCHANGE = f"{SCORE_NOTICES}.events"
+NOTICE_QUEUES = re.escape(NOTICE_QUEUE_PREFIX) + ".+"  # the gateway's read-your-writes notices
+PERSON_RPC_QUEUE, SCORE_RPC_QUEUE = (RPC_QUEUE_TEMPLATE.format(service) for service in ("person", "score"))
 # A reply's routing key is its caller's reply queue id: a UUID, with or
 # without dashes (Nameko's listeners, the gateway's).
 REPLY_KEY = "[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}"
@@ -64,7 +75,7 @@ GATEWAY_CALLS = (
 SCORE_CALLS = ("person.event_history",)
 # Person's and score's containers check their health by calling it
 # (``ops.ping``, Nameko's standalone proxy, with the service's own credentials).
-PING_REPLY_QUEUE = r"rpc\.reply-standalone_rpc_proxy-.+"
+PING_REPLY_QUEUE = _reply_queues("standalone_rpc_proxy")
 
 
 def _any_of(patterns) -> str:
@@ -100,29 +111,29 @@ class BrokerGrant:
 
 BROKER_GRANTS = {
     "person": BrokerGrant(
-        configure=[*_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, "rpc-person"), PING_REPLY_QUEUE],
-        write=[*_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, "rpc-person"), PING_REPLY_QUEUE],
-        read=[*_names(RPC_EXCHANGE, "rpc-person"), PING_REPLY_QUEUE],
+        configure=[*_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, PERSON_RPC_QUEUE), PING_REPLY_QUEUE],
+        write=[*_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, PERSON_RPC_QUEUE), PING_REPLY_QUEUE],
+        read=[*_names(RPC_EXCHANGE, PERSON_RPC_QUEUE), PING_REPLY_QUEUE],
         topic_write={RPC_EXCHANGE: [REPLY_KEY, *_names("person.health")], PERSON_EVENTS_EXCHANGE: [".+"]},
         topic_read={RPC_EXCHANGE: [re.escape("person.*"), REPLY_KEY]},
     ),
     "score": BrokerGrant(
         configure=[
-            *_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, NOTICES_EXCHANGE, "rpc-score"),
-            r"rpc\.reply-score-.+",
+            *_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, NOTICES_EXCHANGE, SCORE_RPC_QUEUE),
+            _reply_queues("score"),
             PING_REPLY_QUEUE,
             EVENT_QUEUE,
         ],
         # Its retry and dead-letter copies go through the default exchange.
         write=[
-            *_names(RPC_EXCHANGE, NOTICES_EXCHANGE, DEFAULT_EXCHANGE, "rpc-score"),
-            r"rpc\.reply-score-.+",
+            *_names(RPC_EXCHANGE, NOTICES_EXCHANGE, DEFAULT_EXCHANGE, SCORE_RPC_QUEUE),
+            _reply_queues("score"),
             PING_REPLY_QUEUE,
             EVENT_QUEUE,
         ],
         read=[
-            *_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, "rpc-score"),
-            r"rpc\.reply-score-.+",
+            *_names(RPC_EXCHANGE, PERSON_EVENTS_EXCHANGE, SCORE_RPC_QUEUE),
+            _reply_queues("score"),
             PING_REPLY_QUEUE,
             EVENT_QUEUE,
         ],
@@ -137,9 +148,9 @@ BROKER_GRANTS = {
         },
     ),
     "gateway": BrokerGrant(
-        configure=[*_names(RPC_EXCHANGE, NOTICES_EXCHANGE), r"rpc\.reply-gateway-.+", "gateway-replica-advanced-.+"],
-        write=[*_names(RPC_EXCHANGE), r"rpc\.reply-gateway-.+", "gateway-replica-advanced-.+"],
-        read=[*_names(RPC_EXCHANGE, NOTICES_EXCHANGE), r"rpc\.reply-gateway-.+", "gateway-replica-advanced-.+"],
+        configure=[*_names(RPC_EXCHANGE, NOTICES_EXCHANGE), _reply_queues("gateway"), NOTICE_QUEUES],
+        write=[*_names(RPC_EXCHANGE), _reply_queues("gateway"), NOTICE_QUEUES],
+        read=[*_names(RPC_EXCHANGE, NOTICES_EXCHANGE), _reply_queues("gateway"), NOTICE_QUEUES],
         topic_write={RPC_EXCHANGE: _names(*GATEWAY_CALLS), PERSON_EVENTS_EXCHANGE: [], NOTICES_EXCHANGE: []},
         topic_read={RPC_EXCHANGE: [REPLY_KEY], NOTICES_EXCHANGE: _names(REPLICA_ADVANCED)},
     ),
