@@ -194,7 +194,7 @@ class JsonHttpEntrypoint(HttpRequestHandler):
     def handle_request(self, request):
         # Checked before a worker is spawned: a refused request costs no worker.
         try:
-            request.token = authorize(request, self.tokens, self.scope)
+            authorize(request, self.tokens, self.scope)
         except Exception as exc:
             return self.response_from_exception(exc)
         return super().handle_request(request)
