@@ -194,8 +194,7 @@ class RabbitNode:
         self.ctl("delete_vhost", name, check=False)
 
     def queue_names(self, vhost: str) -> set:
-        out = self.ctl("list_queues", "-p", vhost, "name", "--no-table-headers").stdout
-        return {line.strip() for line in out.splitlines() if line.strip()}
+        return set(self.queue_depths(vhost))
 
     def bound_queues(self, vhost: str) -> set:
         """Names of the queues some binding of ``vhost`` routes to."""

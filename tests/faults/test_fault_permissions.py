@@ -24,6 +24,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, make_url, text
 
+from contracts.events import PERSON_EVENTS
 from harness.api import HTTP_TIMEOUT
 from harness.cpf import cpfs
 from harness.faults import FaultSystem
@@ -104,15 +105,8 @@ def publish(uri, exchange, routing_key, body, **properties):
 
 
 def forged_income(cpf):
-    event_id = str(uuid.uuid4())
-    return {
-        "event_id": event_id,
-        "event_type": "income_added",
-        "cpf": cpf,
-        "sequence": 99,
-        "occurred_at": "2026-12-01T00:00:00+00:00",
-        "data": {"id": 999, "type": "forged", "value": "1000000.00"},
-    }
+    """A well-formed ``income_added`` that person never wrote."""
+    return PERSON_EVENTS.new("income_added", cpf, 99, {"id": 999, "type": "forged", "value": "1000000.00"})
 
 
 def test_each_service_with_its_own_credentials_and_leaked_ones_forge_nothing(system, users, roles, report):
