@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["InvalidCPF", "format_cpf", "is_valid_cpf", "mask_cpfs", "normalize_cpf"]
+__all__ = ["InvalidCPF", "cpfs_in", "format_cpf", "is_valid_cpf", "mask_cpfs", "normalize_cpf"]
 
 CPF_LENGTH = 11
 _PUNCTUATION = ".-"
@@ -106,3 +106,12 @@ def mask_cpfs(text: str) -> str:
     'POST /person/529.***.***-25/income cpf=529.***.***-25 id=...-a12345678901-1a'
     """
     return _CPF_IN_TEXT.sub(lambda m: f"{m[1]}.***.***-{m[6]}", text)
+
+
+def cpfs_in(text: str) -> set:
+    """Every CPF-shaped string in ``text``, as 11 digits (valid or not).
+
+    >>> sorted(cpfs_in('{"cpf": "52998224725", "note": "529.982.247-25", "id": 11144477735}'))
+    ['11144477735', '52998224725']
+    """
+    return {m[1] + m[3] + m[4] + m[6] for m in _CPF_IN_TEXT.finditer(text)}

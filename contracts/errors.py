@@ -34,4 +34,15 @@ class PersonAlreadyExists(Exception):
 
 @deserialize_to_instance
 class ScoreNotFound(Exception):
-    """Score has never seen an event for this CPF."""
+    """Score has no score for this CPF: never seen, or erased.
+
+    ``applied_sequence``: the sequence of the person's erasure score has
+    applied, 0 if none (a read waiting for an erasure is answered by it)."""
+
+    def __init__(self, message, applied_sequence=0):
+        super().__init__(message, applied_sequence)
+        self.message = message
+        self.applied_sequence = int(applied_sequence)  # RPC hands arguments back as strings
+
+    def __str__(self):
+        return self.message

@@ -2,17 +2,26 @@
 
 Events go out on ``person.events`` as Nameko events; score's handler of
 ``<type>`` listens on ``evt-person-<type>--score.on_<type>``. The envelope's
-aggregate is the person, under ``cpf``.
+aggregate is the person, under ``cpf`` (its keyed hash in ``person_erased``).
 """
 
 from contracts.cpf import CPF_LENGTH
+from contracts.erasure import CPF_HASH_PATTERN
 from contracts.kinds import KINDS
 from reliable_events.envelope import EventSource
 
-PERSON_EVENTS = EventSource(service="person", key_field="cpf", key_pattern=rf"\A[0-9]{{{CPF_LENGTH}}}\Z")
-
 PERSON_CREATED = "person_created"
-EVENT_TYPES: tuple[str, ...] = (PERSON_CREATED, *(kind.event_type for kind in KINDS))
+# An erasure names its person by the CPF's keyed hash (contracts/erasure.py),
+# never by the CPF: it stays in person's event history for good.
+PERSON_ERASED = "person_erased"
+EVENT_TYPES: tuple[str, ...] = (PERSON_CREATED, *(kind.event_type for kind in KINDS), PERSON_ERASED)
+
+PERSON_EVENTS = EventSource(
+    service="person",
+    key_field="cpf",
+    key_pattern=rf"\A[0-9]{{{CPF_LENGTH}}}\Z",
+    key_patterns=((PERSON_ERASED, rf"\A{CPF_HASH_PATTERN}\Z"),),
+)
 
 # Score's wake-up notices for waiting reads (not data: neither persistent nor
 # confirmed), on ``score.events``: {"cpfs": [...]} after each commit.

@@ -26,6 +26,7 @@ from nameko.extensions import DependencyProvider
 from nameko.messaging import QueueConsumer
 
 from contracts.events import REPLICA_ADVANCED, SCORE_NOTICES
+from contracts.scores import APPLIED_SEQUENCE
 from reliable_events.queues import QueuePerConnection
 
 _log = logging.getLogger(__name__)
@@ -90,11 +91,15 @@ class ReplicaWatch(QueuePerConnection, DependencyProvider):
         """Call ``read()`` until its ``applied_sequence`` reaches ``sequence``
         or the bound runs out; return ``(last result or None, stale, waited seconds)``.
 
-        ``read`` returns the score dict, or None for a CPF the replica lacks.
+        ``read`` returns the score dict, or None for a CPF the replica lacks,
+        or an object with an ``applied_sequence`` attribute (an erasure).
         """
 
         def reached(result):
-            return result is not None and result["applied_sequence"] >= sequence
+            if result is None:
+                return False
+            applied = result[APPLIED_SEQUENCE] if isinstance(result, dict) else result.applied_sequence
+            return applied >= sequence
 
         start = time.monotonic()
         deadline = start + self.timeout

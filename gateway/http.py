@@ -32,6 +32,7 @@ from observability.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 _log = logging.getLogger(__name__)
 
 CALL_ID_STACK_KEY = "nameko.call_id_stack"  # in the WSGI environ
+TOKEN_KEY = "gateway.token"  # in the WSGI environ: the request's Token (gateway/auth.py), if any
 NEVER_REFUSED = ("/health", "/metrics")
 
 
@@ -142,7 +143,7 @@ def _observe(request, route, values, response, elapsed):
     elif response.headers.get("Location", "").startswith("/person/"):  # a person created
         fields["cpf"] = response.headers["Location"].rsplit("/", 1)[1]
     sequence = response.headers.get("Event-Sequence")
-    if sequence is not None and request.method == "POST":
+    if sequence is not None and request.method in ("POST", "DELETE"):
         fields["sequence"] = int(sequence)
     stack = request.environ.get(CALL_ID_STACK_KEY)
     if stack:
@@ -194,7 +195,7 @@ class JsonHttpEntrypoint(HttpRequestHandler):
     def handle_request(self, request):
         # Checked before a worker is spawned: a refused request costs no worker.
         try:
-            authorize(request, self.tokens, self.scope)
+            request.environ[TOKEN_KEY] = authorize(request, self.tokens, self.scope)
         except Exception as exc:
             return self.response_from_exception(exc)
         return super().handle_request(request)

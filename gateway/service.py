@@ -16,7 +16,7 @@ from contracts.kinds import BY_NAME, NAMES
 from contracts.scores import APPLIED_SEQUENCE
 from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
 from gateway.freshness import ReplicaWatch
-from gateway.http import http, json_response
+from gateway.http import TOKEN_KEY, http, json_response
 from gateway.rpc import TimedRpcProxy
 from observability.logs import CallContext
 from observability.metrics import READ_WAIT, metrics_response
@@ -54,6 +54,9 @@ def _write_keys(request) -> dict:
         )
     return {**keys, "idempotency_key": key}
 
+
+# Who erased, in person's audit, when API_TOKENS is empty (no token is asked for).
+OPEN_API = "anyone (API_TOKENS empty)"
 
 MAX_SEQUENCE = 2**31 - 1  # person's sequence column is a PostgreSQL integer
 
@@ -123,6 +126,29 @@ class GatewayService:
         """
         return json_response(self.person.get_person(_path_cpf(cpf)))
 
+    @http("DELETE", "/person/<cpf>", scope="admin")
+    def erase_person(self, request, cpf):
+        """Erase a person (LGPD); needs the ``admin`` scope. 200 with the
+        erasure's ``sequence`` (also in ``Event-Sequence``); 404 unknown (or
+        erased already), 422 malformed CPF.
+
+        Example::
+
+            curl -i -X DELETE -H 'Authorization: Bearer <admin token>' localhost:8000/person/52998224725
+            -> {"cpf": "52998224725", "erased": true, "sequence": 5, "erased_at": "2026-..."}
+
+        Person deletes the person's rows, its event history and its stored
+        answers at once, and records who asked (the token's name, never the
+        token); score deletes its replica when it applies the erasure: then
+        ``GET /52998224725/score?min_sequence=5`` is 404. The CPF may be
+        created again afterwards.
+        """
+        cpf = _path_cpf(cpf)
+        token = request.environ.get(TOKEN_KEY)
+        erased_by = token.name if token is not None else OPEN_API
+        erased = self.person.erase_person(cpf, erased_by=erased_by, request_id=str(uuid.uuid4()))
+        return _written({"cpf": cpf, **erased}, 200)
+
     @http("POST", ITEM_ROUTE, scope="write")
     def add_item(self, request, cpf, kind):
         """Add an income, asset or debt. 201 with the item; 404 unknown person.
@@ -166,16 +192,23 @@ class GatewayService:
             return self._score_response(self.score.get_score(cpf), stale=False)
         result, stale, waited = self.replica.read_at_least(cpf, wanted, partial(self._score_or_none, cpf))
         READ_WAIT.labels("stale" if stale else "fresh").observe(waited)
+        if isinstance(result, ScoreNotFound):
+            if not stale:
+                raise result  # the erasure asked for (or a later one) is applied: 404
+            result = None  # an older erasure: the person was created again since
         if result is None:
             result = self._unseen_score(cpf)
         timing = [("Server-Timing", f"replica-wait;dur={waited * 1000:.1f}")]
         return self._score_response(result, stale, timing)
 
     def _score_or_none(self, cpf):
+        """The score, or None for a CPF score has none of; or, when score has
+        applied the person's erasure, its :class:`ScoreNotFound` (carrying the
+        erasure's ``applied_sequence``, which a wait for it reaches)."""
         try:
             return self.score.get_score(cpf)
-        except ScoreNotFound:
-            return None
+        except ScoreNotFound as exc:
+            return exc if exc.applied_sequence else None
 
     def _unseen_score(self, cpf):
         """The answer for a CPF score has not heard of when the wait ran out:

@@ -46,6 +46,7 @@ from harness.processes import ROOT, System
 from harness.rabbit import RabbitNode as HarnessRabbitNode
 from harness.rabbit import message_count
 from harness.waits import wait_for
+from ops.queues import event_queues
 from score import rules
 
 log = logging.getLogger("tests.faults")
@@ -266,8 +267,7 @@ PERSON_ITEMS = """
     UNION ALL SELECT 'debt', id, cpf, value, NULL FROM debt
 """
 APPLIED = re.compile(r"applied event ([0-9a-f-]{36})")
-EVENT_TYPES = ("person_created", *ITEM_EVENTS.values())
-DEAD_LETTER_QUEUES = [f"evt-person-{t}--score.on_{t}.dead" for t in EVENT_TYPES]
+DEAD_LETTER_QUEUES = [f"{queue}.dead" for queue in event_queues()]
 
 
 def _queue_depth(amqp_uri, queue) -> int:

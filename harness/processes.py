@@ -147,6 +147,11 @@ class CpuMeter:
         return self.result
 
 
+# The key the tests' services hash CPFs with (contracts/erasure.py), so a test
+# can find the records an erasure leaves.
+TEST_HASH_KEY = "test-personal-data-key"
+
+
 # --- the services ----------------------------------------------------------------------
 
 
@@ -182,6 +187,7 @@ class System:
             "PERSON_METRICS_ADDRESS": "127.0.0.1:0",
             "SCORE_METRICS_ADDRESS": "127.0.0.1:0",
             "PYTHONWARNINGS": "ignore",
+            "PERSONAL_DATA_HASH_KEY": TEST_HASH_KEY,
             **{key: str(value) for key, value in extra_env.items()},
         }
         self.processes = {}

@@ -23,6 +23,7 @@ import threading
 log = logging.getLogger(__name__)
 
 CHUNK = 65536
+TAIL = 256  # the client's last bytes each link keeps, for passes()
 
 
 class _Link:
@@ -34,6 +35,7 @@ class _Link:
         self.flowing = threading.Event()  # client -> server forwarding allowed
         self.flowing.set()
         self.closed = False
+        self.sent = b""  # the last TAIL bytes forwarded client -> server
         self._pumps = 2
         self._lock = threading.Lock()
 
@@ -148,8 +150,13 @@ class TcpProxy:
         finally:
             listener.close()
 
-    @staticmethod
-    def _pump(link: _Link, source: socket.socket, sink: socket.socket, upstream: bool):
+    def passes(self, link: _Link, data: bytes) -> bool:
+        """Whether a chunk the client sent may go on to the server; False closes
+        the connection instead. A subclass may look at the bytes (``link.sent``:
+        the last ones before ``data``, for a name split across two reads)."""
+        return True
+
+    def _pump(self, link: _Link, source: socket.socket, sink: socket.socket, upstream: bool):
         try:
             while not link.closed:
                 data = source.recv(CHUNK)
@@ -160,6 +167,9 @@ class TcpProxy:
                     # what the service sends next waits in the socket; a cut
                     # loses all of it.
                     link.flowing.wait()
+                    if not self.passes(link, data):
+                        break
+                    link.sent = (link.sent + data)[-TAIL:]
                 if link.closed:
                     break
                 sink.sendall(data)

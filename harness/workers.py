@@ -3,12 +3,17 @@
 from nameko.testing.services import worker_factory
 from sqlalchemy.orm import sessionmaker
 
+from contracts.erasure import CpfHasher
 from contracts.events import PERSON_EVENTS
+from harness.processes import TEST_HASH_KEY
 from person import writes
 from person.models import PersonBase, idempotency_keys, outbox
 from person.service import PersonService
 from reliable_events.group_commit import Submitter, Transactions
 from reliable_events.outbox import Outbox
+
+# The key both services' workers hash CPFs with here (contracts/erasure.py).
+TEST_HASHER = CpfHasher(TEST_HASH_KEY.encode())
 
 
 class RecordingOutbox(Outbox):
@@ -33,4 +38,6 @@ def person_worker(engine, db_wrappers, recorder=None):
         writes.answer_again,
         idempotency_keys,
     )
-    return worker_factory(PersonService, db=db_wrappers(engine), committer=Submitter(transactions, None))
+    return worker_factory(
+        PersonService, db=db_wrappers(engine), committer=Submitter(transactions, None), hasher=TEST_HASHER
+    )

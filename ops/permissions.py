@@ -67,6 +67,7 @@ EVENT_QUEUE = f"evt-{PERSON_EVENTS.service}-.+"
 GATEWAY_CALLS = (
     "person.create_person",
     "person.get_person",
+    "person.erase_person",
     "person.health",
     *(f"person.{kind.rpc_method}" for kind in KINDS),
     "score.get_score",

@@ -1,5 +1,6 @@
 """The person service's tables: people, a table per kind of item (from
-:mod:`contracts.kinds`), the event outbox and the idempotency keys."""
+:mod:`contracts.kinds`), the event outbox, the idempotency keys and the
+erasures' audit."""
 
 from sqlalchemy import (
     BigInteger,
@@ -62,6 +63,25 @@ ITEM_MODELS = {kind.name: _item_model(kind) for kind in KINDS}
 for _kind in KINDS:
     _model = ITEM_MODELS[_kind.name]
     setattr(Person, _kind.plural, relationship(_model, order_by=_model.id, lazy="selectin"))
+
+
+class Erasure(PersonBase):
+    """One erasure of a person (LGPD): the only record left of that person.
+
+    ``cpf_hash``: the CPF's keyed hash (contracts/erasure.py), never the CPF.
+    ``sequence``: the ``person_erased`` event's; a person created again with
+    that CPF goes on from it, so that score can tell its new events from the
+    erased person's still in flight. ``erased_by``: who asked, by name (a
+    token's hash, see gateway/auth.py), never by secret.
+    """
+
+    __tablename__ = "erasure"
+
+    id = Column(BigInteger, primary_key=True, autoincrement=True)
+    cpf_hash = Column(String(64), nullable=False, index=True)
+    sequence = Column(Integer, nullable=False)
+    erased_by = Column(String(100), nullable=False)
+    erased_at = Column(DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp())
 
 
 outbox = outbox_table(PersonBase.metadata)

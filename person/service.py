@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
 from contracts.cpf import InvalidCPF, normalize_cpf
+from contracts.erasure import PersonalDataKey
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_EVENTS
 from contracts.kinds import KINDS, ItemKind
@@ -77,6 +78,7 @@ class PersonService:
     outbox = Outbox(PersonBase, outbox, PERSON_EVENTS)
     idempotency = IdempotencyKeys(idempotency_keys)
     committer = Committer(PersonBase, writes.apply, writes.answer_again, idempotency_keys)
+    hasher = PersonalDataKey()
     call_context = CallContext()
     rpc_metrics = RpcMetrics()
 
@@ -93,8 +95,9 @@ class PersonService:
              'incomes': [], 'assets': [], 'debts': [], 'sequence': 1}
 
         ``sequence`` is the position of the event this write produced in the
-        person's history (1 for the creation, +1 per item); a reader passes it
-        to the score read to see this write (read-your-writes).
+        person's history (1 for the creation, +1 per item; a CPF erased before
+        goes on after its erasure's); a reader passes it to the score read to
+        see this write (read-your-writes).
 
         With ``idempotency_key``, a retry of the same request returns the first
         answer and writes nothing (see :mod:`reliable_events.idempotency`).
@@ -105,7 +108,8 @@ class PersonService:
         ``KeyReused`` (the key was used for another request).
         """
         data = _load(CreatePersonSchema(), person)
-        return self._submit(writes.NewPerson(data), "create_person", (person,), idempotency_key, request_id)
+        new = writes.NewPerson(data, self.hasher.hash(data["cpf"]))
+        return self._submit(new, "create_person", (person,), idempotency_key, request_id)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
     def get_person(self, cpf):
@@ -126,6 +130,34 @@ class PersonService:
             if row is None:
                 raise PersonNotFound(f"No person with CPF {cpf}.")
             return PersonOutSchema().dump(row)
+
+    @rpc(expected_exceptions=CLIENT_ERRORS)
+    def erase_person(self, cpf, erased_by="rpc", request_id=None):
+        """Erase a person (LGPD): announces ``person_erased``.
+
+        Example (``nameko shell``)::
+
+            >>> n.rpc.person.erase_person("52998224725", erased_by="ana@dpo")
+            {'erased': True, 'sequence': 5, 'erased_at': '2026-...'}
+
+        In one transaction: the person's row and items, its whole event
+        history in the outbox (published or not) and the answers stored for
+        its idempotent writes are deleted; an audit row records when, by whom
+        (``erased_by``: a name, never a secret) and the CPF's keyed hash; the
+        ``person_erased`` event, keyed by that hash and numbered after the
+        person's last event (``sequence``), is added to the outbox. Score
+        deletes its replica of the person when it applies that event, and
+        drops the person's events numbered before it that are still in
+        flight. The same CPF may be created again; its events go on after
+        ``sequence``.
+
+        Raises ``InvalidInput`` for a malformed CPF, ``PersonNotFound``
+        (never created, or erased already).
+        """
+        cpf = _cpf(cpf)
+        erasure = writes.Erase(cpf, self.hasher.hash(cpf), str(erased_by)[:100])
+        # No Idempotency-Key: its stored request hash would be a plain hash of the CPF.
+        return self.committer.submit(erasure, request_id)
 
     def _add_item(self, kind: ItemKind, cpf, item, idempotency_key=None, request_id=None):
         """Add an item of a kind (:mod:`contracts.kinds`): the body of every

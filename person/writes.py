@@ -1,11 +1,16 @@
 """Person's writes, applied many at once (:mod:`reliable_events.group_commit`).
 
-A batch of writes costs a few statements whatever its size: one INSERT for the
-new people, one UPDATE that numbers the events of every person written to
-(locking those rows in CPF order, so concurrent batches never deadlock, and
-the sequences of one person stay gapless), one INSERT per kind of item, and the
-outbox's one INSERT. Statements are built once and given the rows as
-parameters (SQLAlchemy's insertmanyvalues): no compiling per request.
+A batch of writes costs a few statements whatever its size: for new people,
+one round trip that locks their CPFs against an erasure and reads the
+sequence each goes on from, and one INSERT; one UPDATE that numbers the events
+of every person written to (locking those rows in CPF order, so concurrent
+batches never deadlock, and the sequences of one person stay gapless), one
+INSERT per kind of item, and the outbox's one INSERT. Statements are built
+once and given the rows as parameters (SQLAlchemy's insertmanyvalues): no
+compiling per request.
+
+An erasure (:class:`Erase`) runs alone, in a transaction of its own
+(:func:`erase`).
 """
 
 from collections import Counter, defaultdict
@@ -14,10 +19,11 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from contracts.erasure import CpfHasher
 from contracts.errors import PersonAlreadyExists, PersonNotFound
-from contracts.events import PERSON_CREATED
+from contracts.events import PERSON_CREATED, PERSON_ERASED
 from contracts.kinds import BY_EVENT_TYPE, KINDS, ItemKind
-from person.models import ITEM_MODELS, Person
+from person.models import ITEM_MODELS, Erasure, Person, idempotency_keys, outbox
 from person.schemas import PersonOutSchema, item_schemas
 from reliable_events.group_commit import Done
 
@@ -48,6 +54,17 @@ _NUMBER_EVENTS = text(
     RETURNING p.cpf, p.last_sequence
     """
 )
+# Two statements in one round trip. The first takes a shared advisory lock per
+# new CPF (an erasure of that CPF takes it exclusively: see erase); the second,
+# which PostgreSQL gives a fresh snapshot of its own, then sees an erasure that
+# committed while the first waited, and reads the sequence each CPF goes on
+# from: the last erasure's, or 0.
+_LOCK_AND_FIND_ERASURES = text(
+    """
+    SELECT pg_advisory_xact_lock_shared(k) FROM unnest(CAST(:keys AS bigint[])) AS k;
+    SELECT cpf_hash, max(sequence) FROM erasure WHERE cpf_hash = ANY(CAST(:hashes AS varchar[])) GROUP BY cpf_hash
+    """
+)
 _OUT = {kind.name: item_schemas(kind)[1] for kind in KINDS}
 _PERSON_OUT = PersonOutSchema()
 _NO_ITEMS = {kind.plural: [] for kind in KINDS}
@@ -56,6 +73,7 @@ _NO_ITEMS = {kind.plural: [] for kind in KINDS}
 @dataclass
 class NewPerson:
     data: dict  # loaded by CreatePersonSchema
+    cpf_hash: str  # the CPF's keyed hash (contracts/erasure.py)
 
 
 @dataclass
@@ -65,8 +83,21 @@ class NewItem:
     data: dict  # loaded by the kind's schema
 
 
-def person_answer(data: dict, created_at) -> dict:
-    return {**_PERSON_OUT.dump({**data, "created_at": created_at, **_NO_ITEMS}), "sequence": 1}
+@dataclass
+class Erase:
+    cpf: str
+    cpf_hash: str
+    erased_by: str
+    alone = True  # in a transaction of its own (reliable_events.group_commit)
+
+
+def person_answer(data: dict, created_at, sequence: int) -> dict:
+    return {**_PERSON_OUT.dump({**data, "created_at": created_at, **_NO_ITEMS}), "sequence": sequence}
+
+
+def erasure_answer(sequence: int, erased_at) -> dict:
+    """What an erasure answers: no CPF (the caller has it; an answer may be stored)."""
+    return {"erased": True, "sequence": sequence, "erased_at": erased_at.isoformat()}
 
 
 def item_answer(kind: ItemKind, data: dict, item_id: int, created_at, sequence: int) -> dict:
@@ -74,8 +105,11 @@ def item_answer(kind: ItemKind, data: dict, item_id: int, created_at, sequence: 
 
 
 def apply(session, writes: list) -> list:
-    """Write every one of ``writes`` (:class:`NewPerson` or :class:`NewItem`
-    payloads); one outcome each: :class:`Done`, or the write's own error."""
+    """Write every one of ``writes`` (:class:`NewPerson`, :class:`NewItem`, or
+    one :class:`Erase` alone); one outcome each: :class:`Done`, or the write's
+    own error."""
+    if isinstance(writes[0].payload, Erase):
+        return [erase(session, writes[0].payload, writes[0].request_id)]
     outcomes = [None] * len(writes)
     people = [(i, w.payload) for i, w in enumerate(writes) if isinstance(w.payload, NewPerson)]
     items = [(i, w.payload) for i, w in enumerate(writes) if isinstance(w.payload, NewItem)]
@@ -87,7 +121,13 @@ def apply(session, writes: list) -> list:
 
 
 def _create_people(session, people, outcomes):
-    rows = [{**new.data, "last_sequence": 1} for _, new in people]
+    hashes = sorted({new.cpf_hash for _, new in people})
+    keys = sorted({CpfHasher.lock_key(h) for h in hashes})  # one order for every batch: no deadlock
+    erased = dict(session.execute(_LOCK_AND_FIND_ERASURES, {"keys": keys, "hashes": hashes}).all())
+    # A CPF erased before goes on from its erasure's sequence: score then tells
+    # the new person's events from the erased one's still in flight.
+    first = {new.data["cpf"]: erased.get(new.cpf_hash, 0) + 1 for _, new in people}
+    rows = [{**new.data, "last_sequence": first[new.data["cpf"]]} for _, new in people]
     created = {row.cpf: row.created_at for row in session.execute(_INSERT_PEOPLE, rows)}
     for i, new in people:
         cpf = new.data["cpf"]
@@ -100,7 +140,8 @@ def _create_people(session, people, outcomes):
             "address": new.data["address"],
             "date_of_birth": new.data["date_of_birth"].isoformat(),
         }
-        outcomes[i] = Done(person_answer(new.data, created_at), (PERSON_CREATED, cpf, 1, event))
+        sequence = first[cpf]
+        outcomes[i] = Done(person_answer(new.data, created_at, sequence), (PERSON_CREATED, cpf, sequence, event))
 
 
 def _add_items(session, items, outcomes):
@@ -127,13 +168,62 @@ def _add_items(session, items, outcomes):
             outcomes[i] = Done(answer, (kind.event_type, new.cpf, sequence, event))
 
 
+_person_row = _person.c
+_LOCK_PERSON = text("SELECT pg_advisory_xact_lock(:key)")
+_ITEM_TABLES = [ITEM_MODELS[kind.name].__table__ for kind in KINDS]
+
+
+def erase(session, erasure: Erase, request_id=None):
+    """Erase a person: its row, its items, its event history (published or
+    not), the answers stored for its writes; record the erasure
+    (:class:`~person.models.Erasure`) and announce ``person_erased``, keyed by
+    the CPF's hash, numbered after the person's last event. Its outcome.
+
+    Ordered against the person's other writes: items lock the person's row,
+    as this does first; a creation of the same CPF takes the CPF's advisory
+    lock shared, this takes it exclusively (see ``_LOCK_AND_FIND_ERASURES``).
+    """
+    cpf = erasure.cpf
+    session.execute(_LOCK_PERSON, {"key": CpfHasher.lock_key(erasure.cpf_hash)})
+    last = session.execute(
+        select(_person_row.last_sequence).where(_person_row.cpf == cpf).with_for_update()
+    ).scalar_one_or_none()
+    if last is None:
+        if request_id is not None:  # this very request, delivered again after it erased the person?
+            row = session.execute(select(outbox).where(outbox.c.request_key == request_id)).one_or_none()
+            if row is not None:
+                return Done(answer_again(session, row))
+        return PersonNotFound(f"No person with CPF {cpf}.")
+    for table in _ITEM_TABLES:
+        session.execute(table.delete().where(table.c.cpf == cpf))
+    session.execute(_person.delete().where(_person_row.cpf == cpf))
+    # The relay may still publish a deleted row it holds in memory: score
+    # drops it, being numbered before the erasure (score/replica.py).
+    session.execute(outbox.delete().where(outbox.c.aggregate_key == cpf))
+    session.execute(idempotency_keys.delete().where(idempotency_keys.c.aggregate_key == cpf))
+    sequence = last + 1
+    erased_at = session.execute(
+        Erasure.__table__.insert()
+        .values(cpf_hash=erasure.cpf_hash, sequence=sequence, erased_by=erasure.erased_by)
+        .returning(Erasure.erased_at)
+    ).scalar_one()
+    return Done(erasure_answer(sequence, erased_at), (PERSON_ERASED, erasure.cpf_hash, sequence, {}))
+
+
 def answer_again(session, outbox_row) -> dict:
     """The answer a write gave, from its outbox row (for the same request delivered again)."""
     event = outbox_row.payload
+    if outbox_row.event_type == PERSON_ERASED:
+        erased_at = session.execute(
+            select(Erasure.erased_at).where(
+                Erasure.cpf_hash == outbox_row.aggregate_key, Erasure.sequence == outbox_row.sequence
+            )
+        ).scalar_one()
+        return erasure_answer(outbox_row.sequence, erased_at)
     if outbox_row.event_type == PERSON_CREATED:
         person = session.get(Person, outbox_row.aggregate_key)
         data = {"cpf": person.cpf, "name": person.name, "address": person.address}
-        return person_answer({**data, "date_of_birth": person.date_of_birth}, person.created_at)
+        return person_answer({**data, "date_of_birth": person.date_of_birth}, person.created_at, outbox_row.sequence)
     kind = BY_EVENT_TYPE[outbox_row.event_type]
     table = ITEM_MODELS[kind.name].__table__
     row = session.execute(select(table).where(table.c.id == event["data"]["item_id"])).one()._mapping

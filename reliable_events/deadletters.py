@@ -37,8 +37,12 @@ def _body(message):
     try:
         return message.payload
     except Exception:
-        raw = message.body
-        return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        return _raw(message)
+
+
+def _raw(message) -> str:
+    raw = message.body
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
 
 
 def _reason(headers):
@@ -123,17 +127,19 @@ class DeadLetterOps:
 
         return self._visit(event_id, send_back, with_producer=True)
 
-    def purge(self, event_id=None) -> list:
-        """Delete dead letters (all, or one event's) for good."""
+    def purge(self, event_id=None, match=None) -> list:
+        """Delete dead letters (all, one event's, or those for which
+        ``match(raw_body)`` is true) for good. The raw body is what ``match``
+        sees, so a message too malformed to decode is matched too."""
 
         def drop(queue, message):
             message.ack()
             _log.warning("purged dead letter %s from %s", message.properties.get("message_id"), queue)
             return _summary(queue, message)
 
-        return self._visit(event_id, drop)
+        return self._visit(event_id, drop, match)
 
-    def _visit(self, event_id, action, with_producer=False):
+    def _visit(self, event_id, action, match=None, with_producer=False):
         results = []
         # confirm_publish: a replayed message is acked only once the broker has it
         with Connection(self._amqp_uri, transport_options={"confirm_publish": True}) as conn:
@@ -146,6 +152,8 @@ class DeadLetterOps:
                     while (message := queue.get(no_ack=False)) is not None:
                         summary = _summary(handler.queue.name, message)
                         if event_id is not None and str(summary["event_id"]) != str(event_id):
+                            continue
+                        if match is not None and not match(_raw(message)):
                             continue
                         args = (handler.queue.name, message) + ((producer,) if producer else ())
                         results.append(action(*args))

@@ -30,6 +30,8 @@ What stays exactly as with one transaction per write:
 - A write with a client's ``Idempotency-Key`` runs alone, with its key claimed
   and its answer stored in its transaction (:mod:`reliable_events.idempotency`):
   the same key again gets that answer, another request with it ``KeyReused``.
+  So does a write whose payload says ``alone = True`` (an erasure: rare, and
+  it locks what a batch would lock in another order).
 
 At most ``WRITE_BATCH_CONCURRENCY`` transactions run at once; the rows they
 lock (a person's, to number its events) are locked in key order, so two
@@ -116,7 +118,8 @@ class Transactions:
             if key is not None:
                 if isinstance(outcomes[0], BaseException):
                     raise outcomes[0]  # the key's claim goes with the rest: a retry runs again
-                store(session, self.idempotency, key, outcomes[0].answer)
+                event = outcomes[0].event
+                store(session, self.idempotency, key, outcomes[0].answer, event[1] if event else None)
             events = [
                 (write.worker_ctx, write.request_id, *outcome.event)
                 for write, outcome in zip(writes, outcomes, strict=True)
@@ -218,7 +221,7 @@ class Committer(DependencyProvider):
 
     def submit(self, write: Write):
         """Wait for ``write`` to be committed in a batch; its answer, or raise its error."""
-        if write.idempotency_key is not None:
+        if write.idempotency_key is not None or getattr(write.payload, "alone", False):
             return _outcome(self.transactions.alone(write))
         done = Event()
         self._waiting.append((write, done))

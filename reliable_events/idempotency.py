@@ -43,6 +43,9 @@ def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Tab
         Column("request_hash", String(64), nullable=False),
         Column("response", JSONB),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now(), index=True),
+        # The aggregate the write changed (its event's key), so that erasing
+        # an aggregate also erases the answers stored about it.
+        Column("aggregate_key", String(64), index=True),
     )
 
 
@@ -71,8 +74,8 @@ def claim(session, table: Table, key: str, digest: str):
     return response
 
 
-def store(session, table: Table, key: str, response) -> None:
-    session.execute(table.update().where(table.c.key == key).values(response=response))
+def store(session, table: Table, key: str, response, aggregate_key: str | None = None) -> None:
+    session.execute(table.update().where(table.c.key == key).values(response=response, aggregate_key=aggregate_key))
 
 
 class IdempotencyKeys(DependencyProvider):

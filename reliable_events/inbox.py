@@ -38,6 +38,8 @@ class InboxClaim:
     def claim_all(self, session, events: list) -> list:
         """Record every event of ``events`` in one round trip; return those that
         were not applied before (each once, in the order given)."""
+        if not events:
+            return []  # an empty parameter list would insert one row of defaults
         first = {}
         for event in events:
             first.setdefault(event["event_id"], event)
@@ -120,9 +122,12 @@ class InboxProvider(DependencyProvider):
         return self.inbox
 
 
-def applied_through(table: Table, key: str):
+def applied_through(table: Table, key: str, after=0):
     """A scalar subquery: the highest sequence ``n`` of aggregate ``key`` such
-    that every event 1..n was applied by some consumer of this inbox (0 if none).
+    that every event after..n was applied by some consumer of this inbox
+    (``after`` if none). ``after`` (a number or an SQL expression): where the
+    aggregate's history starts, 0 but for an aggregate erased and created
+    again, whose earlier events are gone from the inbox.
 
     Events arrive out of order (a queue per event type), so "the highest
     sequence seen" can run ahead of a gap; a read-your-writes check needs the
@@ -130,18 +135,15 @@ def applied_through(table: Table, key: str):
     together cover the aggregate's history.
     """
     sequences = (
-        select(table.c.sequence)
-        .where(table.c.aggregate_key == key, table.c.sequence.is_not(None))
-        .distinct()
-        .subquery()
+        select(table.c.sequence).where(table.c.aggregate_key == key, table.c.sequence > after).distinct().subquery()
     )
     ranked = select(
         sequences.c.sequence,
         func.row_number().over(order_by=sequences.c.sequence).label("rank"),
     ).subquery()
-    # Sequences start at 1 with no repeats: a gap makes every later rank lag its sequence.
+    # Sequences start after ``after`` with no repeats: a gap makes every later rank lag its sequence.
     return (
-        select(func.coalesce(func.max(ranked.c.sequence), 0))
-        .where(ranked.c.sequence == ranked.c.rank)
+        select(func.coalesce(func.max(ranked.c.sequence), after))
+        .where(ranked.c.sequence == ranked.c.rank + after)
         .scalar_subquery()
     )

@@ -22,6 +22,8 @@ Guarantees:
   so sweeps in several processes never share a row. The grace keeps the sweep
   off the fast path's rows: under normal operation no row is published twice.
 - Sent rows are kept, ordered by ``position``: they are the event history.
+  Only an aggregate's erasure deletes its rows (``person/writes.py``); the
+  relay may still publish one it holds in memory, and consumers drop it.
 
 Order across aggregates is not guaranteed (two relays, one queue per event
 type); each event carries a per-aggregate ``sequence`` for consumers that care.
@@ -266,8 +268,8 @@ class Outbox(DependencyProvider):
             _log.exception("marking %d published events sent failed; a sweep will publish them again", len(sent))
             return
         if marked < len(sent):
-            # Only when publishing took longer than the sweep's grace.
-            _log.warning("%d of %d events were also published by a sweep", len(sent) - marked, len(sent))
+            # When publishing took longer than the sweep's grace, or the rows were erased meanwhile.
+            _log.warning("%d of %d events were marked by a sweep already, or erased", len(sent) - marked, len(sent))
 
     def relay_pending(self, min_age: float | None = None) -> int:
         """Publish rows pending for at least ``min_age`` seconds (default: the

@@ -59,6 +59,8 @@ def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
             postgresql_where=text("published_at IS NULL"),
         ),
         Index(f"ux_{name}_request_key", "request_key", unique=True, postgresql_where=text("request_key IS NOT NULL")),
+        # An aggregate's whole history, for its erasure (person/writes.py).
+        Index(f"ix_{name}_aggregate", "aggregate_key"),
     )
 
 

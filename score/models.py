@@ -24,6 +24,9 @@ class KnownPerson(ScoreBase):
     __tablename__ = "known_person"
 
     cpf = Column(String(11), primary_key=True)
+    # The CPF's keyed hash (contracts/erasure.py): how a person_erased event,
+    # which never carries the CPF, finds the person's rows.
+    cpf_hash = Column(String(64), nullable=False, index=True)
     # Highest per-person sequence applied: events may arrive out of order
     # (one queue per event type), and scoring is a sum, so order never matters
     # for the result; this is kept to show how far the replica has got.
@@ -49,6 +52,19 @@ class ScoredItem(ScoreBase):
 
 
 processed_events = inbox_table(ScoreBase.metadata)
+
+
+class ErasedPerson(ScoreBase):
+    """A person erased, by the CPF's keyed hash: the replica drops that
+    person's events numbered up to ``sequence`` (still in flight, retried, or
+    replayed from the history), and counts a person created again with the CPF
+    from after it."""
+
+    __tablename__ = "erased_person"
+
+    cpf_hash = Column(String(64), primary_key=True)
+    sequence = Column(Integer, nullable=False)
+    erased_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
 class ReplicaCheckpoint(ScoreBase):

@@ -13,9 +13,10 @@ from nameko.rpc import RpcProxy
 from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
-from contracts.cpf import InvalidCPF, normalize_cpf
+from contracts.cpf import InvalidCPF, cpfs_in, normalize_cpf
+from contracts.erasure import PersonalDataKey
 from contracts.errors import InvalidInput, ScoreNotFound
-from contracts.events import EVENT_TYPES, PERSON_CREATED, PERSON_EVENTS, REPLICA_ADVANCED
+from contracts.events import EVENT_TYPES, PERSON_CREATED, PERSON_ERASED, PERSON_EVENTS, REPLICA_ADVANCED
 from contracts.kinds import BY_EVENT_TYPE, KINDS
 from observability.logs import CallContext
 from observability.metrics import DEAD_LETTERS, RpcMetrics, metrics_http, metrics_response, read_at_scrape
@@ -34,14 +35,27 @@ _log = logging.getLogger(__name__)
 
 
 def _effect(event_type):
-    """What an event of ``event_type`` does to the replica (in the applying session)."""
+    """What events of ``event_type`` do to the replica (in the applying
+    session), given each key's CPF hash; it returns the CPFs it changed."""
     if event_type == PERSON_CREATED:
         return replica.note_people
+    if event_type == PERSON_ERASED:
+        return replica.erase
     kind = BY_EVENT_TYPE[event_type]
-    return lambda session, events: replica.add_items(session, events, kind.name)
+    return lambda session, events, hashes: replica.add_items(session, events, hashes, kind.name)
 
 
 EFFECTS = {event_type: _effect(event_type) for event_type in EVENT_TYPES}
+
+
+def _names_any(hashes: set, hasher):
+    """Whether a raw message names a person of ``hashes``: by a CPF-shaped
+    string whose hash is one of them, or by one of them (an erasure's event)."""
+
+    def names(raw: str) -> bool:
+        return any(h in raw for h in hashes) or any(hasher.hash(cpf) in hashes for cpf in cpfs_in(raw))
+
+    return names
 
 
 def _set_dead_letter_gauges(depths):
@@ -58,6 +72,7 @@ class ScoreService:
     db = Database(ScoreBase, engine_options={"pool_pre_ping": False})
     inbox = InboxProvider(processed_events)
     dead_letters = DeadLetters()
+    hasher = PersonalDataKey()
     call_context = CallContext()
     rpc_metrics = RpcMetrics()
     # A wake-up for waiting reads (score/notices.py), not data: neither
@@ -76,19 +91,33 @@ class ScoreService:
     def on_person_created(self, events):
         return self._apply(events)
 
+    @reliable_handler(PERSON_EVENTS, PERSON_ERASED)
+    def on_person_erased(self, events):
+        """Apply ``person_erased`` events: the person's replica rows go, and
+        its dead letters; its events still in flight will be dropped."""
+        return self._apply(events)
+
     def _apply(self, events):
-        """Claim the events (all of one type) in the inbox and apply the new
-        ones, in one transaction, under the name of the type's live handler
-        (whoever calls: the handler, or a rebuild); then tell the gateways
-        which CPFs advanced. Returns those applied."""
+        """Drop the events of erased people (score/replica.py), claim the
+        others (all of one type) in the inbox and apply the new ones, in one
+        transaction, under the name of the type's live handler (whoever calls:
+        the handler, or a rebuild); then tell the gateways which CPFs
+        advanced. Returns those applied."""
         event_type = events[0]["event_type"]
+        erasing = event_type == PERSON_ERASED
         claim = self.inbox.claim_for(event_type)
+        # An erasure's key is the CPF's hash already.
+        hashes = {key: key if erasing else self.hasher.hash(key) for key in {PERSON_EVENTS.key(e) for e in events}}
         with self.db.get_session() as session:
-            fresh = claim.claim_all(session, events)
-            EFFECTS[event_type](session, fresh)
+            admitted = replica.admit(session, events, hashes, erasing)
+            fresh = claim.claim_all(session, admitted)
+            advanced = EFFECTS[event_type](session, fresh, hashes)
+            if erasing and fresh:
+                # Before the commit: if it fails, the erasure is retried, and this with it.
+                self.dead_letters.purge(match=_names_any({PERSON_EVENTS.key(e) for e in fresh}, self.hasher))
         # The handlers' entrypoint logs each applied event (reliable_events.handlers).
-        if fresh:
-            self._announce(sorted({PERSON_EVENTS.key(event) for event in fresh}))
+        if advanced:
+            self._announce(advanced)
         return fresh
 
     def _announce(self, cpfs):
@@ -120,19 +149,21 @@ class ScoreService:
              'last_sequence': 4, 'applied_sequence': 4, 'updated_at': '...'}
 
         A CPF known with no items scores 0. Raises ``ScoreNotFound`` for a CPF
-        score has never seen, unless the caller says person knows it
-        (``person_known``): then it is the empty score (score has not heard of
-        the person yet; it never asks person itself). ``InvalidInput`` for a
-        malformed CPF.
+        score has never seen or has erased (its ``applied_sequence``: the
+        erasure's sequence, 0 if none), unless the caller says person knows
+        it (``person_known``): then it is the empty score (score has not heard
+        of the person yet; it never asks person itself). ``InvalidInput`` for
+        a malformed CPF.
         """
         try:
             cpf = normalize_cpf(cpf)
         except InvalidCPF as exc:
             raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
+        cpf_hash = self.hasher.hash(cpf)
         with self.db.get_session() as session:
-            result = replica.read_score(session, cpf, known=person_known)
-        if result is None:
-            raise ScoreNotFound(f"No score for CPF {cpf}.")
+            result = replica.read_score(session, cpf, cpf_hash, known=person_known)
+            if result is None:
+                raise ScoreNotFound(f"No score for CPF {cpf}.", replica.erased_through(session, cpf_hash))
         return result
 
     @rpc

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from schemathesis.generation.feedback import FeedbackSources
 from schemathesis.pytest._test_builder import build_operation_test  # what schemathesis' pytest plugin runs
 
+from gateway.auth import SCOPES
 from gateway.openapi import openapi_document, route_scopes
 from harness.api import HTTP_TIMEOUT, create_person, person_body
 from harness.cpf import cpf_from
@@ -229,7 +230,9 @@ def test_inputs_the_generator_does_not_make(
 @pytest.fixture(scope="module")
 def secured(amqp_uri, db_uris, tmp_path_factory):
     """A second system, with ``API_TOKENS`` set: the scoped routes' 401 answers."""
-    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-auth-logs"), API_TOKENS=TOKEN) as running:
+    # Every scope, so that every scoped route gets past the check with it.
+    tokens = f"{TOKEN}:{'+'.join(SCOPES)}"
+    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-auth-logs"), API_TOKENS=tokens) as running:
         yield running
 
 

@@ -8,7 +8,9 @@ CPF nobody has is not 404), and a token with the scope gets through."""
 
 import pytest
 import requests
+from sqlalchemy import text
 
+from gateway.auth import Token
 from gateway.openapi import route_scopes
 from harness.api import HTTP_TIMEOUT, assert_json_error, person_body, table_counts
 from harness.processes import started
@@ -100,3 +102,18 @@ def test_health_reveals_nothing_personal(api):
 
 def test_a_gateway_with_tokens_does_not_warn_that_it_is_open(secured):
     assert "API_TOKENS is empty" not in secured.log("gateway.1")
+
+
+def test_an_erasure_is_audited_under_the_tokens_name_never_the_token(api, person_engine):
+    requests.post(f"{api}/person", json=person_body(CPF), headers=bearer("bare"), timeout=HTTP_TIMEOUT)
+    refused = requests.delete(f"{api}/person/{CPF}", headers=bearer("bare"), timeout=HTTP_TIMEOUT)
+    assert_json_error(refused, 403, "FORBIDDEN")  # read and write do not include erasing
+
+    erased = requests.delete(f"{api}/person/{CPF}", headers=bearer("admin"), timeout=HTTP_TIMEOUT)
+
+    assert erased.status_code == 200, erased.text
+    with person_engine.connect() as conn:
+        [(erased_by, sequence)] = conn.execute(text("SELECT erased_by, sequence FROM erasure")).all()
+    assert erased_by == Token(b"admin-token", frozenset()).name
+    assert "admin-token" not in erased_by
+    assert sequence == erased.json()["sequence"] == 2

@@ -37,7 +37,7 @@ from harness.processes import ROOT, System, free_port
 pytestmark = pytest.mark.e2e
 
 README = ROOT / "README.md"
-TOKENS = "s3cret-token,reader-token:read"  # the README starts its second gateway with these
+TOKENS = "s3cret-token,reader-token:read,dpo-token:admin"  # the README starts its second gateway with these
 LOCAL = re.compile(r"localhost:(8000|8001|9101|9102)")
 PLACEHOLDERS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?"), "<time>"),

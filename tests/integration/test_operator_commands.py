@@ -9,14 +9,17 @@ from pathlib import Path
 
 import amqp
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from contracts.erasure import CpfHasher
 from harness.processes import ROOT
 from harness.rabbit import message_count
-from ops.migrate import migrate, migrate_queue_types, queues_of_a_type
+from ops.migrate import migrate, migrate_queue_types, queues_of_a_type, upgrade
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +155,29 @@ def test_migrate_turns_the_classic_queues_of_an_earlier_version_into_quorum_queu
             queue(conn.channel()).declare()  # succeeds only as the type the services declare
         with pytest.raises(PreconditionFailed):
             conn.channel().queue_declare("rpc-person", durable=True, auto_delete=False)
+
+
+def test_migrate_hashes_the_people_score_knew_before_erasure_existed(throwaway, monkeypatch):
+    """Score finds an erased person's rows by the CPF's keyed hash: the people
+    it knew before that column existed get theirs from the migration, with the
+    key the services are given."""
+    _, uris = throwaway
+    score_uri = uris["score:ScoreBase"]
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", "score:migrations")
+    cfg.set_main_option("sqlalchemy.url", score_uri.replace("%", "%%"))
+    command.downgrade(cfg, "0003")  # score's schema before erasure
+    engine = create_engine(score_uri)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO known_person (cpf, last_sequence) VALUES ('52998224725', 3), ('11144477735', 1)")
+        )
+    monkeypatch.setenv("PERSONAL_DATA_HASH_KEY", "the-services-key")
+
+    upgrade(score_uri, "score:migrations")
+
+    with engine.connect() as conn:
+        hashes = dict(conn.execute(text("SELECT cpf, cpf_hash FROM known_person")).all())
+    engine.dispose()
+    hasher = CpfHasher(b"the-services-key")
+    assert hashes == {cpf: hasher.hash(cpf) for cpf in ("52998224725", "11144477735")}

@@ -19,7 +19,7 @@ from contracts.errors import InvalidInput
 from contracts.events import PERSON_EVENTS
 from contracts.kinds import NAMES
 from harness.cpf import cpfs
-from harness.workers import person_worker
+from harness.workers import TEST_HASHER, person_worker
 from person.models import outbox
 from reliable_events.handlers import reliable_handler
 from reliable_events.inbox import Inbox, consumer_names
@@ -65,6 +65,7 @@ def score(db_wrappers, score_engine, proxy):
         db=db_wrappers(score_engine),
         inbox=Inbox(processed_events, ScoreService),
         person=proxy,
+        hasher=TEST_HASHER,
     )
 
 
@@ -245,7 +246,11 @@ def test_a_renamed_handler_and_the_rebuild_claim_under_one_name(
     dedupe each other (a name kept elsewhere would split them, and apply twice)."""
     assert consumer_names(RenamedScore)["income_added"][0] == "score.on_income"
     renamed = worker_factory(
-        RenamedScore, db=db_wrappers(score_engine), inbox=Inbox(processed_events, RenamedScore), person=proxy
+        RenamedScore,
+        db=db_wrappers(score_engine),
+        inbox=Inbox(processed_events, RenamedScore),
+        person=proxy,
+        hasher=TEST_HASHER,
     )
     write_history(person)
     incomes = [

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from contracts.errors import ScoreNotFound
 from contracts.events import PERSON_EVENTS
+from harness.workers import TEST_HASHER
 from reliable_events.envelope import MalformedEvent
 from reliable_events.inbox import Inbox
 from score.models import processed_events
@@ -54,7 +55,9 @@ SEED_EVENTS = [
 
 @pytest.fixture
 def service(db_wrappers, score_engine):
-    return worker_factory(ScoreService, db=db_wrappers(score_engine), inbox=Inbox(processed_events, ScoreService))
+    return worker_factory(
+        ScoreService, db=db_wrappers(score_engine), inbox=Inbox(processed_events, ScoreService), hasher=TEST_HASHER
+    )
 
 
 def rows(engine, sql):

@@ -687,6 +687,17 @@ def test_credentials_come_from_the_same_variables(services):
     assert REQUIRED.fullmatch(users)["name"] == "TRAEFIK_DASHBOARD_USERS"
 
 
+def test_person_score_and_migrate_share_one_required_personal_data_key(services):
+    """An erasure's records are found by the CPF's keyed hash: person writes
+    them, score and the migration (which hashes the people score knew before)
+    must hash with the same key, and it must be set."""
+    for name in ("person", "score", "migrate"):
+        value = _as_dict(services[name]["environment"]).get("PERSONAL_DATA_HASH_KEY")
+        assert value is not None, name
+        assert REQUIRED.fullmatch(value)["name"] == "PERSONAL_DATA_HASH_KEY", name
+    assert "PERSONAL_DATA_HASH_KEY" not in _as_dict(services["gateway"]["environment"])
+
+
 def test_required_variables_say_what_to_do(compose_files):
     for document in compose_files.values():
         for name, operator, message in _variables(document):

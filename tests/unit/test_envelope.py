@@ -133,3 +133,16 @@ def test_parse_rejects_a_cpf_that_is_not_eleven_ascii_digits(envelope, cpf):
 
     with pytest.raises(MalformedEvent, match="cpf"):
         PERSON_EVENTS.parse(envelope)
+
+
+HASH = "8c961b3bf9513859ba4178a69e8113f8ae9110a7180df54b80a1928fb2b88293"
+
+
+def test_an_erasure_is_keyed_by_a_cpf_hash_and_never_by_a_cpf():
+    """person_erased stays in the history for good: its key must be the
+    CPF's keyed hash; every other event's must be the CPF."""
+    assert PERSON_EVENTS.parse(PERSON_EVENTS.new("person_erased", HASH, 5, {}))["cpf"] == HASH
+    with pytest.raises(MalformedEvent, match="cpf"):
+        PERSON_EVENTS.parse(PERSON_EVENTS.new("person_erased", CPF, 5, {}))
+    with pytest.raises(MalformedEvent, match="cpf"):
+        PERSON_EVENTS.parse(PERSON_EVENTS.new("income_added", HASH, 2, DATA))

@@ -5,6 +5,7 @@ import collections
 import eventlet
 import pytest
 
+from contracts.errors import ScoreNotFound
 from gateway.freshness import ReplicaWatch
 
 
@@ -69,6 +70,17 @@ def test_a_lost_notice_is_covered_by_the_last_read(watch):
     read, calls = reads(1, 2)  # applied meanwhile, but no notice came
     result, stale, _ = watch.read_at_least("1", 2, read)
     assert (result["applied_sequence"], stale) == (2, False)
+
+
+def test_an_erasure_applied_answers_at_once(watch):
+    """Score answers an erased CPF with ScoreNotFound carrying the erasure's
+    sequence: a read waiting for the erasure is answered by it, not by the bound."""
+    erased = ScoreNotFound("No score for CPF 1.", "5")  # RPC hands the arguments back as strings
+    result, stale, waited = watch.read_at_least("1", 5, lambda: erased)
+    assert (result, stale) == (erased, False)
+    assert waited < watch.timeout / 2
+    # An older erasure (the person was created again since) does not reach a later write.
+    assert watch.read_at_least("1", 6, lambda: erased)[:2] == (erased, True)
 
 
 def test_an_unknown_cpf_is_none_and_stale(watch):

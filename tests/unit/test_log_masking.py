@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import contracts.cpf
+import contracts.erasure
 import gateway.auth
 import gateway.openapi
 from contracts.cpf import mask_cpfs
@@ -53,7 +54,7 @@ def test_a_cpf_is_masked_in_the_message_its_arguments_fields_and_traceback(forma
     assert "529.***.***-25" in line
 
 
-@pytest.mark.parametrize("module", [contracts.cpf, gateway.auth, gateway.openapi])
+@pytest.mark.parametrize("module", [contracts.cpf, contracts.erasure, gateway.auth, gateway.openapi])
 def test_the_docstring_examples_answer_what_they_show(module):
     result = doctest.testmod(module)
     assert result.attempted and not result.failed, result

@@ -1,0 +1,230 @@
+"""The advisory locks that order an erasure against the same person's other
+writes, made to race deterministically on the real PostgreSQL (no broker).
+
+Each test holds the erasure's transaction open just before its commit (a
+session whose ``commit`` waits for the test's word), runs the competing write
+in another greenthread, sees it wait on the person's advisory lock, lets the
+erasure commit, and checks what the competing write did once it could go on:
+
+- score: a batch of the person's older item event, applied while the erasure
+  is being applied, must wait, then drop the event (its sequence is not above
+  the tombstone): nothing of the person comes back;
+- person: a creation of the CPF while its erasure is in progress must wait,
+  then number the new person after the erasure (erasure's sequence + 1).
+
+Both write paths are the services' own (``worker_factory`` workers, the real
+``Transactions`` and inbox), psycopg2 made cooperative by the services'
+modules (``reliable_events.green``), so a greenthread blocked in PostgreSQL
+lets the test go on.
+"""
+
+import logging
+import threading
+
+import eventlet
+import pytest
+from nameko.testing.services import worker_factory
+from nameko_sqlalchemy.database import DatabaseWrapper, Session
+from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
+
+from contracts.events import PERSON_EVENTS
+from harness.waits import wait_for
+from harness.workers import TEST_HASHER, RecordingOutbox, person_worker
+from person import writes
+from person.models import idempotency_keys
+from person.service import PersonService
+from reliable_events.group_commit import Submitter, Transactions
+from reliable_events.inbox import Inbox
+from score.models import processed_events
+from score.service import ScoreService
+
+pytestmark = pytest.mark.integration
+
+CPF = "52998224725"
+CPF_HASH = TEST_HASHER.hash(CPF)
+OTHER_CPF = "11144477735"
+PERSON = {"cpf": CPF, "name": "Ana", "address": "Rua A, 1", "date_of_birth": "1990-05-01"}
+# How long a competing write is given to reach a lock wait (it takes milliseconds).
+BLOCK_TIMEOUT = 10
+JOIN_TIMEOUT = 15
+
+# Locks not granted, in this database, and which kind (advisory, transactionid, ...).
+WAITING_LOCKS = text(
+    "SELECT l.locktype FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE NOT l.granted AND a.datname = current_database()"
+)
+
+
+class Gate:
+    """Holds a transaction open just before its commit, until :meth:`open`."""
+
+    def __init__(self):
+        self.reached = threading.Event()  # the transaction is at its commit, its locks held
+        self._open = threading.Event()
+
+    def open(self):
+        self._open.set()
+
+    def session_class(self, base):
+        gate = self
+
+        class GatedSession(base):
+            def commit(self):
+                gate.reached.set()
+                if not gate._open.wait(JOIN_TIMEOUT * 2):
+                    raise RuntimeError("the test never let this transaction commit")
+                super().commit()
+
+        return GatedSession
+
+
+def waiting_locks(engine) -> list:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(WAITING_LOCKS)]
+
+
+def scalar(engine, sql, **params):
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar_one()
+
+
+def race(gate, erasure, competitor, engine):
+    """Run ``erasure`` until it waits at ``gate`` (its locks held), then
+    ``competitor``; wait until the competitor waits on a lock (or ended); let the
+    erasure commit. Returns (erasure's result, competitor's result, the kinds
+    of lock waited on in the database while the erasure was held open, and
+    whether the competitor had ended before the erasure committed)."""
+    erasing = eventlet.spawn(erasure)
+    competing = None
+    try:
+        assert gate.reached.wait(BLOCK_TIMEOUT), "the erasure never reached its commit"
+        competing = eventlet.spawn(competitor)
+        # Blocked on a lock, or (a broken ordering) done already: either way the
+        # test goes on and the result says which.
+        waited = wait_for(
+            lambda: waiting_locks(engine) or (["<none: it ended>"] if competing.dead else None),
+            BLOCK_TIMEOUT,
+            "the competing write to wait on a lock or end",
+            0.02,
+        )
+        ended_early = competing.dead
+    finally:
+        gate.open()
+    with eventlet.Timeout(JOIN_TIMEOUT, AssertionError("the racing writes did not finish")):
+        erased = erasing.wait()
+        competed = competing.wait()
+    return erased, competed, waited, ended_early
+
+
+# --- score ---------------------------------------------------------------------------
+
+
+def parsed(event_type, key, sequence, data):
+    """An event as a handler receives it: built by the producer, parsed by the entrypoint."""
+    return PERSON_EVENTS.parse(PERSON_EVENTS.new(event_type, key, sequence, data))
+
+
+def score_worker(db):
+    return worker_factory(ScoreService, db=db, inbox=Inbox(processed_events, ScoreService), hasher=TEST_HASHER)
+
+
+def cpf_rows(engine) -> dict:
+    """Rows of score's tables that name the CPF (by the CPF, or by its hash)."""
+    return {
+        "known_person": scalar(
+            engine, "SELECT count(*) FROM known_person WHERE cpf = :c OR cpf_hash = :h", c=CPF, h=CPF_HASH
+        ),
+        "scored_item": scalar(engine, "SELECT count(*) FROM scored_item WHERE cpf = :c", c=CPF),
+        "processed_events": scalar(engine, "SELECT count(*) FROM processed_events WHERE aggregate_key = :c", c=CPF),
+    }
+
+
+@pytest.mark.parametrize("with_other", [False, True], ids=["older-event-alone", "older-event-with-another-person's"])
+def test_score_item_batch_waits_for_an_erasure_in_progress_then_drops_the_event(
+    db_wrappers, score_engine, caplog, with_other
+):
+    live = score_worker(db_wrappers(score_engine))
+    live.on_person_created(
+        [parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})]
+    )
+    live.on_income_added([parsed("income_added", CPF, 2, {"item_id": 1, "type": "salary", "value": "1000.00"})])
+    assert cpf_rows(score_engine) == {"known_person": 1, "scored_item": 1, "processed_events": 2}
+
+    # Person erased the CPF after its third event; that event (an older one
+    # than the erasure) is still in flight when the erasure gets to score,
+    # alone in its batch or with someone else's event.
+    older = parsed("income_added", CPF, 3, {"item_id": 2, "type": "bonus", "value": "500.00"})
+    other = parsed("income_added", OTHER_CPF, 1, {"item_id": 3, "type": "salary", "value": "700.00"})
+    batch = [older, other] if with_other else [older]
+    erasure = parsed("person_erased", CPF_HASH, 4, {})
+    gate = Gate()
+    erasing = score_worker(DatabaseWrapper(sessionmaker(bind=score_engine, class_=gate.session_class(Session))))
+    applying = score_worker(db_wrappers(score_engine))
+
+    with caplog.at_level(logging.INFO, logger="score.replica"):
+        erased, applied, waited, ended_early = race(
+            gate,
+            lambda: erasing.on_person_erased([erasure]),
+            lambda: applying.on_income_added(batch),
+            score_engine,
+        )
+
+    assert [e["event_id"] for e in erased] == [erasure["event_id"]]
+    # Nothing of the person came back: the batch waited, then saw the tombstone.
+    assert cpf_rows(score_engine) == {"known_person": 0, "scored_item": 0, "processed_events": 0}, (
+        f"the person came back after its erasure; the batch waited on {waited}, ended before the commit: {ended_early}"
+    )
+    assert [e["event_id"] for e in applied] == [e["event_id"] for e in batch[1:]], applied
+    assert scalar(score_engine, "SELECT sequence FROM erased_person WHERE cpf_hash = :h", h=CPF_HASH) == 4
+    assert f"dropped event {older['event_id']} income_added 3 of a person erased at sequence 4" in caplog.text
+    others = scalar(score_engine, "SELECT count(*) FROM scored_item WHERE cpf = :c", c=OTHER_CPF)
+    assert others == (1 if with_other else 0)
+    # ... and what it waited on was the person's advisory lock, not a row it met by chance.
+    assert not ended_early and waited == ["advisory"], waited
+
+
+# --- person --------------------------------------------------------------------------
+
+
+def gated_person_worker(engine, db_wrappers, gate):
+    """``harness.workers.person_worker`` with sessions that wait at ``gate`` to commit."""
+    transactions = Transactions(
+        sessionmaker(bind=engine, expire_on_commit=False, class_=gate.session_class(Session)),
+        RecordingOutbox(),
+        writes.apply,
+        writes.answer_again,
+        idempotency_keys,
+    )
+    return worker_factory(
+        PersonService, db=db_wrappers(engine), committer=Submitter(transactions, None), hasher=TEST_HASHER
+    )
+
+
+def test_person_creation_waits_for_an_erasure_in_progress_and_numbers_after_it(db_wrappers, person_engine):
+    live = person_worker(person_engine, db_wrappers)
+    assert live.create_person(PERSON)["sequence"] == 1
+    assert live.add_income(CPF, {"type": "salary", "value": "1000.00"})["sequence"] == 2
+
+    gate = Gate()
+    erasing = gated_person_worker(person_engine, db_wrappers, gate)
+    creating = person_worker(person_engine, db_wrappers)
+    erased, created, waited, ended_early = race(
+        gate,
+        lambda: erasing.erase_person(CPF, erased_by="test"),
+        lambda: creating.create_person(PERSON),
+        person_engine,
+    )
+
+    assert erased["sequence"] == 3, erased
+    # The new person goes on after the erasure, so score tells its events from the erased one's.
+    assert created["sequence"] == erased["sequence"] + 1, (
+        f"erased at {erased['sequence']}, created again at {created['sequence']}; the creation waited on {waited},"
+        f" ended before the erasure's commit: {ended_early}"
+    )
+    with person_engine.connect() as conn:
+        assert conn.execute(text("SELECT last_sequence FROM person WHERE cpf = :c"), {"c": CPF}).scalar_one() == 4
+        events = conn.execute(text("SELECT event_type, aggregate_key, sequence FROM outbox ORDER BY position")).all()
+    assert [tuple(e) for e in events] == [("person_erased", CPF_HASH, 3), ("person_created", CPF, 4)], events
+    # ... because it waited on the CPF's advisory lock until the erasure committed.
+    assert not ended_early and waited == ["advisory"], waited
