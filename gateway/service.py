@@ -172,7 +172,7 @@ class GatewayService:
         Example: ``curl localhost:8000/52998224725/score`` ->
         ``{"cpf": "52998224725", "score": 4970,
         "breakdown": {"income": 20, "asset": 5000, "debt": -50}, ...,
-        "applied_sequence": 4, "stale": false}``. 404 for a CPF score has never seen.
+        "applied_sequence": 4, "stale": false}``. 404 for a CPF score has never seen, or has erased.
 
         Read-your-writes: with ``?min_sequence=<n>`` (or the header
         ``Min-Event-Sequence: n``), ``n`` being the ``sequence`` a write

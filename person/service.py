@@ -8,7 +8,8 @@ outbox relay then announces the events on ``person.events``
 (:mod:`reliable_events.outbox`).
 
 The item methods (``add_income``, ``add_asset``, ``add_debt``) are made from
-the kinds declared in :mod:`contracts.kinds`, one per kind.
+the kinds declared in :mod:`contracts.kinds`, one per kind. ``erase_person``
+takes the same way, alone in its transaction (``person/writes.py`` ``erase``).
 """
 
 import logging
