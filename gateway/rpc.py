@@ -12,9 +12,7 @@ import time
 from functools import partial
 
 import eventlet
-from amqp.exceptions import AMQPError
 from kombu import Connection, Queue
-from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import UnknownService
@@ -22,15 +20,11 @@ from nameko.rpc import RPC_REPLY_QUEUE_TEMPLATE, MethodProxy, ReplyListener, Rpc
 
 from gateway.exceptions import BrokerUnavailable, GatewayTimeout, ServiceUnavailable
 from reliable_events.queues import QueuePerConnection
-from reliable_events.rpc import DEADLINE_HEADER, rpc_consumers
+from reliable_events.rpc import BROKER_ERRORS, DEADLINE_HEADER, rpc_consumers
 
 _log = logging.getLogger(__name__)
 
 CONSUMER_CHECK_TTL = 1.0  # seconds
-# What a broker that cannot take a request raises: kombu's wrapped errors, a
-# socket's, and py-amqp's own (a node stopping closes its connections with 541
-# INTERNAL_ERROR, which reaches the caller unwrapped).
-BROKER_ERRORS = (OperationalError, OSError, AMQPError)
 
 
 class _FailFastPublisher(Publisher):

@@ -3,6 +3,7 @@
 import requests
 from sqlalchemy import text
 
+from contracts.cpf import format_cpf
 from harness.waits import wait_for
 
 PERSON_TABLES = ("person", "income", "asset", "debt", "outbox")
@@ -23,6 +24,26 @@ def create_person(api, cpf="52998224725", **overrides):
 def table_counts(engine) -> dict:
     with engine.connect() as conn:
         return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in PERSON_TABLES}
+
+
+NAMING = 'SELECT count(*) FROM "{table}" AS t WHERE strpos(t::text, :bare) > 0 OR strpos(t::text, :formatted) > 0'
+
+
+def rows_naming(engine, cpf) -> dict:
+    """``{table: rows}`` of every table of the database (from the catalog, so
+    a table added later is searched too) with rows whose text holds ``cpf``,
+    as 11 digits or formatted: where an erased person could be left."""
+    found = {}
+    with engine.connect() as conn:
+        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars().all()
+        for table in tables:
+            count = conn.execute(
+                text(NAMING.format(table=table)),
+                {"bare": cpf, "formatted": format_cpf(cpf)},
+            ).scalar_one()
+            if count:
+                found[table] = count
+    return found
 
 
 def assert_json_error(response, status, code=None):

@@ -47,6 +47,7 @@ from harness.rabbit import RabbitNode as HarnessRabbitNode
 from harness.rabbit import message_count
 from harness.waits import wait_for
 from ops.queues import event_queues
+from reliable_events.handlers import dead_letter_queue_name
 from score import rules
 
 log = logging.getLogger("tests.faults")
@@ -267,7 +268,7 @@ PERSON_ITEMS = """
     UNION ALL SELECT 'debt', id, cpf, value, NULL FROM debt
 """
 APPLIED = re.compile(r"applied event ([0-9a-f-]{36})")
-DEAD_LETTER_QUEUES = [f"{queue}.dead" for queue in event_queues()]
+DEAD_LETTER_QUEUES = [dead_letter_queue_name(queue) for queue in event_queues()]
 
 
 def _queue_depth(amqp_uri, queue) -> int:
@@ -275,6 +276,11 @@ def _queue_depth(amqp_uri, queue) -> int:
         return message_count(amqp_uri, queue)
     except amqp.exceptions.NotFound:
         return 0
+
+
+def dead_letter_depths(amqp_uri) -> dict:
+    """Messages in each of score's dead-letter queues (0 for one not declared yet)."""
+    return {queue: _queue_depth(amqp_uri, queue) for queue in DEAD_LETTER_QUEUES}
 
 
 class Invariant:
@@ -362,7 +368,7 @@ class Invariant:
         )
         if db_ok:
             uri = self.system.env["AMQP_URI"]
-            depths = {queue: _queue_depth(uri, queue) for queue in DEAD_LETTER_QUEUES}
+            depths = dead_letter_depths(uri)
             snap["dead_letters"] = {queue: depth for queue, depth in depths.items() if depth}
             db_ok = sum(depths.values()) == len(dead_letters)
         if db_ok and check_api:

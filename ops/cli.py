@@ -3,11 +3,9 @@ not running, instead of a timeout and a traceback."""
 
 import sys
 
-from amqp.exceptions import AMQPError
 from kombu import Connection
-from kombu.exceptions import OperationalError
 
-from reliable_events.rpc import rpc_consumers
+from reliable_events.rpc import BROKER_ERRORS, rpc_consumers
 
 
 class Unreachable(Exception):
@@ -33,7 +31,7 @@ def check_consumers(amqp_uri: str, services) -> None:
             for service in services:
                 if not rpc_consumers(conn, service):
                     raise Unreachable(f"{service} is not running (no consumer on rpc-{service}).")
-    except (OperationalError, OSError, AMQPError) as exc:  # down, refused, bad vhost or credentials
+    except BROKER_ERRORS as exc:  # down, refused, bad vhost or credentials
         raise Unreachable(f"the message broker at {safe_uri(amqp_uri)} is unreachable ({exc}).") from None
 
 

@@ -28,14 +28,13 @@ import eventlet  # noqa: E402
 
 eventlet.monkey_patch()  # noqa: E402  (the standalone proxy needs a patched socket)
 
-from amqp.exceptions import AMQPError  # noqa: E402
-from kombu.exceptions import OperationalError  # noqa: E402
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService  # noqa: E402
 from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ops.cli import Unreachable, check_consumers, fail  # noqa: E402
 from ops.config import load_config  # noqa: E402
+from reliable_events.rpc import BROKER_ERRORS  # noqa: E402
 from score import rebuild as rebuilder  # noqa: E402
 from score.rebuild import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RebuildError  # noqa: E402
 
@@ -89,7 +88,7 @@ def run(config: dict, from_position, page_size: int, timeout: float, progress: b
             return rebuilder.run(
                 lambda start, size: _step(rpc, start, size, timeout), from_position, page_size, on_step=show
             )
-    except (OperationalError, OSError, AMQPError) as exc:
+    except BROKER_ERRORS as exc:
         raise Unreachable(f"lost the message broker ({exc}); run again to resume from the checkpoint.") from None
     finally:
         if bar is not None:

@@ -1,12 +1,12 @@
 """Person's writes, applied many at once (:mod:`reliable_events.group_commit`).
 
-A batch of writes costs a few statements whatever its size: for new people,
-one round trip that locks their CPFs against an erasure and reads the
-sequence each goes on from, and one INSERT; one UPDATE that numbers the events
-of every person written to (locking those rows in CPF order, so concurrent
-batches never deadlock, and the sequences of one person stay gapless), one
-INSERT per kind of item, and the outbox's one INSERT. Statements are built
-once and given the rows as parameters (SQLAlchemy's insertmanyvalues): no
+A batch of writes costs a few statements whatever its size: one round trip
+for the new people (their CPFs locked against an erasure, then one INSERT of
+them all); one UPDATE that numbers the events of every person written to
+(locking those rows in CPF order, so concurrent batches never deadlock, and
+the sequences of one person stay gapless), one INSERT per kind of item, and
+the outbox's one INSERT. Statements are built once and given the rows as
+parameters (as arrays, or as rows by SQLAlchemy's insertmanyvalues): no
 compiling per request.
 
 An erasure (:class:`Erase`) runs alone, in a transaction of its own
@@ -28,11 +28,6 @@ from person.schemas import PersonOutSchema, item_schemas
 from reliable_events.group_commit import Done
 
 _person = Person.__table__
-_INSERT_PEOPLE = (
-    insert(_person)
-    .on_conflict_do_nothing(index_elements=[_person.c.cpf])
-    .returning(_person.c.cpf, _person.c.created_at)
-)
 _INSERT_ITEMS = {
     kind.name: insert(ITEM_MODELS[kind.name].__table__).returning(
         ITEM_MODELS[kind.name].__table__.c.id,
@@ -54,15 +49,22 @@ _NUMBER_EVENTS = text(
     RETURNING p.cpf, p.last_sequence
     """
 )
-# Two statements in one round trip. The first takes a shared advisory lock per
-# new CPF (an erasure of that CPF takes it exclusively: see erase); the second,
-# which PostgreSQL gives a fresh snapshot of its own, then sees an erasure that
-# committed while the first waited, and reads the sequence each CPF goes on
-# from: the last erasure's, or 0.
-_LOCK_AND_FIND_ERASURES = text(
+# New people, in one round trip of two statements. The first takes a shared
+# advisory lock per new CPF (an erasure of that CPF takes it exclusively: see
+# erase). The second, which PostgreSQL gives a snapshot of its own, so that it
+# sees an erasure that committed while the first waited, inserts each person
+# numbered after the CPF's last erasure, if any (score then tells the new
+# person's events from the erased one's still in flight).
+_LOCK_AND_INSERT_PEOPLE = text(
     """
     SELECT pg_advisory_xact_lock_shared(k) FROM unnest(CAST(:keys AS bigint[])) AS k;
-    SELECT cpf_hash, max(sequence) FROM erasure WHERE cpf_hash = ANY(CAST(:hashes AS varchar[])) GROUP BY cpf_hash
+    INSERT INTO person (cpf, name, address, date_of_birth, last_sequence)
+    SELECT n.cpf, n.name, n.address, n.date_of_birth,
+           coalesce((SELECT max(e.sequence) FROM erasure e WHERE e.cpf_hash = n.cpf_hash), 0) + 1
+    FROM unnest(CAST(:cpfs AS varchar[]), CAST(:names AS varchar[]), CAST(:addresses AS varchar[]),
+                CAST(:births AS date[]), CAST(:hashes AS varchar[])) AS n(cpf, name, address, date_of_birth, cpf_hash)
+    ON CONFLICT (cpf) DO NOTHING
+    RETURNING cpf, created_at, last_sequence
     """
 )
 _OUT = {kind.name: item_schemas(kind)[1] for kind in KINDS}
@@ -121,26 +123,23 @@ def apply(session, writes: list) -> list:
 
 
 def _create_people(session, people, outcomes):
-    hashes = sorted({new.cpf_hash for _, new in people})
-    keys = sorted({CpfHasher.lock_key(h) for h in hashes})  # one order for every batch: no deadlock
-    erased = dict(session.execute(_LOCK_AND_FIND_ERASURES, {"keys": keys, "hashes": hashes}).all())
-    # A CPF erased before goes on from its erasure's sequence: score then tells
-    # the new person's events from the erased one's still in flight.
-    first = {new.data["cpf"]: erased.get(new.cpf_hash, 0) + 1 for _, new in people}
-    rows = [{**new.data, "last_sequence": first[new.data["cpf"]]} for _, new in people]
-    created = {row.cpf: row.created_at for row in session.execute(_INSERT_PEOPLE, rows)}
+    keys = sorted({CpfHasher.lock_key(new.cpf_hash) for _, new in people})  # one order for every batch: no deadlock
+    columns = {"cpfs": "cpf", "names": "name", "addresses": "address", "births": "date_of_birth"}
+    params = {param: [new.data[field] for _, new in people] for param, field in columns.items()}
+    params.update(hashes=[new.cpf_hash for _, new in people], keys=keys)
+    rows = session.execute(_LOCK_AND_INSERT_PEOPLE, params)
+    created = {row.cpf: (row.created_at, row.last_sequence) for row in rows}
     for i, new in people:
         cpf = new.data["cpf"]
         if cpf not in created:  # there before, or created by an earlier write of this batch
             outcomes[i] = PersonAlreadyExists(f"A person with CPF {cpf} exists.")
             continue
-        created_at = created.pop(cpf)
+        created_at, sequence = created.pop(cpf)
         event = {
             "name": new.data["name"],
             "address": new.data["address"],
             "date_of_birth": new.data["date_of_birth"].isoformat(),
         }
-        sequence = first[cpf]
         outcomes[i] = Done(person_answer(new.data, created_at, sequence), (PERSON_CREATED, cpf, sequence, event))
 
 
@@ -168,7 +167,6 @@ def _add_items(session, items, outcomes):
             outcomes[i] = Done(answer, (kind.event_type, new.cpf, sequence, event))
 
 
-_person_row = _person.c
 _LOCK_PERSON = text("SELECT pg_advisory_xact_lock(:key)")
 _ITEM_TABLES = [ITEM_MODELS[kind.name].__table__ for kind in KINDS]
 
@@ -186,7 +184,7 @@ def erase(session, erasure: Erase, request_id=None):
     cpf = erasure.cpf
     session.execute(_LOCK_PERSON, {"key": CpfHasher.lock_key(erasure.cpf_hash)})
     last = session.execute(
-        select(_person_row.last_sequence).where(_person_row.cpf == cpf).with_for_update()
+        select(_person.c.last_sequence).where(_person.c.cpf == cpf).with_for_update()
     ).scalar_one_or_none()
     if last is None:
         if request_id is not None:  # this very request, delivered again after it erased the person?
@@ -196,7 +194,7 @@ def erase(session, erasure: Erase, request_id=None):
         return PersonNotFound(f"No person with CPF {cpf}.")
     for table in _ITEM_TABLES:
         session.execute(table.delete().where(table.c.cpf == cpf))
-    session.execute(_person.delete().where(_person_row.cpf == cpf))
+    session.execute(_person.delete().where(_person.c.cpf == cpf))
     # The relay may still publish a deleted row it holds in memory: score
     # drops it, being numbered before the erasure (score/replica.py).
     session.execute(outbox.delete().where(outbox.c.aggregate_key == cpf))

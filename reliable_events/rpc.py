@@ -30,6 +30,12 @@ from reliable_events.queues import redeclared
 
 _log = logging.getLogger(__name__)
 
+# What a broker that cannot take a message raises: kombu's wrapped errors, a
+# socket's, and py-amqp's own (a node stopping closes its connections with 541
+# INTERNAL_ERROR, which reaches the caller unwrapped; a bad vhost or
+# credentials likewise).
+BROKER_ERRORS = (OperationalError, OSError, AMQPError)
+
 
 DEADLINE_HEADER = "x-deadline"
 # A quorum queue: replicated on every node of a cluster, so requests keep
@@ -86,7 +92,7 @@ class ResilientRpc(Rpc):
     def handle_result(self, message, worker_ctx, result, exc_info):
         try:
             return super().handle_result(message, worker_ctx, result, exc_info)
-        except (OperationalError, OSError, AMQPError) as exc:
+        except BROKER_ERRORS as exc:
             _log.warning(
                 "could not send the reply to %s.%s (correlation_id=%s): %r; the broker will redeliver the request",
                 worker_ctx.service_name,

@@ -175,12 +175,15 @@ def add_items(session, events: list, hashes: dict, kind: str) -> list:
     return cpfs
 
 
+def _erased_through(cpf_hash: str):
+    """A scalar subquery: the sequence of the person's last erasure applied here; 0 if none."""
+    tombstone = select(ErasedPerson.sequence).where(ErasedPerson.cpf_hash == cpf_hash).scalar_subquery()
+    return func.coalesce(tombstone, 0)
+
+
 def erased_through(session, cpf_hash: str) -> int:
     """The sequence of the person's last erasure applied here; 0 if none."""
-    return (
-        session.execute(select(ErasedPerson.sequence).where(ErasedPerson.cpf_hash == cpf_hash)).scalar_one_or_none()
-        or 0
-    )
+    return session.execute(select(_erased_through(cpf_hash))).scalar_one()
 
 
 def read_score(session, cpf: str, cpf_hash: str, known: bool = False):
@@ -198,14 +201,13 @@ def read_score(session, cpf: str, cpf_hash: str, known: bool = False):
     same moment even while batches commit in between (two reads could pair a
     fresh item list with an older sequence).
     """
-    erased = select(ErasedPerson.sequence).where(ErasedPerson.cpf_hash == cpf_hash).scalar_subquery()
     rows = session.execute(
         select(
             KnownPerson.last_sequence,
             KnownPerson.updated_at,
             ScoredItem.kind,
             ScoredItem.value,
-            applied_through(processed_events, cpf, after=func.coalesce(erased, 0)).label("applied_sequence"),
+            applied_through(processed_events, cpf, after=_erased_through(cpf_hash)).label("applied_sequence"),
         )
         .outerjoin(ScoredItem, ScoredItem.cpf == KnownPerson.cpf)
         .where(KnownPerson.cpf == cpf)

@@ -9,28 +9,29 @@ too: person's audit row, the ``person_erased`` event keyed by the CPF's hash
 (``harness.workers.TEST_HASHER``, the services' key), score's tombstone.
 """
 
-import json
 import re
 import time
 import uuid
 
-import amqp
 import eventlet
 import pytest
 import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
+from contracts.cpf import format_cpf
 from contracts.errors import PersonNotFound
 from contracts.events import PERSON_EVENTS
-from harness.api import HTTP_TIMEOUT, assert_json_error, create_person
+from harness.api import HTTP_TIMEOUT, assert_json_error, create_person, rows_naming
 from harness.cpf import cpfs
+from harness.faults import DEAD_LETTER_QUEUES, publish_event
 from harness.processes import started
 from harness.rabbit import amqp_connection, message_count
 from harness.waits import wait_for
 from harness.workers import TEST_HASHER
 from ops.config import load_config
-from ops.queues import event_queues
+from ops.queues import event_queue, event_queues
+from reliable_events.handlers import dead_letter_queue_name, retry_queue_name
 
 pytestmark = pytest.mark.e2e
 
@@ -42,9 +43,8 @@ SWEEP_INTERVAL, SWEEP_GRACE = 0.2, 0.5
 OPEN_API = "anyone (API_TOKENS empty)"
 READ_WAIT_BOUND = 2.0  # READ_YOUR_WRITES_TIMEOUT of config.yml
 EVENT_QUEUES = event_queues()
-DEAD_LETTER_QUEUES = [f"{queue}.dead" for queue in EVENT_QUEUES]
 RETRY_QUEUES = [
-    f"{queue}.retry.{attempt}"
+    retry_queue_name(queue, attempt)
     for queue in EVENT_QUEUES
     for attempt in range(1, len(load_config()["EVENT_RETRY_DELAYS"]) + 1)
 ]
@@ -94,10 +94,6 @@ def engines(person_engine, score_engine):
 # --- helpers ----------------------------------------------------------------------------
 
 
-def formatted(cpf):
-    return f"{cpf[:3]}.{cpf[3:6]}.{cpf[6:9]}-{cpf[9:]}"
-
-
 def query(engine, sql, **params):
     with engine.connect() as conn:
         return conn.execute(text(sql), params).all()
@@ -125,22 +121,12 @@ def tables_of_all(engines) -> dict:
 
 
 def holding(engines, cpf) -> dict:
-    """``{"<database>.<table>": rows}`` of every table with rows whose text
-    holds ``cpf``, as 11 digits or formatted."""
-    found = {}
-    for database, engine in engines.items():
-        with engine.connect() as conn:
-            for table in tables_of(conn):
-                count = conn.execute(
-                    text(
-                        f'SELECT count(*) FROM "{table}" AS t'
-                        " WHERE strpos(t::text, :bare) > 0 OR strpos(t::text, :formatted) > 0"
-                    ),
-                    {"bare": cpf, "formatted": formatted(cpf)},
-                ).scalar_one()
-                if count:
-                    found[f"{database}.{table}"] = count
-    return found
+    """``{"<database>.<table>": rows}`` of every table with rows naming ``cpf``."""
+    return {
+        f"{database}.{table}": rows
+        for database, engine in engines.items()
+        for table, rows in rows_naming(engine, cpf).items()
+    }
 
 
 def parked(amqp_uri, queues=DEAD_LETTER_QUEUES + RETRY_QUEUES) -> list:
@@ -160,23 +146,12 @@ def parked(amqp_uri, queues=DEAD_LETTER_QUEUES + RETRY_QUEUES) -> list:
 
 
 def naming(messages, cpf) -> list:
-    return [(queue, body) for queue, body in messages if cpf in body or formatted(cpf) in body]
+    return [(queue, body) for queue, body in messages if cpf in body or format_cpf(cpf) in body]
 
 
-def publish(amqp_uri, routing_key, event, exchange="person.events"):
-    """Publish ``event`` as person's relay does (JSON, persistent), confirmed by the broker."""
-    conn = amqp_connection(amqp_uri, confirm_publish=True)
-    try:
-        message = amqp.Message(
-            json.dumps(event),
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=2,
-            message_id=event.get("event_id"),
-        )
-        conn.channel().basic_publish(message, exchange=exchange, routing_key=routing_key)
-    finally:
-        conn.close()
+def publish(amqp_uri, routing_key, event, to_queue=None):
+    """Publish ``event`` as person's relay does (JSON, persistent, confirmed), with its id."""
+    publish_event(amqp_uri, event, routing_key, message_id=event["event_id"], to_queue=to_queue, delivery_mode=2)
 
 
 def post_item(api, cpf, kind, value, **headers):
@@ -247,12 +222,12 @@ def test_an_erasure_leaves_no_trace_but_its_own_records(api, system, engines):
     # Dead letters: one naming the person by its CPF, one by the formatted CPF
     # (an envelope score refuses), and another person's, which must stay.
     unusable = PERSON_EVENTS.new("income_added", CPF, 90, {"value": "10.00"})
-    misspelt = {**PERSON_EVENTS.new("debt_added", CPF, 91, {"item_id": 1, "value": "1.00"}), "cpf": formatted(CPF)}
+    misspelt = {**PERSON_EVENTS.new("debt_added", CPF, 91, {"item_id": 1, "value": "1.00"}), "cpf": format_cpf(CPF)}
     others = PERSON_EVENTS.new("asset_added", OTHER, 90, {"value": "10.00"})
     for event in (unusable, misspelt, others):
         publish(uri, event["event_type"], event)
     for event in (unusable, misspelt, others):
-        queue = f"evt-person-{event['event_type']}--score.on_{event['event_type']}.dead"
+        queue = dead_letter_queue_name(event_queue(event["event_type"]))
         wait_for(lambda queue=queue: message_count(uri, queue) == 1, 10, f"a dead letter in {queue}")
     assert len(naming(parked(uri), CPF)) == 2
 
@@ -264,7 +239,7 @@ def test_an_erasure_leaves_no_trace_but_its_own_records(api, system, engines):
     expected_before |= {"person.idempotency_keys", "score.known_person", "score.scored_item", "score.processed_events"}
     assert set(before) >= expected_before, before
 
-    response = requests.delete(f"{api}/person/{formatted(CPF)}", timeout=HTTP_TIMEOUT)
+    response = requests.delete(f"{api}/person/{format_cpf(CPF)}", timeout=HTTP_TIMEOUT)
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -422,7 +397,7 @@ def test_events_in_flight_or_retried_after_an_erasure_are_dropped(api, system, e
     publish(uri, "person_erased", erased_event)  # the relay publishes at least once
     # Back from a failed attempt: through the first retry queue (its TTL, then the handler's queue).
     retried = PERSON_EVENTS.new("debt_added", CPF, erasure - 1, {"item_id": 998, "value": "50.00"})
-    publish(uri, "evt-person-debt_added--score.on_debt_added.retry.1", retried, exchange="")
+    publish(uri, "debt_added", retried, to_queue=retry_queue_name(event_queue("debt_added"), 1))
     sent = [e["event_id"] for e in (late, history["person_created"], history["income_added"], erased_event, retried)]
 
     def outcomes():
@@ -488,7 +463,7 @@ def test_erase_person_over_rpc_records_who_asked(api, system, engines):
     fresh_score(api, CPF, 2)
 
     with rpc(system) as proxy:
-        erased = proxy.person.erase_person(formatted(CPF), erased_by="ana@dpo")
+        erased = proxy.person.erase_person(format_cpf(CPF), erased_by="ana@dpo")
         by_default = proxy.person.erase_person(OTHER)
         with pytest.raises(PersonNotFound):
             proxy.person.erase_person(CPF, erased_by="ana@dpo")
