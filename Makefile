@@ -1,21 +1,27 @@
 # make run: the whole system on this machine; make test: every test.
 # Both install what they need first; RabbitMQ and PostgreSQL must be running
 # (locally by default; see config.yml for the variables that point elsewhere).
+# Another interpreter: make run PYTHON=python3.13 (a venv of its own).
 
-VENV    ?= .venv
+PYTHON  ?= python3
+VENV    ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
-PORT    := $(lastword $(subst :, ,$(or $(WEB_SERVER_ADDRESS),0.0.0.0:8000)))
 
-.PHONY: install migrate run shell test lint format lock reset clean bench
+# pyenv's shims refuse a version that is installed but not the selected one
+# (python3.13 where 3.11 is global): then take that version's own interpreter.
+PYTHON_BIN = $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(patsubst python%,%,$(notdir $(PYTHON))).*/bin/$(notdir $(PYTHON)) 2>/dev/null | tail -1)
+
+.PHONY: install migrate run restart status shell test lint format lock reset clean bench
 
 install: $(STAMP)
 
 # Re-installs only when a pin changes; nameko's CLI needs pkg_resources,
-# which setuptools 82 removed.
+# which setuptools 81 deprecates and 82 removed.
 $(STAMP): requirements.lock requirements-dev.lock setup.cfg pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check 'setuptools<82' wheel
+	test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check 'setuptools<81' wheel
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
@@ -23,12 +29,19 @@ $(STAMP): requirements.lock requirements-dev.lock setup.cfg pyproject.toml
 migrate: install
 	$(PY) -m ops.migrate
 
-# The ready line comes when /health answers 200 (ops/ready.py, in the
-# background); Ctrl-C stops the three services and ends make quietly (honcho
-# exits 130 on it, which is how this run is meant to end).
+# Traefik on :8000 in front of two gateways, person and score, under
+# supervisord (ops/run.py): the ready line comes once /health through Traefik
+# is 200; Ctrl-C stops everything. One line, so make runs it without a shell
+# and a SIGTERM to make reaches it.
 run: install migrate
-	@$(PY) -m ops.ready --url http://localhost:$(PORT) & \
-	$(VENV)/bin/honcho start -f Procfile || [ $$? -eq 130 ]
+	$(PY) -m ops.run
+
+# make restart SERVICE=score (person, score, gateway, gateway-1, edge); make status
+restart: install
+	$(PY) -m ops.run restart $(SERVICE)
+
+status: install
+	$(PY) -m ops.run status
 
 # nameko shell on the running system: n.rpc.person..., n.rpc.score...
 shell: install
@@ -62,4 +75,4 @@ reset: install
 	$(PY) -m ops.reset $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) .run *.egg-info

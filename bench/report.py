@@ -92,6 +92,20 @@ def build_rows(results: dict) -> list:
             rows.append(_row(S, f"c={connections}: latency p99", w["p99_ms"], "ms"))
             rows.append(_row(S, f"c={connections}: errors (non-201 or no answer) per run", w["errors"], "count"))
 
+    hop = results.get("edge_hop")
+    if hop:
+        S = "2b the Traefik hop: POST income through Traefik against straight to the gateway behind it"
+        for connections, h in hop.items():
+            for metric, key, unit in (
+                ("answered 201 per second", "rps", "req/s"),
+                ("latency p50", "p50_ms", "ms"),
+                ("latency p99", "p99_ms", "ms"),
+                ("CPU per write, all processes", "system_cpu_ms_per_write", "ms"),
+            ):
+                rows.append(_row(S, f"c={connections}: {metric}, straight", h["direct"][key], unit))
+                rows.append(_row(S, f"c={connections}: {metric}, through Traefik", h["traefik"][key], unit))
+            rows.append(_row(S, f"c={connections}: of it Traefik's", h["traefik"]["traefik_cpu_ms_per_write"], "ms"))
+
     lag = results.get("lag")
     if lag:
         S = f"3 propagation lag, outbox.created_at -> processed_events.processed_at, at {lag['rate']:.0f} req/s"

@@ -81,8 +81,9 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--only",
-        choices=["compare"],
-        help="compare: only this system against the plain Nameko pipeline (the A/B of a change)",
+        choices=["compare", "edge"],
+        help="compare: only this system against the plain Nameko pipeline (the A/B of a change); "
+        "edge: only the Traefik hop",
     )
     parser.add_argument(
         "--ab",
@@ -202,7 +203,11 @@ def main(argv=None) -> int:
         if args.only == "compare":
             results["compare"] = run_compare(system, people, p, args.ab, not args.no_cluster)
             raise _Done()
+        if args.only == "edge":
+            results["edge_hop"] = scenarios.edge_hop(system, people, p)
+            raise _Done()
         results["write_path"] = scenarios.write_path(system, people, p)
+        results["edge_hop"] = scenarios.edge_hop(system, people, p)
         best_c, best = max(((c, w["rps"]["median"]) for c, w in results["write_path"].items()), key=lambda t: t[1])
         results["lag"] = scenarios.lag(system, people, best / 2, p)
         results["read_your_writes"] = scenarios.read_your_writes(system, people, best / 2, p)

@@ -167,6 +167,71 @@ def lag(system: BenchSystem, people: list, rate: float, p) -> dict:
     }
 
 
+# --- 2b. the Traefik hop --------------------------------------------------------------------------
+
+
+def edge_hop(system: BenchSystem, people: list, p) -> dict:
+    """Writes through Traefik against straight to the gateway behind it, in
+    alternating rounds at each of ``p.concurrencies``: writes/s, p50/p99, and
+    the CPU each process spends per write (Traefik's own among them), counted
+    until score has applied every write of the round."""
+    services = system.services
+    services.start_edge()  # in front of gateway.1, the one the direct rounds use
+    services.wait_edge_sees(1)
+    try:
+        paths = {"direct": services.gateways["gateway.1"], "traefik": services.edge_url}
+        wrk.run_wrk(paths["traefik"], people, p.warmup_seconds, 8, seed=78)
+        out = {}
+        for connections in p.concurrencies:
+            runs = {name: [] for name in paths}
+            for rep in range(p.reps):
+                order = list(paths) if rep % 2 == 0 else list(reversed(paths))
+                for name in order:
+                    system.wait_quiet()
+                    meter = _cpu_meter(system).start()
+                    result = wrk.run_wrk(paths[name], people, p.write_seconds, connections, seed=3000 + rep)
+                    system.wait_quiet(timeout=600)
+                    cpu = meter.stop()
+                    writes = result.created or 1
+                    per_write = {k: v * 1000 / writes for k, v in cpu.items() if k not in ("wall", "machine_busy")}
+                    per_write.pop("bench", None)
+                    runs[name].append(
+                        {
+                            "rps": result.created_per_sec,
+                            "p50_ms": result.p50_ms,
+                            "p99_ms": result.p99_ms,
+                            "errors": result.errors,
+                            "cpu_ms_per_write": per_write,
+                            "system_cpu_ms_per_write": sum(per_write.values()),
+                        }
+                    )
+                    log.info(
+                        "hop %s c=%d: %.0f writes/s p50 %.1f ms p99 %.1f ms, Traefik %.2f of %.2f ms CPU per write",
+                        name,
+                        connections,
+                        result.created_per_sec,
+                        result.p50_ms,
+                        result.p99_ms,
+                        per_write.get("edge", 0.0),
+                        sum(per_write.values()),
+                    )
+            out[connections] = {
+                name: {
+                    "rps": summary(r["rps"] for r in rs),
+                    "p50_ms": summary(r["p50_ms"] for r in rs),
+                    "p99_ms": summary(r["p99_ms"] for r in rs),
+                    "errors": summary(r["errors"] for r in rs),
+                    "system_cpu_ms_per_write": summary(r["system_cpu_ms_per_write"] for r in rs),
+                    "traefik_cpu_ms_per_write": summary(r["cpu_ms_per_write"].get("edge", 0.0) for r in rs),
+                    "runs": rs,
+                }
+                for name, rs in runs.items()
+            }
+        return out
+    finally:
+        services.stop("edge.1")
+
+
 # --- 4. end to end ------------------------------------------------------------------------------
 
 

@@ -32,6 +32,20 @@ class EmptyBody(Exception):
     """A POST came without a body."""
 
 
+class HeadersTooLarge(Exception):
+    """The request's headers are over ``MAX_HEADER_BYTES``."""
+
+
+class TooManyRequests(Exception):
+    """The edge (Traefik) refused a client over its rate or in-flight limit."""
+
+    headers = [("Retry-After", "1")]
+
+
+class BadGateway(Exception):
+    """The edge lost its connection to a gateway instance, or could reach none."""
+
+
 class Unauthorized(Exception):
     """A scoped route without a known bearer token (when ``API_TOKENS`` is set)."""
 
@@ -57,6 +71,9 @@ MAPPED_ERRORS = {
     ServiceUnavailable: (503, "SERVICE_UNAVAILABLE"),
     GatewayTimeout: (504, "GATEWAY_TIMEOUT"),
     EmptyBody: (400, "EMPTY_BODY"),
+    HeadersTooLarge: (431, "HEADERS_TOO_LARGE"),
+    TooManyRequests: (429, "TOO_MANY_REQUESTS"),
+    BadGateway: (502, "BAD_GATEWAY"),
     Unauthorized: (401, "UNAUTHORIZED"),
     Forbidden: (403, "FORBIDDEN"),
     # Raised by werkzeug while reading the request.

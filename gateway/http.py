@@ -10,15 +10,18 @@ Overload is refused, not queued: past ``MAX_IN_FLIGHT`` requests in progress
 wait longer and longer for a worker (Nameko's pool is ``MAX_WORKERS``), its
 client's timeout running; refused, the client backs off and the requests
 already accepted keep their latency. ``/health`` and ``/metrics`` are never
-refused: they are how an operator sees the overload.
+refused: they are how an operator sees the overload; nor are the pages of
+Traefik's own refusals (``/errors/<status>``).
 """
 
 import functools
 import json
 import logging
+import socket
 import time
 from decimal import Decimal
 
+import eventlet.wsgi
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
@@ -26,21 +29,31 @@ from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 
 from gateway.auth import SCOPES, authorize, parse_tokens
-from gateway.exceptions import CLIENT_ERRORS, Overloaded, error_for
+from gateway.exceptions import CLIENT_ERRORS, HeadersTooLarge, Overloaded, error_for
 from observability.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 
 _log = logging.getLogger(__name__)
 
 CALL_ID_STACK_KEY = "nameko.call_id_stack"  # in the WSGI environ
 TOKEN_KEY = "gateway.token"  # in the WSGI environ: the request's Token (gateway/auth.py), if any
-NEVER_REFUSED = ("/health", "/metrics")
+# Never refused for overload: how an operator and Traefik see it, and the
+# pages of Traefik's own refusals (GET /errors/<status>).
+NEVER_REFUSED = ("/health", "/health/gateway", "/metrics")
+NEVER_REFUSED_PREFIX = "/errors/"
+
+# Eventlet answers a header line over 8 KiB itself, with an empty 400. Traefik
+# passes headers of up to 4 x MAX_HEADER_BYTES (gateway/edge.py) so that the
+# gateway, not Traefik, refuses most oversized ones, with its JSON 431: it
+# must read them whole first.
+eventlet.wsgi.MAX_HEADER_LINE = eventlet.wsgi.MAX_TOTAL_HEADER_SIZE
 
 
 def json_response(payload, status=200, headers=None) -> Response:
     return Response(json.dumps(payload), status=status, headers=headers, mimetype="application/json")
 
 
-def error_response(exc: Exception) -> Response:
+def error_parts(exc: Exception) -> tuple[int, dict, list | None]:
+    """The status, JSON body and headers that answer ``exc``."""
     status, code, message, fields = error_for(exc)
     body = {"error": code, "message": message}
     if fields:
@@ -49,8 +62,13 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         # keeps e.g. the Allow header of a 405
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    return status, body, headers
+
+
+def error_response(exc: Exception) -> Response:
+    status, body, headers = error_parts(exc)
     if status >= 500:
-        _log.error("answering %s %s: %r", status, code, exc)
+        _log.error("answering %s %s: %r", status, body["error"], exc)
     return json_response(body, status, headers)
 
 
@@ -71,16 +89,18 @@ class JsonRequest(Request):
 
 
 class JsonWsgiApp(WsgiApp):
-    def __init__(self, server, max_content_length, max_in_flight):
+    def __init__(self, server, max_content_length, max_header_bytes, max_in_flight):
         super().__init__(server)
         self.max_content_length = max_content_length
+        self.max_header_bytes = max_header_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # one process, green threads: no lock needed
         self._refusal = None
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        counted = environ.get("PATH_INFO", "") not in NEVER_REFUSED  # they are how the overload is seen
+        path = environ.get("PATH_INFO", "")
+        counted = path not in NEVER_REFUSED and not path.startswith(NEVER_REFUSED_PREFIX)
         if counted:
             if self.in_flight >= self.max_in_flight:
                 return self._refuse(environ, start_response, started)
@@ -111,14 +131,21 @@ class JsonWsgiApp(WsgiApp):
         adapter = self.url_map.bind_to_environ(environ)
         route, values = "unmatched", {}
         try:
+            header_bytes = sum(len(k) + len(v) for k, v in environ.items() if k.startswith("HTTP_"))
+            if header_bytes > self.max_header_bytes:
+                raise HeadersTooLarge(f"The request's headers are over {self.max_header_bytes} bytes.")
             rule, values = adapter.match(return_rule=True)
             route = rule.rule
             request.path_values = values
             response = rule.endpoint.handle_request(request)
-        except HTTPException as exc:
+        except (HTTPException, HeadersTooLarge) as exc:
             response = error_response(exc)
         _observe(request, route, values, response, time.perf_counter() - started)
         return response
+
+
+# Traefik's check of each gateway, every second: counted, and logged only when it fails.
+UNLOGGED = frozenset({"/health/gateway"})
 
 
 def _observe(request, route, values, response, elapsed):
@@ -129,7 +156,7 @@ def _observe(request, route, values, response, elapsed):
     status = response.status_code
     HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
     HTTP_DURATION.labels(request.method, route).observe(elapsed)
-    if not _log.isEnabledFor(logging.INFO):
+    if not _log.isEnabledFor(logging.INFO) or (route in UNLOGGED and status == 200):
         return  # per request: build the line's fields only if it is written
     fields = {
         "method": request.method,
@@ -172,20 +199,46 @@ class JsonWebServer(WebServer):
 
     def get_wsgi_app(self):
         config = self.container.config
-        return JsonWsgiApp(self, int(config["MAX_CONTENT_LENGTH"]), int(config["MAX_IN_FLIGHT"]))
+        return JsonWsgiApp(
+            self, int(config["MAX_CONTENT_LENGTH"]), int(config["MAX_HEADER_BYTES"]), int(config["MAX_IN_FLIGHT"])
+        )
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def client_gone(environ) -> bool:
+    """Whether the client has closed its connection (read to its end: the
+    request's body must have been read first). Traefik closes it when it stops
+    waiting for an answer and answers 504 itself: a gateway that was frozen
+    meanwhile reads the request only afterwards, and must not run a write its
+    client was told timed out."""
+    sock = getattr(environ.get("eventlet.input"), "_sock", None)
+    raw = getattr(sock, "fd", sock)  # eventlet's green socket wraps the OS one
+    if raw is None:
+        return False
+    try:
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing more sent: the client waits for its answer
+    except OSError:
+        return True  # reset
 
 
 class JsonHttpEntrypoint(HttpRequestHandler):
     server = JsonWebServer()
 
-    def __init__(self, method, url, scope=None, **kwargs):
+    def __init__(self, method, url, scope=None, public=True, **kwargs):
         """``scope``: one of :data:`gateway.auth.SCOPES`, which the route's
-        token must have whenever ``API_TOKENS`` is configured; None, an open route."""
+        token must have whenever ``API_TOKENS`` is configured; None, an open route.
+        ``public``: routed by Traefik (gateway/edge.py); False, answered on the
+        gateway's own port only."""
         if scope is not None and scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}")
         # 4xx answers are the client's mistakes, not the gateway's failures
         kwargs.setdefault("expected_exceptions", CLIENT_ERRORS)
         self.scope = scope
+        self.public = public
         super().__init__(method, url, **kwargs)
 
     def setup(self):
@@ -196,6 +249,12 @@ class JsonHttpEntrypoint(HttpRequestHandler):
         # Checked before a worker is spawned: a refused request costs no worker.
         try:
             request.environ[TOKEN_KEY] = authorize(request, self.tokens, self.scope)
+            if request.method in WRITE_METHODS:
+                request.shallow = False  # as Nameko's handle_request does, to read the body here
+                request.get_data(cache=True)  # the whole body, so what follows it is the connection's end
+                if client_gone(request.environ):
+                    _log.warning("%s %s: the client left before it started; not run", request.method, request.path)
+                    return json_response({"error": "CLIENT_CLOSED_REQUEST", "message": "Not run."}, 499)
         except Exception as exc:
             return self.response_from_exception(exc)
         return super().handle_request(request)

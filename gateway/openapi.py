@@ -1,7 +1,8 @@
 """The gateway's OpenAPI 3.1 document (``gateway/openapi.yaml``, kept by hand,
 with what depends on the kinds of item filled from :mod:`contracts.kinds`, and
 each route's token scope from its ``@http`` declaration)
-and the list of routes the gateway really serves, to check one against the other.
+and the public routes the gateway really serves (:mod:`gateway.routes`), to
+check one against the other.
 
 Example::
 
@@ -13,25 +14,34 @@ Example::
 """
 
 import functools
-import inspect
-import re
 from pathlib import Path
 
 import yaml
 
 from contracts.kinds import KINDS
+from gateway.routes import openapi_path, routes  # noqa: F401  (openapi_path: part of this module's API)
 
 DOCUMENT_PATH = Path(__file__).with_name("openapi.yaml")
-
-# A werkzeug rule variable: <name>, <converter:name> or <converter(args):name>.
-_RULE_VARIABLE = re.compile(r"<(?:(?P<converter>\w+)(?:\((?P<args>[^)]*)\))?:)?(?P<name>\w+)>")
 
 
 @functools.cache
 def openapi_document() -> dict:
     """The document as a dict, read once per process. Shared: do not change it."""
     with DOCUMENT_PATH.open(encoding="utf-8") as file:
-        return _with_scopes(_with_kinds(yaml.safe_load(file)))
+        return _with_edge_answers(_with_scopes(_with_kinds(yaml.safe_load(file))))
+
+
+# What any route may answer besides its own statuses: the gateway's 431, and
+# Traefik's (gateway/edge.py) 429, 502 and 504 in front of every route.
+EDGE_ANSWERS = {"429": "TooManyRequests", "431": "HeadersTooLarge", "502": "BadGateway", "504": "GatewayTimeout"}
+
+
+def _with_edge_answers(document: dict) -> dict:
+    for item in document["paths"].values():
+        for operation in item.values():
+            for status, response in EDGE_ANSWERS.items():
+                operation["responses"].setdefault(status, {"$ref": f"#/components/responses/{response}"})
+    return document
 
 
 def _with_scopes(document: dict) -> dict:
@@ -73,49 +83,13 @@ def _with_kinds(document: dict) -> dict:
     return document
 
 
-def openapi_path(rule: str) -> tuple[str, dict]:
-    """A werkzeug rule as an OpenAPI path, with each variable's allowed values
-    (the arguments of an ``any`` converter, else None).
-
-    >>> openapi_path("/person/<cpf>/<any(income, asset, debt):kind>")
-    ('/person/{cpf}/{kind}', {'cpf': None, 'kind': ['income', 'asset', 'debt']})
-    """
-    variables = {}
-
-    def replace(match):
-        name, converter, args = match["name"], match["converter"], match["args"]
-        allowed = None
-        if converter == "any":
-            allowed = [value.strip().strip("'\"") for value in args.split(",") if value.strip()]
-        variables[name] = allowed
-        return "{" + name + "}"
-
-    return _RULE_VARIABLE.sub(replace, rule), variables
-
-
-def _http_entrypoints(service_cls=None):
-    """``(METHOD, openapi path, variables, scope)`` for every ``@http``
-    entrypoint of ``service_cls`` (default: the gateway's service)."""
-    from nameko.web.handlers import HttpRequestHandler
-
-    if service_cls is None:
-        from gateway.service import GatewayService as service_cls
-
-    for _, method in inspect.getmembers(service_cls, inspect.isfunction):
-        for entrypoint in getattr(method, "nameko_entrypoints", ()):
-            if not isinstance(entrypoint, HttpRequestHandler):
-                continue
-            path, variables = openapi_path(entrypoint.url)
-            for verb in entrypoint.method.split(","):
-                yield verb.strip().upper(), path, variables, getattr(entrypoint, "scope", None)
-
-
 def gateway_routes(service_cls=None) -> dict:
     """``{(METHOD, openapi path): {variable: allowed values or None}}`` for every
-    ``@http`` entrypoint of ``service_cls`` (default: the gateway's service)."""
-    return {(verb, path): variables for verb, path, variables, _ in _http_entrypoints(service_cls)}
+    public route of ``service_cls`` (default: the gateway's service): the API
+    a client reaches through Traefik, which this document describes."""
+    return {(r.method, r.path): r.variables for r in routes(service_cls) if r.public}
 
 
 def route_scopes(service_cls=None) -> dict:
-    """``{(METHOD, openapi path): the scope its token needs, or None (open)}``."""
-    return {(verb, path): scope for verb, path, _, scope in _http_entrypoints(service_cls)}
+    """``{(METHOD, openapi path): the scope its token needs, or None (open)}``, public routes."""
+    return {(r.method, r.path): r.scope for r in routes(service_cls) if r.public}

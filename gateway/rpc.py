@@ -56,6 +56,10 @@ class TimedServiceProxy:
     def __getattr__(self, method_name):
         return partial(self._call, method_name)
 
+    def ready(self) -> bool:
+        """Whether calls can be made: the reply queue has been declared once."""
+        return self._reply_listener.routing_key is not None
+
     def _call(self, method_name, *args, **kwargs):
         target = f"{self._service_name}.{method_name}"
         # A request nobody takes in time expires in the queue, so a write the

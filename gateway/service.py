@@ -8,15 +8,22 @@ import uuid
 from functools import partial
 
 from nameko.dependency_providers import Config
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge
 
 from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.errors import InvalidInput, PersonNotFound, ScoreNotFound
 from contracts.kinds import BY_NAME, NAMES
 from contracts.scores import APPLIED_SEQUENCE
-from gateway.exceptions import BrokerUnavailable, EmptyBody, GatewayTimeout, ServiceUnavailable
+from gateway.exceptions import (
+    BadGateway,
+    BrokerUnavailable,
+    EmptyBody,
+    GatewayTimeout,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from gateway.freshness import ReplicaWatch
-from gateway.http import TOKEN_KEY, http, json_response
+from gateway.http import TOKEN_KEY, error_parts, http, json_response
 from gateway.rpc import TimedRpcProxy
 from observability.logs import CallContext
 from observability.metrics import READ_WAIT, metrics_response
@@ -232,13 +239,13 @@ class GatewayService:
             ],
         )
 
-    @http("GET", "/metrics")
+    @http("GET", "/metrics", public=False)
     def metrics(self, request):
         """Prometheus metrics of this gateway instance (requests by route and
-        status, latencies, read-your-writes waits). Traefik does not route it
-        from outside; Prometheus scrapes it on the compose network.
+        status, latencies, read-your-writes waits). Not public: Traefik does
+        not route it; Prometheus scrapes each gateway's own port.
 
-        Example: ``curl localhost:8000/metrics`` ->
+        Example: ``curl localhost:8001/metrics`` ->
         ``http_requests_total{method="POST",route="/person",status="201"} 1.0`` ...
         """
         return metrics_response()
@@ -279,6 +286,51 @@ class GatewayService:
             "services": services,
         }
         return json_response(body, 503 if problems else 200)
+
+    @http("GET", "/health/gateway", public=False)
+    def gateway_health(self, request):
+        """200 once this gateway instance can take requests: Traefik's check,
+        which keeps an instance out of rotation while it fails (not started
+        yet, dead, frozen). It asks no other service, so a problem of the
+        whole system (``/health``) takes no gateway out: each still answers
+        it, in JSON. 503 while the instance has not yet connected to the broker.
+
+        Example: ``curl localhost:8001/health/gateway`` -> ``{"status": "ok"}``
+        """
+        if not self.person.ready():
+            return json_response({"status": "starting", "problems": ["not yet connected to the broker"]}, 503)
+        return json_response({"status": "ok"})
+
+    @http("GET", "/errors/<int:status>", public=False)
+    def edge_error(self, request, status):
+        """The JSON body and headers of an answer Traefik makes itself
+        (gateway/edge.py): its ``errors`` middleware asks a gateway for them,
+        and sends them with its own status. Answered 200: a 5xx here would
+        count against this gateway in Traefik's passive check. Not public.
+
+        Example: ``curl localhost:8001/errors/429`` -> 200, ``Retry-After: 1``,
+        ``{"error": "TOO_MANY_REQUESTS", "message": "Over 100 requests a second ..."}``
+        """
+        edge = self.config["EDGE"]
+        errors = {
+            404: NotFound(),
+            413: RequestEntityTooLarge(f"The request body is over {self.config['MAX_CONTENT_LENGTH']} bytes."),
+            429: TooManyRequests(
+                f"Over {edge['RATE_LIMIT']} requests a second (bursts of {edge['RATE_BURST']}), or over"
+                f" {edge['CLIENT_IN_FLIGHT']} at once, from this client; retry after Retry-After seconds."
+            ),
+            502: BadGateway(
+                "The edge lost its connection to the gateway. A write may or may not have been"
+                " applied: retry it with the same Idempotency-Key."
+            ),
+            503: ServiceUnavailable("No gateway is available; retry shortly."),
+            504: GatewayTimeout(
+                f"The gateway did not answer within {edge['RESPONSE_TIMEOUT']}s. A write may or may"
+                " not have been applied: retry it with the same Idempotency-Key."
+            ),
+        }
+        _, body, headers = error_parts(errors.get(status, NotFound()))
+        return json_response(body, 200, headers)
 
     @http("GET", "/openapi.json")
     def openapi(self, request):

@@ -3,11 +3,13 @@
 :class:`System` starts person, score and gateway from the repository root with
 ``nameko run --config config.yml <svc>.service`` and the environment that
 ``config.yml`` reads (broker, databases, gateway address, plus any extra), each
-logging to a file of its own. The ``/proc`` readers work on any process id.
+logging to a file of its own, and Traefik in front of the gateways when asked.
+The ``/proc`` readers work on any process id.
 """
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -147,6 +149,9 @@ class CpuMeter:
         return self.result
 
 
+# The edge's per-client limits in tests (see System).
+EDGE_TEST_LIMITS = {"EDGE_RATE_LIMIT": "100000", "EDGE_RATE_BURST": "100000", "EDGE_CLIENT_IN_FLIGHT": "10000"}
+
 # The key the tests' services hash CPFs with (contracts/erasure.py), so a test
 # can find the records an erasure leaves.
 TEST_HASH_KEY = "test-personal-data-key"
@@ -168,11 +173,32 @@ class System:
     """
 
     def __init__(
-        self, amqp_uri: str, db_uris: dict, log_dir, config: str = "config.yml", root: Path = ROOT, **extra_env
+        self,
+        amqp_uri: str,
+        db_uris: dict,
+        log_dir,
+        config: str = "config.yml",
+        root: Path = ROOT,
+        edge: bool = False,
+        gateways: int = 1,
+        **extra_env,
     ):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.gateways = {"gateway.1": self.url}
+        self.gateways = {"gateway.1": f"http://127.0.0.1:{self.port}"}
+        self.gateway_count = gateways
+        # With ``edge``, Traefik in front of the gateways (gateway/edge.py), as
+        # make run has it: ``url`` is Traefik's, ``gateways`` each gateway's own.
+        # (Without, start_edge may still put it there later: the benchmark's hop.)
+        self.edge = edge
+        self.edge_url, self.edge_ops = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        self.url = self.edge_url if edge else self.gateways["gateway.1"]
+        edge_env = {
+            "EDGE_ADDRESS": self.edge_url.removeprefix("http://"),
+            "EDGE_OPS_ADDRESS": self.edge_ops.removeprefix("http://"),
+            # A test client is one address sending far more than any real
+            # client may: only the edge's own tests keep the real limits.
+            **EDGE_TEST_LIMITS,
+        }
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.root = Path(root)  # the checkout whose code runs (another revision's, for an A/B)
@@ -188,6 +214,7 @@ class System:
             "SCORE_METRICS_ADDRESS": "127.0.0.1:0",
             "PYTHONWARNINGS": "ignore",
             "PERSONAL_DATA_HASH_KEY": TEST_HASH_KEY,
+            **edge_env,
             **{key: str(value) for key, value in extra_env.items()},
         }
         self.processes = {}
@@ -214,9 +241,45 @@ class System:
 
     def start_all(self, timeout: float = 60) -> "System":
         for service in SERVICES:
-            self.start(service)
+            for instance in range(1, (self.gateway_count if service == "gateway" else 1) + 1):
+                self.start(service, instance)
+        if self.edge:
+            self.start_edge()
         self.wait_healthy(timeout)
+        if self.edge:
+            self.wait_edge_sees(len(self.gateways), timeout)
         return self
+
+    def start_edge(self) -> subprocess.Popen:
+        """Traefik (``edge.1``) in front of every gateway started so far, as ``python -m gateway.edge run``."""
+        urls = ",".join(self.gateways[name] for name in sorted(self.gateways))
+        command = [sys.executable, "-m", "gateway.edge", "run", "--dir", str(self.log_dir / "edge"), "--gateways", urls]
+        with open(self.log_dir / "edge.1.log", "ab") as out:
+            self.processes["edge.1"] = subprocess.Popen(
+                command, cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return self.processes["edge.1"]
+
+    def edge_servers_up(self) -> dict:
+        """``{gateway URL: whether Traefik has it in rotation}``, from Traefik's metrics."""
+        text = requests.get(f"{self.edge_ops}/metrics", timeout=5).text
+        found = re.findall(
+            r'^traefik_service_server_up\{service="gateway-pool@file",url="([^"]+)"\} (\S+)$', text, re.M
+        )
+        return {url: value == "1" for url, value in found}
+
+    def wait_edge_sees(self, count: int, timeout: float = 30) -> float:
+        """Until Traefik has ``count`` gateways in rotation; the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() < started + timeout:
+            self.assert_running()
+            try:
+                if sum(self.edge_servers_up().values()) == count:
+                    return time.monotonic() - started
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Traefik did not see {count} gateways up in {timeout}s\n{self.logs()}")
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid

@@ -20,6 +20,20 @@ ConfigLoader.add_constructor("!raw_env_var", partial(env_var_constructor, raw=Tr
 ConfigLoader.add_implicit_resolver("!env_var", IMPLICIT_ENV_VAR_MATCHER, None)
 
 
-def load_config(path: str = None) -> dict:
-    with open(path or os.environ.get("NAMEKO_CONFIG", DEFAULT_PATH)) as handle:
-        return yaml.load(handle, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+def load_config(path: str = None, environ: dict | None = None) -> dict:
+    """``config.yml`` with each ``${VAR:default}`` read from the environment,
+    or from ``environ`` instead (``{}``: config.yml's own defaults)."""
+    path = path or os.environ.get("NAMEKO_CONFIG", DEFAULT_PATH)
+    saved = None
+    if environ is not None:
+        # nameko's substitution reads os.environ itself
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(environ)
+    try:
+        with open(path) as handle:
+            return yaml.load(handle, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    finally:
+        if saved is not None:
+            os.environ.clear()
+            os.environ.update(saved)

@@ -65,7 +65,9 @@ def system(amqp_uri, db_uris, tmp_path_factory):
     """The e2e system, with a short read-your-writes wait: the fuzzer asks for
     ``min_sequence`` values no write ever produced, and each such read waits
     the whole bound before answering stale (2 s by default)."""
-    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-logs"), READ_YOUR_WRITES_TIMEOUT="0.1") as running:
+    with started(
+        amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-logs"), edge=True, READ_YOUR_WRITES_TIMEOUT="0.1"
+    ) as running:
         yield running
 
 
@@ -191,7 +193,8 @@ PROBES = {
     "non-ASCII key": ("POST", "/person", {}, None, {**JSON, "Idempotency-Key": "\xe9"}, PERSON % '"Ana"', 422),
     "NUL in the CPF": ("GET", "/person/{cpf}", {"cpf": "52998224725\x00"}, None, {}, None, 422),
     "kind not an item": ("POST", "/person/{cpf}/{kind}", {"kind": "loan"}, None, JSON, '{"value": 1}', 404),
-    "empty cpf, item": ("POST", "/person/{cpf}/{kind}", {"cpf": "", "kind": "debt"}, None, JSON, '{"value": 1}', 404),
+    # Traefik merges the two slashes (its sanitizePath): POST /person/debt, a route of GET and DELETE
+    "empty cpf, item": ("POST", "/person/{cpf}/{kind}", {"cpf": "", "kind": "debt"}, None, JSON, '{"value": 1}', 405),
     "slash in cpf": ("GET", "/person/{cpf}", {"cpf": "x/income"}, None, {}, None, 405),
     "empty cpf, score": ("GET", "/{cpf}/score", {"cpf": ""}, None, {}, None, 404),
     "superscript two": ("GET", "/{cpf}/score", {}, {"min_sequence": "\xb2"}, {}, None, 422),
@@ -232,7 +235,7 @@ def secured(amqp_uri, db_uris, tmp_path_factory):
     """A second system, with ``API_TOKENS`` set: the scoped routes' 401 answers."""
     # Every scope, so that every scoped route gets past the check with it.
     tokens = f"{TOKEN}:{'+'.join(SCOPES)}"
-    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-auth-logs"), API_TOKENS=tokens) as running:
+    with started(amqp_uri, db_uris, tmp_path_factory.mktemp("fuzz-auth-logs"), edge=True, API_TOKENS=tokens) as running:
         yield running
 
 

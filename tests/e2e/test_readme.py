@@ -1,10 +1,13 @@
 """The README's examples are real answers: each one is run here against a running system.
 
 - Every ``$ curl ...`` line of a ``sh`` block that talks to ``localhost:8000``
-  (the gateway), ``localhost:8001`` (a second gateway, with the README's ``API_TOKENS``)
-  or ``localhost:9101``/``9102`` (person's and score's metrics) is run, and the
-  lines under it must match the answer: the status line, each header shown
-  (others may be there too) and the body.
+  (Traefik, in front of two gateways as under ``make run``), ``localhost:8001``
+  or ``8002`` (each gateway's own port), ``localhost:8082`` (Traefik's ping and
+  metrics) or ``localhost:9101``/``9102`` (person's and score's metrics) is
+  run, and the lines under it must match the answer: the status line, each
+  header shown (others may be there too) and the body. A section whose
+  examples send bearer tokens runs with the gateways started with the
+  README's ``API_TOKENS='...' make run``.
 - Every ``>>> `` line of a ``nameko shell`` block is evaluated with ``n.rpc``
   (Nameko's standalone RPC proxy, what the shell's ``n.rpc`` is; ``n.dispatch_event``
   likewise), and the lines
@@ -37,8 +40,8 @@ from harness.processes import ROOT, System, free_port
 pytestmark = pytest.mark.e2e
 
 README = ROOT / "README.md"
-TOKENS = "s3cret-token,reader-token:read,dpo-token:admin"  # the README starts its second gateway with these
-LOCAL = re.compile(r"localhost:(8000|8001|9101|9102)")
+LOCAL = re.compile(r"localhost:(8000|8001|8002|8082|9101|9102)")
+TOKENS_RUN = re.compile(r"^\$ API_TOKENS='([^']+)' make run$", re.M)
 PLACEHOLDERS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?"), "<time>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
@@ -108,6 +111,8 @@ def matches(expected: str, actual: str) -> bool:
 def check_curl(example, ports):
     command = LOCAL.sub(lambda m: f"127.0.0.1:{ports[m[1]]}", example.command)
     proc = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    for readme_port, port in ports.items():  # an answer naming an address names the README's
+        proc.stdout = proc.stdout.replace(f"127.0.0.1:{port}", f"127.0.0.1:{readme_port}")
     if PRINT:
         print(f"$ {example.command}\n{proc.stdout.replace(chr(13), '')}")
         return
@@ -166,26 +171,52 @@ def check_shell(example, namespace):
         assert matches(expected, actual), f">>> {example.command}\nREADME:\n{expected}\nactual:\n{actual}"
 
 
-def start(system):
+def readme_tokens() -> str:
+    """The ``API_TOKENS`` the README's ``API_TOKENS='...' make run`` starts with."""
+    (tokens,) = set(TOKENS_RUN.findall(README.read_text(encoding="utf-8")))
+    return tokens
+
+
+def start(system, tokens=""):
     system.start_all()
-    system.start("gateway", 2, API_TOKENS=TOKENS)
-    system.wait_healthy(url=system.gateways["gateway.2"])
+    system.tokens = tokens
+
+
+def use_tokens(system, tokens):
+    """The gateways restarted with ``API_TOKENS=tokens`` (on their ports: Traefik takes them back)."""
+    if system.tokens == tokens:
+        return
+    for name in sorted(system.gateways):
+        system.stop(name)
+        system.start("gateway", int(name.split(".")[1]), API_TOKENS=tokens)
+    system.wait_healthy()
+    system.wait_edge_sees(len(system.gateways))
+    system.tokens = tokens
 
 
 @pytest.fixture(scope="module")
 def readme_system(amqp_uri, db_uris, tmp_path_factory):
-    """The services, a second gateway with a token, metrics on known ports."""
+    """The system as make run has it: Traefik, two gateways, metrics on known ports."""
     metrics = {"9101": free_port(), "9102": free_port()}
     system = System(
         amqp_uri,
         db_uris,
         tmp_path_factory.mktemp("readme-logs"),
+        edge=True,
+        gateways=2,
         PERSON_METRICS_ADDRESS=f"127.0.0.1:{metrics['9101']}",
         SCORE_METRICS_ADDRESS=f"127.0.0.1:{metrics['9102']}",
     )
     try:
         start(system)
-        ports = {"8000": system.port, "8001": system.gateways["gateway.2"].rsplit(":", 1)[1], **metrics}
+        port = lambda url: url.rsplit(":", 1)[1]  # noqa: E731
+        ports = {
+            "8000": port(system.url),
+            "8001": port(system.gateways["gateway.1"]),
+            "8002": port(system.gateways["gateway.2"]),
+            "8082": port(system.edge_ops),
+            **metrics,
+        }
         yield system, ports
     finally:
         system.stop_all()
@@ -202,10 +233,12 @@ def test_the_readme_has_examples_to_run():
 @pytest.mark.parametrize("section", SECTIONS, ids=[section.title for section in SECTIONS])
 def test_readme_section(section, readme_system, clean_databases, amqp_uri):
     system, ports = readme_system
+    tokens = readme_tokens() if any("Bearer" in example.command for example in section.examples) else ""
     if any("/metrics" in example.command for example in section.examples):
         # Metrics count since the process started: these need fresh processes.
         system.stop_all()
         start(system)
+    use_tokens(system, tokens)
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=15) as rpc:
         dispatch = event_dispatcher({"AMQP_URI": amqp_uri})
         shell = types.SimpleNamespace(rpc=rpc, dispatch_event=dispatch)  # the shell's ``n``

@@ -102,7 +102,6 @@ EXPECTED_SCOPES = {
     ("GET", "/person/{cpf}"): "read",
     ("GET", "/{cpf}/score"): "read",
     ("GET", "/health"): None,
-    ("GET", "/metrics"): None,
     ("GET", "/openapi.json"): None,
 }
 
