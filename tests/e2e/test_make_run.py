@@ -125,7 +125,18 @@ class MakeRun:
 
 @pytest.fixture
 def make_run(amqp_uri, db_uris, clean_databases, tmp_path):
+    """A make run of the test's own, to stop."""
     running = MakeRun(amqp_uri, db_uris, tmp_path / "run")
+    try:
+        yield running.wait_ready()
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_make_run(amqp_uri, db_uris, tmp_path_factory):
+    """One make run for the tests that leave it running."""
+    running = MakeRun(amqp_uri, db_uris, tmp_path_factory.mktemp("make-run") / "run")
     try:
         yield running.wait_ready()
     finally:
@@ -160,7 +171,8 @@ def test_make_run_stops_everything_it_started(make_run, how):
         requests.get(f"{make_run.api}/health", timeout=HTTP_TIMEOUT)
 
 
-def test_a_service_that_dies_is_started_again_and_the_others_keep_serving(make_run):
+def test_a_service_that_dies_is_started_again_and_the_others_keep_serving(shared_make_run, clean_databases):
+    make_run = shared_make_run
     cpf = cpfs(1, start=77_000_000)[0]
     assert requests.post(f"{make_run.api}/person", json=person_body(cpf), timeout=HTTP_TIMEOUT).status_code == 201
     score_pid = make_run.pid_of("score")
@@ -192,7 +204,8 @@ def test_a_service_that_dies_is_started_again_and_the_others_keep_serving(make_r
     )
 
 
-def test_make_restart_and_make_status(make_run):
+def test_make_restart_and_make_status(shared_make_run):
+    make_run = shared_make_run
     gateway_pid = make_run.pid_of("gateway:gateway-1")
     assert make_run.pid_of("edge") and make_run.pid_of("person") and gateway_pid
     out = make_run.ctl("restart", "SERVICE=gateway-1")
