@@ -23,8 +23,9 @@ What a request meets at the edge, in order (the ``api`` chain of every public ro
   never runs twice because of the edge.
 
 Then the ``gateway`` service: round robin over the gateways that pass the
-checks (``GET /health/gateway`` every ``HEALTH_INTERVAL``; and passively, 3
-failed requests in 5 s: refused, timed out or 5xx). When none passes, every
+checks (``GET /health/gateway`` every ``HEALTH_INTERVAL``; and passively, a
+request that got no answer or a 5xx takes its gateway out until the next
+active check). When none passes, every
 gateway is tried unchecked, so while any gateway process runs a client gets
 its JSON answer, never Traefik's plain "no available server". A path no
 public route matches gets the gateway's JSON 404, ``/metrics`` included.
@@ -57,7 +58,8 @@ TRAEFIK_VERSION = "3.7"
 EDGE_ERROR_STATUSES = ("413", "429", "502", "504")
 
 # The passive check: this many failed requests in this window take a gateway
-# out until the active check sees it well again.
+# out until the active check sees it well again. One: the error page of the
+# failed request itself must go to another gateway.
 PASSIVE_FAILURES, PASSIVE_WINDOW = 1, "5s"
 
 API_CHAIN = ["edge-errors", "client-rate", "client-in-flight", "body", "retry"]
