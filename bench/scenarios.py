@@ -15,14 +15,16 @@ from bench import baselines, wrk
 from bench.data import BULK_INCOME_SQL, event_body_bytes
 from bench.stats import percentile, rate_from_timestamps, summary
 from bench.system import BenchSystem
+from contracts.kinds import BY_NAME
 from harness import databases
 from harness.cpf import cpfs
 from harness.processes import ROOT, CpuMeter
 from harness.rabbit import message_count
+from ops.queues import event_queue
 
 log = logging.getLogger("bench")
 
-INCOME_QUEUE = "evt-person-income_added--score.on_income_added"
+INCOME_QUEUE = event_queue(BY_NAME["income"].event_type)
 
 
 # --- 1. baselines -------------------------------------------------------------------------

@@ -41,12 +41,13 @@ from nameko.standalone.events import get_event_exchange
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
+from contracts.kinds import BY_NAME, KINDS, NAMES
 from harness.api import HTTP_TIMEOUT, person_body  # noqa: F401  (the suite takes them from here)
 from harness.processes import ROOT, System
 from harness.rabbit import RabbitNode as HarnessRabbitNode
 from harness.rabbit import message_count
 from harness.waits import wait_for
-from ops.queues import event_queues
+from ops.queues import event_queue, event_queues
 from reliable_events.handlers import dead_letter_queue_name
 from score import rules
 
@@ -54,8 +55,7 @@ log = logging.getLogger("tests.faults")
 
 RPC_TIMEOUT = 3
 RETRY_DELAYS = (0.5, 1, 2)
-ITEM_EVENTS = {"income": "income_added", "asset": "asset_added", "debt": "debt_added"}
-INCOME_QUEUE = "evt-person-income_added--score.on_income_added"
+INCOME_QUEUE = event_queue(BY_NAME["income"].event_type)
 DEADLETTERS = str(Path(sys.executable).with_name("deadletters"))
 
 
@@ -172,7 +172,7 @@ class Write:
 
     @property
     def type(self) -> str | None:
-        return None if self.kind == "debt" else f"w{self.number}"
+        return f"w{self.number}" if BY_NAME[self.kind].typed else None
 
     @property
     def key(self) -> tuple:
@@ -180,7 +180,7 @@ class Write:
         return (self.kind, self.cpf, self.value, self.type)
 
     def body(self) -> dict:
-        return {"value": str(self.value)} if self.kind == "debt" else {"type": self.type, "value": str(self.value)}
+        return {"value": str(self.value)} if self.type is None else {"type": self.type, "value": str(self.value)}
 
     def send(self, timeout=HTTP_TIMEOUT) -> "Write":
         self.started = time.monotonic()
@@ -241,7 +241,7 @@ class Load:
             number = next(self._counter)
             if number >= self.total:
                 return
-            kind = rng.choice(("income", "asset", "debt"))
+            kind = rng.choice(NAMES)
             write = Write(kind, self.cpf_list[number % len(self.cpf_list)], self.urls[number % len(self.urls)])
             self.writes.append(write.send())
             eventlet.sleep(self.pause)
@@ -262,11 +262,11 @@ class Load:
 
 # --- the invariant ---------------------------------------------------------------------
 
-PERSON_ITEMS = """
-    SELECT 'income' AS kind, id, cpf, value, type FROM income
-    UNION ALL SELECT 'asset', id, cpf, value, type FROM asset
-    UNION ALL SELECT 'debt', id, cpf, value, NULL FROM debt
-"""
+# Every item of person's, whatever its kind: (kind, id, cpf, value, type or NULL).
+PERSON_ITEMS = " UNION ALL ".join(
+    f"SELECT '{kind.name}' AS kind, id, cpf, value, {'type' if kind.typed else 'NULL'} AS type FROM {kind.name}"
+    for kind in KINDS
+)
 APPLIED = re.compile(r"applied event ([0-9a-f-]{36})")
 DEAD_LETTER_QUEUES = [dead_letter_queue_name(queue) for queue in event_queues()]
 
