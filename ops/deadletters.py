@@ -8,7 +8,8 @@
 A thin client of the consuming service's RPC methods (``list_dead_letters`` and
 friends, the same ones ``nameko shell`` offers), so it needs only the broker:
 ``AMQP_URI`` or ``--config``. Prints JSON. With the broker or the service not
-running it says so in one line and exits 1, at once.
+running, or ``inspect`` of an event with no dead letter, it says so in one
+line and exits 1, at once.
 """
 
 import argparse
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
         return fail(PROG, f"{args.service} did not answer within {args.timeout:g} s.")
     except RemoteError as exc:
         return fail(PROG, f"{args.service} failed: {exc}")
+    if args.command == "inspect" and not result:
+        return fail(PROG, f"no dead letter of event {args.event_id}.")
     json.dump(result, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
     return 0

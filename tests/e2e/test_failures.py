@@ -183,7 +183,11 @@ def test_overload_is_refused_at_once_not_queued(slow_system):
     assert_json_error(refused, 503, "OVERLOADED")
     assert refused.headers["Retry-After"] == "1"
     assert elapsed < SLOW_RPC_TIMEOUT, f"took {elapsed:.2f}s: it waited"  # not queued behind the others
-    assert requests.get(f"{url}/health", timeout=HTTP_TIMEOUT).status_code == 503  # answered: score is absent
+    # /health is answered, not refused: its own body (503 only because score is absent here)
+    health = requests.get(f"{url}/health", timeout=HTTP_TIMEOUT)
+    assert health.status_code == 503 and "error" not in health.json(), health.text
+    assert health.json()["problems"] == ["score unreachable"], health.text
+    assert requests.get(f"{url}/health/gateway", timeout=HTTP_TIMEOUT).status_code == 200  # Traefik's check too
 
     assert [gt.wait().status_code for gt in held] == [504] * SLOW_MAX_IN_FLIGHT
     # and with room again, the next request is taken (and times out against the slow person)

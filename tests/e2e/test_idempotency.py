@@ -95,3 +95,22 @@ def test_expired_keys_are_purged(api, person_engine, system):
     with person_engine.connect() as conn:
         kept = conn.execute(text("SELECT key FROM idempotency_keys WHERE key IN ('old', 'new')")).scalars().all()
     assert kept == ["new"]
+
+
+def test_a_key_past_its_ttl_is_forgotten_and_a_retry_with_it_writes_again(api, person_engine, amqp_uri):
+    create_person(api, CPF)
+    body = {"type": "renting", "value": 1000}
+    first = post(api, f"/person/{CPF}/income", body, "old-key")
+    assert post(api, f"/person/{CPF}/income", body, "old-key").json()["id"] == first.json()["id"]  # within the TTL
+    with person_engine.begin() as conn:  # a day and a second old: past IDEMPOTENCY_KEY_TTL (86400 s)
+        conn.execute(text("UPDATE idempotency_keys SET created_at = now() - interval '86401 seconds'"))
+    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=HTTP_TIMEOUT) as rpc:
+        assert rpc.person.purge_idempotency_keys() == 1
+    with person_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM idempotency_keys")).scalar() == 0
+
+    again = post(api, f"/person/{CPF}/income", body, "old-key")
+
+    assert again.status_code == 201 and again.json()["id"] != first.json()["id"]  # written again
+    with person_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM income")).scalar() == 2

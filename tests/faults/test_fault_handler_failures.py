@@ -106,6 +106,13 @@ def test_permanent_handler_failure_is_dead_lettered_then_replayed(
     listed = system.deadletters("list")
     assert listed.returncode == 0, listed.stderr
     assert [d["event_id"] for d in json.loads(listed.stdout)] == [event_id], listed.stdout
+    inspected = system.deadletters("inspect", event_id)
+    assert inspected.returncode == 0 and json.loads(inspected.stdout)[0]["body"] == event, inspected
+    unknown = system.deadletters("inspect", "00000000-0000-4000-8000-000000000000")
+    assert unknown.returncode == 1 and unknown.stdout == "", unknown
+    assert unknown.stderr.splitlines() == [
+        "deadletters: no dead letter of event 00000000-0000-4000-8000-000000000000."
+    ], unknown.stderr
     replayed = system.deadletters("replay", "--all")
     replayed_at = time.monotonic()
     assert replayed.returncode == 0, replayed.stderr
