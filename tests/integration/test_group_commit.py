@@ -2,16 +2,24 @@
 same time share transactions, each still gets its own answer or error, one bad
 write fails nobody else, and a request delivered twice writes once."""
 
+import logging
+import random
+
 import eventlet
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
+import reliable_events.green  # noqa: F401  (psycopg2 cooperative: the batch and the probe run at once)
 from contracts.errors import PersonNotFound
+from contracts.kinds import BY_NAME
+from harness.cpf import cpfs
 from person import writes
 from person.models import PersonBase, idempotency_keys
 from person.service import PersonService
-from reliable_events.group_commit import Committer
+from reliable_events.group_commit import Committer, Done, Write
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +123,83 @@ def test_a_request_delivered_twice_writes_once(run_container, fresh_config, pers
     assert again == first
     assert scalar(person_engine, "SELECT count(*) FROM income") == 1
     assert scalar(person_engine, "SELECT count(*) FROM idempotency_keys") == 0  # no row spent on it
+
+
+def test_concurrent_batches_over_the_same_people_never_deadlock(run_container, fresh_config, person_engine, caplog):
+    """Two batches at once (WRITE_BATCH_CONCURRENCY) holding the same people,
+    in every order: each locks the people's rows in CPF order, so neither
+    waits on the other in a cycle. A deadlock would not show as a failed
+    write: PostgreSQL would end one batch, and the committer would run its
+    writes again one by one. So the proof is that it never had to."""
+    caplog.set_level(logging.WARNING, logger="reliable_events.group_commit")
+    run_container(PersonService)
+    people = cpfs(6, start=420_000_000)
+    at_once(fresh_config, [lambda rpc, cpf=cpf: rpc.person.create_person({**PERSON, "cpf": cpf}) for cpf in people])
+    # Enough other people that PostgreSQL finds each person by its index, in
+    # the order it is given them, rather than scanning the table in one order.
+    with person_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO person (cpf, name, address, date_of_birth, last_sequence) "
+                "SELECT lpad(n::text, 11, '0'), 'x', 'y', '1990-01-01', 0 FROM generate_series(1, 20000) AS n"
+            )
+        )
+        conn.execute(text("ANALYZE person"))
+    rng = random.Random(11)
+    for _ in range(6):
+        chosen = [rng.choice(people) for _ in range(40)]
+        outcomes = at_once(fresh_config, [income(n, cpf) for n, cpf in enumerate(chosen)])
+        assert all(isinstance(o, dict) for o in outcomes), [o for o in outcomes if not isinstance(o, dict)][:3]
+    with person_engine.connect() as conn:
+        sequences = conn.execute(
+            text("SELECT aggregate_key, array_agg(sequence ORDER BY sequence) FROM outbox GROUP BY aggregate_key")
+        )
+        for cpf, numbers in sequences:
+            assert numbers == list(range(1, len(numbers) + 1)), cpf  # gapless per person
+    assert "running each alone" not in caplog.text, caplog.text
+
+
+def test_a_batch_locks_its_people_in_cpf_order_whatever_order_its_writes_came(person_engine):
+    """What keeps concurrent batches from deadlocking, shown directly: a batch
+    whose writes name the higher CPF first still locks the lower one first.
+    Here the higher one is held by another transaction: the batch must be
+    holding the lower one while it waits."""
+    low, high = sorted(cpfs(2, start=430_000_000))
+    with person_engine.begin() as conn:
+        for cpf in (high, low):  # stored, and so scanned, higher first
+            conn.execute(
+                text("INSERT INTO person (cpf, name, address, date_of_birth) VALUES (:c, 'x', 'y', '1990-01-01')"),
+                {"c": cpf},
+            )
+    item = {"type": "salary", "value": "1.00"}
+    holder = person_engine.connect()
+    holding = holder.begin()
+    holder.execute(text("SELECT 1 FROM person WHERE cpf = :c FOR UPDATE"), {"c": high})
+
+    def batch():
+        with Session(person_engine) as session:
+            outcomes = writes.apply(
+                session,
+                [Write(writes.NewItem(BY_NAME["income"], cpf, item)) for cpf in (high, low)],
+            )
+            session.rollback()
+            return outcomes
+
+    running = eventlet.spawn(batch)
+    try:
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        for _ in range(100):
+            if scalar(person_engine, waiting):
+                break
+            eventlet.sleep(0.05)
+        else:
+            raise AssertionError("the batch never waited for the held row")
+        with person_engine.connect() as probe:
+            with pytest.raises(OperationalError, match="could not obtain lock"):
+                probe.execute(text("SELECT 1 FROM person WHERE cpf = :c FOR UPDATE NOWAIT"), {"c": low})
+    finally:
+        holding.rollback()
+        holder.close()
+    assert all(isinstance(outcome, Done) for outcome in running.wait())
