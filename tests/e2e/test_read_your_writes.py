@@ -1,13 +1,19 @@
 """Read-your-writes through the gateway: a read that names a write's sequence sees it."""
 
+import json
+import re
 import time
+from datetime import datetime
 
+import eventlet
 import pytest
 import requests
 from kombu import Connection, Exchange, Queue
 
+from contracts.cpf import mask_cpfs
 from harness.api import HTTP_TIMEOUT, assert_json_error, create_person
 from harness.cpf import cpfs
+from harness.waits import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -124,3 +130,35 @@ def test_score_announces_each_commit_to_the_gateways(api, amqp_uri):
                 except TimeoutError:
                     pass
     assert any(notice == {"cpfs": [cpf]} for notice in notices), notices
+
+
+def test_a_waiting_read_is_woken_within_200_ms_of_the_write_being_applied(system, api):
+    """The wake-up is score's notice, not a poll: the read that waits for a
+    write answers right after score applied it, not at the bound (2 s)."""
+    cpf = cpfs(1, start=530000000)[0]
+    create_person(api, cpf)
+    assert read(api, cpf, 1).json()["stale"] is False
+
+    def in_flight():
+        metrics = requests.get(f"{system.gateways['gateway.1']}/metrics", timeout=HTTP_TIMEOUT).text
+        return float(re.search(r"^http_requests_in_flight (\S+)$", metrics, re.M).group(1))
+
+    waiting = eventlet.spawn(lambda: (read(api, cpf, 2), time.time()))
+    wait_for(lambda: in_flight() == 1, 5, "the read to be waiting", 0.01)  # it has read once, and waits
+    written = requests.post(f"{api}/person/{cpf}/debt", json={"value": "1000"}, timeout=HTTP_TIMEOUT)
+    assert written.json()["sequence"] == 2
+    answer, answered_at = waiting.wait()
+    assert answer.status_code == 200 and answer.json()["stale"] is False, answer.text
+
+    def applied_at():
+        for line in system.log("score.1").splitlines():
+            record = json.loads(line) if line.startswith("{") else {}
+            if (
+                record.get("message", "").startswith("applied event")
+                and (record.get("cpf"), record.get("sequence")) == (mask_cpfs(cpf), 2)
+            ):
+                return datetime.fromisoformat(record["timestamp"]).timestamp()
+        return None
+
+    applied = wait_for(applied_at, 5, "score's line for the write")
+    assert answered_at - applied < 0.2, f"answered {answered_at - applied:.3f} s after score applied the write"
