@@ -20,7 +20,7 @@ import time
 import pytest
 
 from harness.cpf import cpfs
-from harness.faults import INCOME_QUEUE, FaultSystem, Invariant, Load, lost_and_doubled, wait_for
+from harness.faults import INCOME_QUEUE, RPC_TIMEOUT, FaultSystem, Invariant, Load, lost_and_doubled, wait_for
 from harness.rabbit import RabbitCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(400)]
@@ -161,11 +161,16 @@ def test_connected_node_paused_then_resumed(cluster_system, nodes, person_engine
     victim = nodes.nodes[0]
     invariant = Invariant(person_engine, score_engine, cluster_system)
 
+    paused = {}
+
     def pause_then_resume():
         nodes.pause(victim)
+        paused["from"] = time.monotonic()
         time.sleep(PAUSE_SECONDS)
+        paused["until"] = time.monotonic()
         nodes.resume(victim)
 
+    writes = []
     answered_again = under_load(
         cluster_system,
         nodes,
@@ -174,9 +179,17 @@ def test_connected_node_paused_then_resumed(cluster_system, nodes, person_engine
         lambda: None,
         report,
         "cluster: the services' node paused 15 s",
+        seen=writes,
         paused=victim.name,
     )
     assert answered_again - PAUSE_SECONDS < ANSWERED_AGAIN_BOUND
+    # Every write sent while the node was frozen was answered by its deadline
+    # (RPC_TIMEOUT) plus 1 s, not when the node came back (a write's HTTP
+    # timeout is as long as the pause: a hang would show).
+    during = [w for w in writes if paused["from"] <= w.started <= paused["until"] - RPC_TIMEOUT - 1]
+    assert during, "no write was sent during the pause"
+    slow = [(w.status, round(w.latency, 2)) for w in during if w.latency > RPC_TIMEOUT + 1]
+    assert not slow, slow
 
 
 def test_rolling_restart(cluster_system, nodes, person_engine, score_engine, report):
