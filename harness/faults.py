@@ -152,13 +152,15 @@ class Write:
 
     201 is "accepted" (its item id recorded); 503/504 are tolerated refusals (the
     write may or may not have happened: at most once); anything else is
-    recorded as unexpected.
+    recorded as unexpected. An ``invalid`` write (a negative value) must be
+    refused, 422: were it stored, the invariant would find its row.
     """
 
     kind: str
     cpf: str
     url: str
     value: Decimal | None = None
+    invalid: bool = False
     number: int = field(default_factory=lambda: next(_WRITE_NUMBERS))
     started: float = 0.0
     ended: float = 0.0
@@ -169,6 +171,8 @@ class Write:
     def __post_init__(self):
         if self.value is None:
             self.value = Decimal(self.number) + Decimal(self.number % 97) / 100
+            if self.invalid:
+                self.value = -self.value
 
     @property
     def type(self) -> str | None:
@@ -242,7 +246,10 @@ class Load:
             if number >= self.total:
                 return
             kind = rng.choice(NAMES)
-            write = Write(kind, self.cpf_list[number % len(self.cpf_list)], self.urls[number % len(self.urls)])
+            cpf, url = self.cpf_list[number % len(self.cpf_list)], self.urls[number % len(self.urls)]
+            # Every tenth write is one the system must refuse (422): the
+            # invariant then proves too that nothing refused is stored.
+            write = Write(kind, cpf, url, invalid=number % 10 == 9)
             self.writes.append(write.send())
             eventlet.sleep(self.pause)
 
@@ -250,11 +257,22 @@ class Load:
     def accepted(self):
         return [w for w in self.writes if w.status == 201]
 
+    @property
+    def valid(self):
+        """The writes meant to be accepted."""
+        return [w for w in self.writes if not w.invalid]
+
     def accepted_count(self):
         return len(self.accepted)
 
     def unexpected(self):
-        return [w for w in self.writes if w.status not in (201, 503, 504)]
+        return [
+            w for w in self.writes if w.status not in ((422,) if w.invalid else (201,)) and w.status not in (503, 504)
+        ]
+
+    def answered_as_meant(self) -> bool:
+        """Every write answered as it was meant to be: 201, or 422 for an invalid one."""
+        return all(w.status == (422 if w.invalid else 201) for w in self.writes)
 
     def statuses(self):
         return dict(Counter(str(w.status) for w in self.writes))
@@ -301,7 +319,7 @@ class Invariant:
         self.score_engine = score_engine
         self.system = system
 
-    def snapshot(self, writes, check_api=True, dead_letters=()) -> dict:
+    def snapshot(self, writes, check_api=True, dead_letters=(), tolerate=()) -> dict:
         with self.person_engine.connect() as conn:
             person_rows = conn.execute(text(PERSON_ITEMS)).all()
             people = [row[0] for row in conn.execute(text("SELECT cpf FROM person"))]
@@ -366,11 +384,15 @@ class Invariant:
                 "applied_twice",
             )
         )
+        snap["answers_not_allowed"] = answers_not_allowed(writes, tolerate)[:20]
+        db_ok = db_ok and not snap["answers_not_allowed"]
         if db_ok:
-            uri = self.system.env["AMQP_URI"]
-            depths = dead_letter_depths(uri)
-            snap["dead_letters"] = {queue: depth for queue, depth in depths.items() if depth}
-            db_ok = sum(depths.values()) == len(dead_letters)
+            # Exactly the dead letters expected, by event id (a count could
+            # take one lost event's letter for an expected one's).
+            with self.system.rpc() as rpc:
+                parked = Counter(letter["event_id"] for letter in rpc.score.list_dead_letters())
+            snap["dead_letters"] = dict(parked)
+            db_ok = parked == Counter(dead_letters)
         if db_ok and check_api:
             for cpf in people:
                 want = rules.score_items((kind, value) for (kind, _), (c, value) in stored.items() if c == cpf)
@@ -381,22 +403,24 @@ class Invariant:
         snap["holds"] = db_ok and not snap["api_mismatch"]
         return snap
 
-    def wait(self, writes, since, timeout=60, settle=1.0, dead_letters=()):
+    def wait(self, writes, since, timeout=60, settle=1.0, dead_letters=(), tolerate=()):
         """Poll until the invariant holds over ``writes`` (every item write of the
         test, whatever it was answered), then once more after ``settle`` s, so a
         late duplicate would be seen; return (snapshot, seconds since ``since``).
-        ``dead_letters``: the event ids expected to wait in the dead-letter queues."""
+        ``dead_letters``: the event ids expected to wait in the dead-letter
+        queues. ``tolerate``: answers this scenario may give besides 201, 4xx,
+        503 and 504 (``None``: no answer at all; 502), each at most once."""
         deadline = time.monotonic() + timeout
         snap = None
         while True:
             try:
-                snap = self.snapshot(writes, dead_letters=dead_letters)
+                snap = self.snapshot(writes, dead_letters=dead_letters, tolerate=tolerate)
             except requests.RequestException as exc:
                 snap = {"holds": False, "error": repr(exc)}
             if snap["holds"]:
                 recovered = time.monotonic() - since
                 time.sleep(settle)
-                again = self.snapshot(writes, dead_letters=dead_letters)
+                again = self.snapshot(writes, dead_letters=dead_letters, tolerate=tolerate)
                 assert again["holds"], f"invariant held, then broke:\n{json.dumps(again, default=str, indent=1)}"
                 return again, recovered
             if time.monotonic() > deadline:
@@ -405,6 +429,29 @@ class Invariant:
                     f"{json.dumps(snap, default=str, indent=1)}\n{self.system.logs()}"
                 )
             time.sleep(0.2)
+
+
+def answers_not_allowed(writes, tolerate=()) -> list:
+    """The writes answered otherwise than a scenario allows: 201, a 4xx (an
+    ``invalid`` write: 422 only), 503 or 504 (at most once), or what the
+    scenario names in ``tolerate``. A timeout (``None``) or a 500 is not
+    allowed by default: it would hide a lost answer behind "at most once".
+
+    >>> answers_not_allowed([Write("debt", "1", "u", status=500)])[0][2]
+    500
+    >>> answers_not_allowed([Write("debt", "1", "u", status=500)], tolerate=(500,))
+    []
+    """
+    allowed = {201, 503, 504, *tolerate}
+    return [
+        (w.kind, w.number, w.status, (w.error or "")[:100])
+        for w in writes
+        if not (
+            w.status in allowed
+            and not (w.invalid and w.status == 201)
+            or (w.status is not None and 400 <= w.status < 500 and (w.status == 422 or not w.invalid))
+        )
+    ]
 
 
 def lost_and_doubled(snap) -> dict:

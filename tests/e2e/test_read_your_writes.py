@@ -153,10 +153,10 @@ def test_a_waiting_read_is_woken_within_200_ms_of_the_write_being_applied(system
     def applied_at():
         for line in system.log("score.1").splitlines():
             record = json.loads(line) if line.startswith("{") else {}
-            if (
-                record.get("message", "").startswith("applied event")
-                and (record.get("cpf"), record.get("sequence")) == (mask_cpfs(cpf), 2)
-            ):
+            if record.get("message", "").startswith("applied event") and (
+                record.get("cpf"),
+                record.get("sequence"),
+            ) == (mask_cpfs(cpf), 2):
                 return datetime.fromisoformat(record["timestamp"]).timestamp()
         return None
 

@@ -8,7 +8,11 @@
   header shown (others may be there too) and the body. A section whose
   examples send bearer tokens runs with the gateways started with the
   README's ``API_TOKENS='...' make run``.
-- Every ``>>> `` line of a ``nameko shell`` block is evaluated with ``n.rpc``
+- Every ``$`` line of an operator command (``.venv/bin/deadletters``,
+  ``.venv/bin/python -m ops.rebuild``) is run as written, against the test's system,
+  and its stdout must match the lines under it; ``$ make shell`` is run and
+  fed the next ``>>>`` line, whose answer it must print.
+- Every other ``>>> `` line of a ``nameko shell`` block is evaluated with ``n.rpc``
   (Nameko's standalone RPC proxy, what the shell's ``n.rpc`` is; ``n.dispatch_event``
   likewise), and the lines
   under it must match the value's ``repr``.
@@ -42,6 +46,9 @@ pytestmark = pytest.mark.e2e
 README = ROOT / "README.md"
 LOCAL = re.compile(r"localhost:(8000|8001|8002|8082|9101|9102)")
 TOKENS_RUN = re.compile(r"^\$ API_TOKENS='([^']+)' make run$", re.M)
+# The command lines run as they are written: the operator commands, and
+# `make shell` (fed the block's first `>>>` line).
+CLI = (".venv/bin/deadletters", ".venv/bin/rebuild-replica", ".venv/bin/python -m ops.", "make shell")
 PLACEHOLDERS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?"), "<time>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
@@ -84,6 +91,9 @@ def sections() -> list:
             continue
         if line.startswith("$ ") and line[2:].startswith("curl") and LOCAL.search(line):
             example = Example("curl", line[2:])
+            current.examples.append(example)
+        elif line.startswith("$ ") and line[2:].startswith(CLI):
+            example = Example("cli", line[2:])
             current.examples.append(example)
         elif line.startswith(">>> "):
             example = Example("shell", line[4:].split("  # ")[0])
@@ -143,6 +153,34 @@ def check_curl(example, ports):
     if shown_body:
         readme = "\n".join(shown_body)
         assert matches(readme, body), f"{example.command}\nREADME:\n{readme}\nactual:\n{body}"
+
+
+def check_cli(example, system, following=None):
+    """Run a command line as written, against the test's system; its stdout
+    must match the lines under it. ``make shell`` is fed ``following`` (the
+    next ``>>>`` example), whose answer it must print."""
+    env = {k: v for k, v in system.env.items() if not k.startswith("MAKE")}
+    command = example.command
+    stdin = None
+    if command == "make shell":
+        command, stdin = "make --no-print-directory -s shell", following.command + "\n"
+    proc = subprocess.run(
+        command, shell=True, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
+    if PRINT:
+        print(f"$ {example.command}\n{proc.stdout}")
+        return
+    if stdin is not None:
+        # The console prints its answer after its prompt: the text between the prompts.
+        answers = [part.strip() for part in proc.stdout.split(">>>") if part.strip()]
+        assert answers and matches("\n".join(following.expected), answers[0]), (
+            f"make shell\n{following.command}\nREADME:\n{following.expected}\nactual:\n{proc.stdout}\n{proc.stderr}"
+        )
+        return
+    expected = "\n".join(example.expected)
+    assert matches(expected, proc.stdout), (
+        f"{example.command}\nREADME:\n{expected}\nactual:\n{proc.stdout}{proc.stderr}"
+    )
 
 
 def evaluated(command, namespace) -> str:
@@ -227,7 +265,9 @@ SECTIONS = sections()
 
 def test_the_readme_has_examples_to_run():
     kinds = {example.kind for section in SECTIONS for example in section.examples}
-    assert kinds == {"curl", "shell"}, [s.title for s in SECTIONS]
+    assert kinds == {"curl", "shell", "cli"}, [s.title for s in SECTIONS]
+    commands = {example.command.split()[0] for s in SECTIONS for example in s.examples if example.kind == "cli"}
+    assert commands >= {"make", ".venv/bin/python", ".venv/bin/deadletters"}, commands
 
 
 @pytest.mark.parametrize("section", SECTIONS, ids=[section.title for section in SECTIONS])
@@ -243,8 +283,12 @@ def test_readme_section(section, readme_system, clean_databases, amqp_uri):
         dispatch = event_dispatcher({"AMQP_URI": amqp_uri})
         shell = types.SimpleNamespace(rpc=rpc, dispatch_event=dispatch)  # the shell's ``n``
         namespace = {"n": shell}
-        for example in section.examples:
+        examples = iter(section.examples)
+        for example in examples:
             if example.kind == "curl":
                 check_curl(example, ports)
+            elif example.kind == "cli":
+                following = next(examples) if example.command == "make shell" else None
+                check_cli(example, system, following)
             else:
                 check_shell(example, namespace)

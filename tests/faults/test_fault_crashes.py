@@ -68,7 +68,7 @@ def test_score_killed_mid_batch_applies_each_event_once(system, broker, invarian
             load.stop()
             load.wait(60)
 
-    assert load.statuses() == {"201": load.total}, load.statuses()  # score's death never touches writes
+    assert load.answered_as_meant(), load.statuses()  # score's death never touches writes
     snap, recovered = invariant.wait(load.writes, fault_end)
     skipped = set(re.findall(r"skipped duplicate event ([0-9a-f-]{36})", system.log("score.2")))
     # The kill interrupted work in flight: every event committed with its ack

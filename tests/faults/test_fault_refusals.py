@@ -147,7 +147,12 @@ def test_failed_event_is_acked_only_after_its_retry_copy_is_confirmed(
 ):
     # A delivery limit far away: the refused event cycles in its queue
     # meanwhile (requeued each time) instead of going to the dead letters.
-    cpf, first, applied = _started(system, invariant, person_engine, EVENT_DELIVERY_LIMIT=1_000_000)
+    # Retry delays of 5 s: the probe that fills the retry queue (limit 1)
+    # stays there that long, so the failing event's copy is surely refused
+    # (with the suite's 0.5 s it could expire first, on a slow machine).
+    cpf, first, applied = _started(
+        system, invariant, person_engine, EVENT_DELIVERY_LIMIT=1_000_000, EVENT_RETRY_DELAYS="[5, 5, 5]"
+    )
     retry_queue = f"{INCOME_QUEUE}.retry.1"
     broker.ctl("set_policy", "-p", system.vhost, "refuse-retry", f"^{retry_queue}$", REFUSE, "--apply-to", "queues")
     uri = system.env["AMQP_URI"]

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from harness.probe import OutboxProbe
 from harness.vhosts import EventTap
+from harness.waits import wait_for
 from person.service import PersonService
 from reliable_events.outbox import Outbox
 
@@ -74,11 +75,11 @@ def test_a_rolled_back_transaction_publishes_nothing(run_container, tap, person_
         with pytest.raises(RuntimeError):
             write("52998224725", fail=True)
         write("11144477735")
-    # The sweep runs every 0.2 s in tests; give it several chances to misbehave.
-    eventlet.sleep(1)
-
     events = tap.drain()
-    assert [e["cpf"] for e in events] == ["11144477735"]
+    # And a sweep of everything pending, whatever its age, finds nothing more.
+    assert get_extension(container, Outbox).relay_pending(min_age=0) == 0
+
+    assert [e["cpf"] for e in events + tap.drain(wait=0.2)] == ["11144477735"]
     assert len(outbox_rows(person_engine)) == 1
 
 
@@ -92,12 +93,14 @@ def test_a_publish_that_fails_after_commit_is_left_pending_then_swept(run_contai
     with entrypoint_hook(container, "write") as write:
         write("52998224725")  # committed; the immediate publish fails
 
-    eventlet.sleep(0.5)  # sweeps run and fail too
+    def failed_attempts():  # the sweeps' (the immediate attempt records none)
+        with person_engine.connect() as conn:
+            return conn.execute(text("SELECT attempts, last_error FROM outbox WHERE attempts > 0")).one_or_none()
+
+    attempts, error = wait_for(failed_attempts, 10, "a sweep to try the row and fail")
     [row] = outbox_rows(person_engine)
     assert row.published_at is None
     assert tap.drain(wait=0.2) == []
-    with person_engine.connect() as conn:
-        attempts, error = conn.execute(text("SELECT attempts, last_error FROM outbox")).one()
     assert attempts >= 1
     assert "publish failed" in error
 
@@ -113,7 +116,12 @@ def test_an_unroutable_event_stays_pending_until_a_queue_is_bound(run_container,
     container = run_container(OutboxProbe)
     with entrypoint_hook(container, "write") as write:
         write("52998224725")
-    eventlet.sleep(0.5)
+
+    def refused():
+        with person_engine.connect() as conn:
+            return conn.execute(text("SELECT last_error FROM outbox WHERE attempts > 0")).scalar_one_or_none()
+
+    assert "unroutable" in wait_for(refused, 10, "a sweep to try the row and find no queue")
     [row] = outbox_rows(person_engine)
     assert row.published_at is None
 
