@@ -6,9 +6,9 @@ aggregate is the person, under ``cpf`` (its keyed hash in ``person_erased``).
 """
 
 from contracts.cpf import CPF_LENGTH
+from contracts.envelope import EventSource
 from contracts.erasure import CPF_HASH_PATTERN
 from contracts.kinds import KINDS
-from reliable_events.envelope import EventSource
 
 PERSON_CREATED = "person_created"
 # An erasure names its person by the CPF's keyed hash (contracts/erasure.py),
@@ -24,6 +24,9 @@ PERSON_EVENTS = EventSource(
 )
 
 # Score's wake-up notices for waiting reads (not data: neither persistent nor
-# confirmed), on ``score.events``: {"cpfs": [...]} after each commit.
+# confirmed), on ``score.events``: {"cpfs": [...]} after each commit. Each
+# gateway hears them on a queue of its own, named this and then a new id per
+# connection (the broker's permissions name these queues by it: ops/permissions.py).
 SCORE_NOTICES = "score"
 REPLICA_ADVANCED = "replica_advanced"
+NOTICE_QUEUE_PREFIX = "gateway-replica-advanced-"

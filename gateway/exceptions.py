@@ -7,7 +7,7 @@ Nameko, so remote errors arrive here as those types.
 from werkzeug import exceptions as http_errors
 
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound, ScoreNotFound
-from reliable_events.idempotency import KeyReused
+from contracts.idempotency import IdempotencyKeyReused
 
 
 class ServiceUnavailable(Exception):
@@ -66,7 +66,7 @@ MAPPED_ERRORS = {
     PersonNotFound: (404, "PERSON_NOT_FOUND"),
     PersonAlreadyExists: (409, "PERSON_ALREADY_EXISTS"),
     ScoreNotFound: (404, "SCORE_NOT_FOUND"),
-    KeyReused: (422, "IDEMPOTENCY_KEY_REUSED"),
+    IdempotencyKeyReused: (422, "IDEMPOTENCY_KEY_REUSED"),
     Overloaded: (503, "OVERLOADED"),
     ServiceUnavailable: (503, "SERVICE_UNAVAILABLE"),
     GatewayTimeout: (504, "GATEWAY_TIMEOUT"),

@@ -25,13 +25,11 @@ from nameko.events import get_event_exchange
 from nameko.extensions import DependencyProvider
 from nameko.messaging import QueueConsumer
 
-from contracts.events import REPLICA_ADVANCED, SCORE_NOTICES
+from contracts.events import NOTICE_QUEUE_PREFIX, REPLICA_ADVANCED, SCORE_NOTICES
 from contracts.scores import APPLIED_SEQUENCE
 from reliable_events.queues import QueuePerConnection
 
 _log = logging.getLogger(__name__)
-
-NOTICE_QUEUE_PREFIX = "gateway-replica-advanced-"  # then a new id per connection
 
 
 class ReplicaWatch(QueuePerConnection, DependencyProvider):

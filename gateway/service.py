@@ -12,6 +12,7 @@ from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge
 
 from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.errors import InvalidInput, PersonNotFound, ScoreNotFound
+from contracts.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH as MAX_KEY_LENGTH
 from contracts.kinds import BY_NAME, NAMES
 from contracts.scores import APPLIED_SEQUENCE
 from gateway.exceptions import (
@@ -27,7 +28,6 @@ from gateway.http import TOKEN_KEY, error_parts, http, json_response
 from gateway.rpc import TimedRpcProxy
 from observability.logs import CallContext
 from observability.metrics import READ_WAIT, metrics_response
-from reliable_events.idempotency import MAX_KEY_LENGTH
 
 _log = logging.getLogger(__name__)
 

@@ -82,15 +82,3 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record):
         return mask_cpfs(super().format(record))
-
-
-def event_fields(event: dict, key_field: str, **more) -> dict:
-    """The ``extra`` of a line about one event: its id, type, aggregate key
-    (under the producer's name for it, ``key_field``) and sequence."""
-    return {
-        "event_id": event.get("event_id"),
-        "event_type": event.get("event_type"),
-        key_field: event.get(key_field),
-        "sequence": event.get("sequence"),
-        **more,
-    }

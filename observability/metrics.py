@@ -27,6 +27,8 @@ from nameko.web.server import WebServer, parse_address
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from werkzeug.wrappers import Response
 
+from reliable_events.instruments import EventMetrics
+
 _log = logging.getLogger(__name__)
 
 # Seconds; from sub-millisecond local calls to the RPC timeout.
@@ -65,6 +67,34 @@ PROPAGATION_LAG = Histogram(
     ["event_type"],
     buckets=LAG_BUCKETS,
 )
+
+
+class PrometheusEventMetrics(EventMetrics):
+    """The reliable-events machinery's counts (reliable_events.instruments), as the metrics above."""
+
+    def published(self, event_type, path):
+        EVENTS_PUBLISHED.labels(event_type, path).inc()
+
+    def publish_failed(self, event_type):
+        EVENT_PUBLISH_FAILURES.labels(event_type).inc()
+
+    def applied(self, event_type, lag_seconds):
+        EVENTS_APPLIED.labels(event_type).inc()
+        PROPAGATION_LAG.labels(event_type).observe(lag_seconds)
+
+    def duplicate(self, event_type):
+        EVENTS_DUPLICATE.labels(event_type).inc()
+
+    def retried(self, event_type):
+        EVENTS_RETRIED.labels(event_type).inc()
+
+    def dead_lettered(self, queue):
+        EVENTS_DEAD_LETTERED.labels(queue).inc()
+
+
+# What a service hands its outbox and handlers.
+EVENT_METRICS = PrometheusEventMetrics()
+
 DEAD_LETTERS = Gauge("dead_letters", "Messages waiting in a dead-letter queue (read at scrape time).", ["queue"])
 READ_WAIT = Histogram(
     "read_your_writes_wait_seconds",

@@ -70,11 +70,15 @@ def ensure_database(uri: str) -> bool:
         admin.dispose()
 
 
-def upgrade(uri: str, script_location: str, revision: str = "head") -> None:
+def upgrade(uri: str, script_location: str, revision: str = "head", config: dict | None = None) -> None:
+    """Migrate one database; ``config`` (config.yml's) is handed to the
+    migrations that need a value of it (``context.config.attributes``): a
+    migration imports no live code."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", script_location)
     # Alembic's ini parser treats % as interpolation: escape it in passwords.
     cfg.set_main_option("sqlalchemy.url", uri.replace("%", "%%"))
+    cfg.attributes["service_config"] = config or {}
     command.upgrade(cfg, revision)
 
 
@@ -84,7 +88,7 @@ def migrate(config: dict, services=tuple(SERVICES)) -> None:
         uri = config["DB_URIS"][key]
         if ensure_database(uri):
             _log.info("created database %s", make_url(uri).database)
-        upgrade(uri, script_location)
+        upgrade(uri, script_location, config=config)
         _log.info("%s database is at the latest migration", service)
 
 

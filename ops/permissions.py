@@ -42,9 +42,8 @@ from dataclasses import dataclass, field
 
 from nameko.rpc import RPC_QUEUE_TEMPLATE, RPC_REPLY_QUEUE_TEMPLATE
 
-from contracts.events import PERSON_EVENTS, REPLICA_ADVANCED, SCORE_NOTICES
+from contracts.events import NOTICE_QUEUE_PREFIX, PERSON_EVENTS, REPLICA_ADVANCED, SCORE_NOTICES
 from contracts.kinds import KINDS
-from gateway.freshness import NOTICE_QUEUE_PREFIX
 
 
 def _reply_queues(service: str) -> str:

@@ -32,11 +32,11 @@ from nameko.exceptions import RemoteError, RpcTimeout, UnknownService  # noqa: E
 from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from contracts import rebuild as rebuilder  # noqa: E402
+from contracts.rebuild import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RebuildError  # noqa: E402
 from ops.cli import Unreachable, check_consumers, fail  # noqa: E402
 from ops.config import load_config  # noqa: E402
 from reliable_events.rpc import BROKER_ERRORS  # noqa: E402
-from score import rebuild as rebuilder  # noqa: E402
-from score.rebuild import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RebuildError  # noqa: E402
 
 PROG = "rebuild-replica"
 

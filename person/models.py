@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import declarative_base, relationship
 
+from contracts.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH
 from contracts.kinds import KINDS, ItemKind
 from reliable_events.idempotency import idempotency_table
 from reliable_events.tables import outbox_table
@@ -85,4 +86,4 @@ class Erasure(PersonBase):
 
 
 outbox = outbox_table(PersonBase.metadata)
-idempotency_keys = idempotency_table(PersonBase.metadata)
+idempotency_keys = idempotency_table(PersonBase.metadata, IDEMPOTENCY_KEY_MAX_LENGTH)

@@ -24,9 +24,11 @@ from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.erasure import PersonalDataKey
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_EVENTS
+from contracts.idempotency import IdempotencyKeyReused
 from contracts.kinds import BY_NAME, KINDS, ItemKind
 from observability.logs import CallContext
 from observability.metrics import (
+    EVENT_METRICS,
     OUTBOX_OLDEST_AGE,
     OUTBOX_PENDING,
     RpcMetrics,
@@ -46,7 +48,7 @@ from reliable_events.rpc import rpc
 _log = logging.getLogger(__name__)
 
 # The caller's mistakes: answered as errors, not logged as the service's failures.
-CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, KeyReused)
+CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, IdempotencyKeyReused)
 
 # kind name -> its input schema
 ITEM_SCHEMAS = {kind.name: item_schemas(kind)[0] for kind in KINDS}
@@ -77,7 +79,7 @@ class PersonService:
     name = "person"
 
     db = Database(PersonBase)
-    outbox = Outbox(PersonBase, outbox, PERSON_EVENTS)
+    outbox = Outbox(PersonBase, outbox, PERSON_EVENTS, metrics=EVENT_METRICS)
     idempotency = IdempotencyKeys(idempotency_keys)
     committer = Committer(PersonBase, writes.apply, writes.answer_again, idempotency_keys)
     hasher = PersonalDataKey()
@@ -107,7 +109,7 @@ class PersonService:
         request delivered again by the broker answer the first answer.
 
         Raises ``InvalidInput`` (fields named), ``PersonAlreadyExists`` or
-        ``KeyReused`` (the key was used for another request).
+        ``IdempotencyKeyReused`` (the key was used for another request).
         """
         data = _load(CreatePersonSchema(), person)
         new = writes.NewPerson(data, self.hasher.hash(data["cpf"]))
@@ -171,7 +173,7 @@ class PersonService:
             {'id': 1, 'type': 'renting', 'value': '1000.00', 'created_at': '...', 'sequence': 2}
 
         Raises ``InvalidInput`` (a malformed CPF, invalid fields), ``PersonNotFound`` or
-        ``KeyReused`` (the key was used for another request).
+        ``IdempotencyKeyReused`` (the key was used for another request).
         """
         return self._add_item(BY_NAME["income"], cpf, item, idempotency_key, request_id)
 
@@ -211,7 +213,10 @@ class PersonService:
 
     def _submit(self, payload, operation, request, idempotency_key, request_id):
         digest = request_hash(operation, *request) if idempotency_key is not None else None
-        return self.committer.submit(payload, request_id, idempotency_key, digest)
+        try:
+            return self.committer.submit(payload, request_id, idempotency_key, digest)
+        except KeyReused as exc:  # the wire's type (contracts), which the gateway knows
+            raise IdempotencyKeyReused(str(exc)) from None
 
     @rpc
     def health(self):

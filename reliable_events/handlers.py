@@ -2,8 +2,9 @@
 
 ``@reliable_handler(PERSON_EVENTS, "income_added")`` is Nameko's ``@event_handler``
 (same exchange, same queue name ``evt-person-income_added--<service>.<method>``),
-given the producer's :class:`~reliable_events.envelope.EventSource` (whose
-exchange, and how its envelope names the aggregate), with these guarantees added:
+given the producer's event source (its exchange, and its envelope: an
+object with ``service``, ``parse``, ``key``, ``key_field`` and ``malformed``, as
+``contracts.envelope.EventSource``), with these guarantees added:
 
 - **The queue is a quorum queue** (durable, replicated in a cluster) with a
   delivery limit: a message redelivered that often (say, one that crashes the
@@ -54,15 +55,7 @@ from nameko.events import EventHandler
 from nameko.exceptions import ContainerBeingKilled
 from nameko.messaging import QueueConsumer
 
-from observability.logs import event_fields
-from observability.metrics import (
-    EVENTS_APPLIED,
-    EVENTS_DEAD_LETTERED,
-    EVENTS_DUPLICATE,
-    EVENTS_RETRIED,
-    PROPAGATION_LAG,
-)
-from reliable_events.envelope import EventSource, MalformedEvent
+from reliable_events.instruments import NO_METRICS, EventMetrics, event_fields
 from reliable_events.outbox import CALL_ID_STACK_HEADER
 from reliable_events.queues import redeclared
 
@@ -170,8 +163,10 @@ class ReliableQueueConsumer(QueueConsumer):
 class ReliableEventHandler(EventHandler):
     queue_consumer = ReliableQueueConsumer()
 
-    def __init__(self, source: EventSource, event_type: str, **kwargs):
+    def __init__(self, source, event_type: str, metrics: EventMetrics = NO_METRICS, **kwargs):
+        """``metrics``: what counts the handler's outcomes (reliable_events.instruments)."""
         self.source = source
+        self.metrics = metrics
         super().__init__(source.service, event_type, **kwargs)
 
     def setup(self):
@@ -241,7 +236,7 @@ class ReliableEventHandler(EventHandler):
     def handle_message(self, body, message):
         try:
             event = self.source.parse(body)
-        except MalformedEvent as exc:
+        except self.source.malformed as exc:
             self._dead_letter(message, f"malformed event: {exc}", attempts=1)
             return
         self._waiting.append((event, message))
@@ -317,12 +312,11 @@ class ReliableEventHandler(EventHandler):
         now = datetime.now(UTC)
         for event, message in zip(events, messages, strict=True):
             if event["event_id"] not in to_count:
-                EVENTS_DUPLICATE.labels(event["event_type"]).inc()
+                self.metrics.duplicate(event["event_type"])
                 continue
             to_count.discard(event["event_id"])
             lag = (now - event["occurred_at"]).total_seconds()
-            EVENTS_APPLIED.labels(event["event_type"]).inc()
-            PROPAGATION_LAG.labels(event["event_type"]).observe(max(lag, 0.0))
+            self.metrics.applied(event["event_type"], max(lag, 0.0))
             if not _log.isEnabledFor(logging.INFO):
                 continue  # per event: build the line's fields only if it is written
             # The writer's call chain (from the message), then this worker's call id.
@@ -347,12 +341,12 @@ class ReliableEventHandler(EventHandler):
         """Retry ``message`` later, or dead-letter it after the last attempt."""
         attempt = int(message.headers.get(ATTEMPT, 0) or 0) + 1
         error = f"{exc_info[0].__name__}: {exc_info[1]}"[:1000]
-        if issubclass(exc_info[0], MalformedEvent):
+        if issubclass(exc_info[0], self.source.malformed):
             # The handler found the event's data unusable: retrying cannot help.
             self._dead_letter(message, f"malformed event: {exc_info[1]}", attempt, error)
         elif attempt <= len(self.retry_delays):
             delay = self.retry_delays[attempt - 1]
-            EVENTS_RETRIED.labels(event["event_type"]).inc()
+            self.metrics.retried(event["event_type"])
             _log.warning(
                 "event %s %s failed attempt %d (%s); retrying in %ss",
                 event["event_id"],
@@ -366,7 +360,7 @@ class ReliableEventHandler(EventHandler):
             self._dead_letter(message, f"failed {attempt} attempts; last error {error}", attempt, error)
 
     def _dead_letter(self, message, reason, attempts, error=None):
-        EVENTS_DEAD_LETTERED.labels(self.queue.name).inc()
+        self.metrics.dead_lettered(self.queue.name)
         _log.error(
             "dead-lettered message %s from %s: %s",
             message.properties.get("message_id"),

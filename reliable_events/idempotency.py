@@ -22,24 +22,21 @@ calls from a timer.
 import hashlib
 import json
 
-from nameko.exceptions import deserialize_to_instance
 from nameko.extensions import DependencyProvider
 from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
-MAX_KEY_LENGTH = 200
 
-
-@deserialize_to_instance
 class KeyReused(Exception):
     """The key was used before for a different request."""
 
 
-def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Table:
+def idempotency_table(metadata: MetaData, key_length: int, name: str = "idempotency_keys") -> Table:
+    """The table of clients' keys; ``key_length``: the longest key a client may send."""
     return Table(
         name,
         metadata,
-        Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+        Column("key", String(key_length), primary_key=True),
         Column("request_hash", String(64), nullable=False),
         Column("response", JSONB),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now(), index=True),

@@ -44,10 +44,8 @@ from nameko.standalone.events import get_event_exchange
 from nameko.timer import Timer
 from sqlalchemy import Table, create_engine, func, select, text, update
 
-from observability.logs import event_fields
-from observability.metrics import EVENT_PUBLISH_FAILURES, EVENTS_PUBLISHED
 from reliable_events.confirms import BatchPublisher
-from reliable_events.envelope import EventSource
+from reliable_events.instruments import NO_METRICS, EventMetrics, event_fields
 
 _log = logging.getLogger(__name__)
 
@@ -114,10 +112,11 @@ class Outbox(DependencyProvider):
     first publish, so the service starts while the broker is down).
     """
 
-    def __init__(self, declarative_base, table: Table, source: EventSource):
+    def __init__(self, declarative_base, table: Table, source, metrics: EventMetrics = NO_METRICS):
         self.declarative_base = declarative_base
         self.table = table
         self.source = source
+        self.metrics = metrics
         self._insert = table.insert()
         self._writers = WeakKeyDictionary()
 
@@ -248,7 +247,7 @@ class Outbox(DependencyProvider):
                 self._mark_due = time.monotonic() + self.mark_delay
             self._unmarked.extend(sent)
         for envelope, headers in written:
-            _published(self.source, envelope, headers, outcome[envelope["event_id"]], "commit")
+            _published(self.source, self.metrics, envelope, headers, outcome[envelope["event_id"]], "commit")
 
     def _mark_sent(self) -> None:
         """Mark the confirmed events sent, in one transaction (those a sweep has not marked)."""
@@ -312,7 +311,15 @@ class Outbox(DependencyProvider):
                     update(t).where(t.c.position == row.position).values(attempts=t.c.attempts + 1, last_error=error)
                 )
         for row in rows:
-            _published(self.source, row.payload, row.headers, outcome[row.event_id], "sweep", position=row.position)
+            _published(
+                self.source,
+                self.metrics,
+                row.payload,
+                row.headers,
+                outcome[row.event_id],
+                "sweep",
+                position=row.position,
+            )
         return len(sent), len(rows)
 
     def backlog(self) -> dict:
@@ -333,14 +340,16 @@ class Outbox(DependencyProvider):
         return {"pending": count, "oldest_pending_age_seconds": float(oldest or 0)}
 
 
-def _published(source: EventSource, envelope: dict, headers: dict | None, error: str | None, path: str, **more) -> None:
+def _published(
+    source, metrics: EventMetrics, envelope: dict, headers: dict | None, error: str | None, path: str, **more
+) -> None:
     """One log line and the counters for one publish attempt."""
     if error is None:
-        EVENTS_PUBLISHED.labels(envelope["event_type"], path).inc()
+        metrics.published(envelope["event_type"], path)
         if not _log.isEnabledFor(logging.INFO):
             return  # per event: build the line's fields only if it is written
     else:
-        EVENT_PUBLISH_FAILURES.labels(envelope["event_type"]).inc()
+        metrics.publish_failed(envelope["event_type"])
     stack = (headers or {}).get(CALL_ID_STACK_HEADER)
     fields = event_fields(envelope, source.key_field, path=path, **more)
     if stack:

@@ -50,31 +50,22 @@ nothing after the last checkpoint is skipped, and running again resumes there.
 """
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 import eventlet
-from nameko.exceptions import UnknownService, deserialize_to_instance
+from nameko.exceptions import UnknownService
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from contracts.envelope import MalformedEvent
 from contracts.events import PERSON_EVENTS
-from reliable_events.envelope import MalformedEvent
+from contracts.rebuild import DEFAULT_PAGE_SIZE, MALFORMED_LISTED, MAX_PAGE_SIZE, RebuildError
 from score.models import ReplicaCheckpoint
 
 _log = logging.getLogger(__name__)
 
 SOURCE = PERSON_EVENTS.service  # the history's producer: the checkpoint's key
-DEFAULT_PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 5000  # person's own cap on a history page
 HISTORY_TIMEOUT = 30.0  # seconds person has to answer one page
-MALFORMED_LISTED = 100  # positions of malformed events a step returns, at most
-
-
-@deserialize_to_instance
-class RebuildError(Exception):
-    """A rebuild step could not run (bad argument, person not answering).
-    Nothing after the last checkpoint was skipped: run it again."""
 
 
 def check_arguments(from_position, page_size) -> None:
@@ -237,59 +228,6 @@ def step(
         extra={key: result[key] for key in ("from_position", "position", "head_position", "applied", "skipped")},
     )
     return result
-
-
-def run(do_step: Callable, from_position=None, page_size: int = DEFAULT_PAGE_SIZE, on_step=None) -> dict:
-    """Steps until the head as of the first step is reached; returns the totals.
-
-    ``do_step(from_position, page_size)`` is :func:`step` bound to a service
-    (or, on the command line, the RPC call to it); ``on_step(result, totals)``,
-    if given, is called after each step (the command line's progress bar).
-    What commits after the first step's head comes live (see the module's
-    docstring), so the loop does not chase it. ``events_per_second`` counts
-    every history event processed (applied, skipped or malformed).
-    """
-    started = time.monotonic()
-    result = do_step(from_position, page_size)
-    totals = {
-        "from_position": result["from_position"],
-        "target_position": result["head_position"],
-        "pages": 1,
-        **{key: result[key] for key in ("fetched", "applied", "skipped", "malformed", "malformed_positions")},
-    }
-    if on_step:
-        on_step(result, totals)
-    # An empty page ends it too: nothing is left below the target (rows are never deleted).
-    while result["position"] < totals["target_position"] and result["fetched"]:
-        result = do_step(result["position"], page_size)
-        totals["pages"] += 1
-        for key in ("fetched", "applied", "skipped", "malformed"):
-            totals[key] += result[key]
-        totals["malformed_positions"] = (totals["malformed_positions"] + result["malformed_positions"])[
-            :MALFORMED_LISTED
-        ]
-        if on_step:
-            on_step(result, totals)
-    seconds = time.monotonic() - started
-    totals.update(
-        position=result["position"],
-        seconds=round(seconds, 3),
-        events_per_second=round(totals["fetched"] / seconds, 1) if seconds > 0 else None,
-    )
-    _log.info(
-        "rebuild from %s done: positions %d to %d, %d events in %.1f s (%s events/s), applied %d, skipped %d, "
-        "malformed %d",
-        SOURCE,
-        totals["from_position"],
-        totals["position"],
-        totals["fetched"],
-        seconds,
-        totals["events_per_second"],
-        totals["applied"],
-        totals["skipped"],
-        totals["malformed"],
-    )
-    return totals
 
 
 def fetch_history(proxy, timeout: float = HISTORY_TIMEOUT) -> Callable:

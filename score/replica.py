@@ -23,9 +23,9 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from contracts.envelope import MalformedEvent
 from contracts.erasure import CpfHasher
 from contracts.scores import score_answer
-from reliable_events.envelope import MalformedEvent
 from reliable_events.inbox import applied_through
 from score import rules
 from score.models import ErasedPerson, KnownPerson, ScoredItem, processed_events

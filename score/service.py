@@ -8,6 +8,7 @@ can refill its replica from person's history (score/rebuild.py).
 """
 
 import logging
+from functools import partial
 
 from nameko.rpc import RpcProxy
 from sqlalchemy import text
@@ -18,8 +19,17 @@ from contracts.erasure import PersonalDataKey
 from contracts.errors import InvalidInput, ScoreNotFound
 from contracts.events import EVENT_TYPES, PERSON_CREATED, PERSON_ERASED, PERSON_EVENTS, REPLICA_ADVANCED
 from contracts.kinds import BY_EVENT_TYPE
+from contracts.rebuild import RebuildError
+from contracts.rebuild import run as run_to_head
 from observability.logs import CallContext
-from observability.metrics import DEAD_LETTERS, RpcMetrics, metrics_http, metrics_response, read_at_scrape
+from observability.metrics import (
+    DEAD_LETTERS,
+    EVENT_METRICS,
+    RpcMetrics,
+    metrics_http,
+    metrics_response,
+    read_at_scrape,
+)
 from reliable_events.database import Database
 from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
@@ -29,9 +39,11 @@ from score import rebuild as rebuilder
 from score import replica
 from score.models import ScoreBase, processed_events
 from score.notices import NoticeDispatcher
-from score.rebuild import RebuildError
 
 _log = logging.getLogger(__name__)
+
+# Score's handlers: person's events, counted in score's metrics.
+handles = partial(reliable_handler, PERSON_EVENTS, metrics=EVENT_METRICS)
 
 
 def _effect(event_type):
@@ -87,26 +99,26 @@ class ScoreService:
     # transaction (one event each under light load, up to EVENT_BATCH_SIZE when
     # catching up on a backlog).
 
-    @reliable_handler(PERSON_EVENTS, PERSON_CREATED)
+    @handles(PERSON_CREATED)
     def on_person_created(self, events):
         return self._apply(events)
 
-    @reliable_handler(PERSON_EVENTS, "income_added")
+    @handles("income_added")
     def on_income_added(self, events):
         """Apply ``income_added`` events: the person's income is scored."""
         return self._apply(events)
 
-    @reliable_handler(PERSON_EVENTS, "asset_added")
+    @handles("asset_added")
     def on_asset_added(self, events):
         """Apply ``asset_added`` events: the person's asset is scored."""
         return self._apply(events)
 
-    @reliable_handler(PERSON_EVENTS, "debt_added")
+    @handles("debt_added")
     def on_debt_added(self, events):
         """Apply ``debt_added`` events: the person's debt is scored."""
         return self._apply(events)
 
-    @reliable_handler(PERSON_EVENTS, PERSON_ERASED)
+    @handles(PERSON_ERASED)
     def on_person_erased(self, events):
         """Apply ``person_erased`` events: the person's replica rows go, and
         its dead letters; its events still in flight will be dropped."""
@@ -275,7 +287,7 @@ class ScoreService:
              'applied': 10500, 'skipped': 0, 'malformed': 0, 'malformed_positions': [],
              'position': 10500, 'seconds': 3.1, 'events_per_second': 3387.1}
         """
-        return rebuilder.run(
+        return run_to_head(
             lambda start, size: self.rebuild_step(start, size),
             from_position=from_position,
             page_size=page_size,

@@ -157,7 +157,7 @@ def test_migrate_turns_the_classic_queues_of_an_earlier_version_into_quorum_queu
             conn.channel().queue_declare("rpc-person", durable=True, auto_delete=False)
 
 
-def test_migrate_hashes_the_people_score_knew_before_erasure_existed(throwaway, monkeypatch):
+def test_migrate_hashes_the_people_score_knew_before_erasure_existed(throwaway):
     """Score finds an erased person's rows by the CPF's keyed hash: the people
     it knew before that column existed get theirs from the migration, with the
     key the services are given."""
@@ -172,9 +172,7 @@ def test_migrate_hashes_the_people_score_knew_before_erasure_existed(throwaway, 
         conn.execute(
             text("INSERT INTO known_person (cpf, last_sequence) VALUES ('52998224725', 3), ('11144477735', 1)")
         )
-    monkeypatch.setenv("PERSONAL_DATA_HASH_KEY", "the-services-key")
-
-    upgrade(score_uri, "score:migrations")
+    upgrade(score_uri, "score:migrations", config={"PERSONAL_DATA_HASH_KEY": "the-services-key"})
 
     with engine.connect() as conn:
         hashes = dict(conn.execute(text("SELECT cpf, cpf_hash FROM known_person")).all())

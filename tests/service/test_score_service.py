@@ -13,10 +13,10 @@ from nameko.containers import ServiceContainer
 from nameko.testing.services import entrypoint_hook, worker_factory
 from sqlalchemy import text
 
+from contracts.envelope import MalformedEvent
 from contracts.errors import ScoreNotFound
 from contracts.events import PERSON_EVENTS
 from harness.workers import TEST_HASHER
-from reliable_events.envelope import MalformedEvent
 from reliable_events.inbox import Inbox
 from score.models import processed_events
 from score.service import ScoreService

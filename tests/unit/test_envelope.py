@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from contracts.envelope import MalformedEvent
 from contracts.events import PERSON_EVENTS
-from reliable_events.envelope import MalformedEvent
 
 CPF = "52998224725"
 DATA = {"item_id": 7, "value": "1000.00", "type": "renting"}

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from contracts.events import PERSON_EVENTS
-from observability.metrics import EVENTS_APPLIED, EVENTS_DUPLICATE
+from observability.metrics import EVENT_METRICS, EVENTS_APPLIED, EVENTS_DUPLICATE
 from reliable_events.handlers import ReliableEventHandler, ReliableQueueConsumer
 
 EVENT = PERSON_EVENTS.parse(PERSON_EVENTS.new("income_added", "52998224725", 2, {"item_id": 1, "value": "1.00"}))
@@ -20,7 +20,7 @@ def counted(metric):
 
 @pytest.mark.parametrize("applied", [None, [EVENT]], ids=["handler returned None", "handler returned the fresh"])
 def test_an_event_twice_in_one_batch_counts_once(caplog, applied):
-    handler = ReliableEventHandler(PERSON_EVENTS, "income_added")
+    handler = ReliableEventHandler(PERSON_EVENTS, "income_added", metrics=EVENT_METRICS)
     worker = types.SimpleNamespace(call_id="score.on_income_added.1")
     messages = [types.SimpleNamespace(headers={}), types.SimpleNamespace(headers={})]
     applied_before, duplicates_before = counted(EVENTS_APPLIED), counted(EVENTS_DUPLICATE)

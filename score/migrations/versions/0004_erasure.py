@@ -5,13 +5,12 @@ Revises: 0003
 Create Date: 2026-12-01 09:00:00
 
 """
+import hashlib
+import hmac
 from typing import Sequence, Union
 
-from alembic import op
+from alembic import context, op
 import sqlalchemy as sa
-
-from contracts.erasure import hasher_from_config
-from ops.config import load_config
 
 revision: str = '0004'
 down_revision: Union[str, Sequence[str], None] = '0003'
@@ -21,15 +20,17 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     op.add_column('known_person', sa.Column('cpf_hash', sa.String(length=64), nullable=True))
-    # The people known before: hashed with the key the services are given
-    # (config.yml's PERSONAL_DATA_HASH_KEY, so this job must be given it too).
-    hasher = hasher_from_config(load_config())
+    # The people known before: hashed as the services hash a CPF (HMAC-SHA256
+    # with config.yml's PERSONAL_DATA_HASH_KEY, which ops/migrate.py hands
+    # over), written out here so that later code cannot change this past.
+    config = context.config.attributes.get("service_config") or {}
+    key = str(config.get("PERSONAL_DATA_HASH_KEY") or "").encode()
     conn = op.get_bind()
     cpfs = conn.execute(sa.text("SELECT cpf FROM known_person")).scalars().all()
     if cpfs:
         conn.execute(
             sa.text("UPDATE known_person SET cpf_hash = :cpf_hash WHERE cpf = :cpf"),
-            [{"cpf": cpf, "cpf_hash": hasher.hash(cpf)} for cpf in cpfs],
+            [{"cpf": cpf, "cpf_hash": hmac.new(key, cpf.encode(), hashlib.sha256).hexdigest()} for cpf in cpfs],
         )
     op.alter_column('known_person', 'cpf_hash', nullable=False)
     op.create_index(op.f('ix_known_person_cpf_hash'), 'known_person', ['cpf_hash'], unique=False)

@@ -11,7 +11,11 @@
 - ``data``: the event's body; money inside it is a decimal string.
 
 Producer and consumers share one :class:`EventSource` (declared in the
-producer's contract), so both sides build and read the same envelope.
+producer's contract), so both sides build and read the same envelope. The
+reliable-events machinery takes it as a parameter and imports nothing of it:
+it calls ``new``, ``parse`` and ``key``, reads ``service`` and ``key_field``,
+and treats ``malformed`` (raised by ``parse``, or by a handler) as an event no
+retry can fix.
 """
 
 import re
@@ -19,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import ClassVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
@@ -42,6 +47,8 @@ class EventSource:
     key_field: str
     key_pattern: str = r"\A[^\s]{1,64}\Z"
     key_patterns: tuple = ()
+    # What parse raises for a message that is not one of these events.
+    malformed: ClassVar[type] = MalformedEvent
 
     def new(self, event_type: str, key: str, sequence: int, data: dict) -> dict:
         """Build a new event; the id and timestamp are fixed here, once."""
