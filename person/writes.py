@@ -179,7 +179,7 @@ def erase(session, erasure: Erase, request_id=None):
 
     Ordered against the person's other writes: items lock the person's row,
     as this does first; a creation of the same CPF takes the CPF's advisory
-    lock shared, this takes it exclusively (see ``_LOCK_AND_FIND_ERASURES``).
+    lock shared, this takes it exclusively (see ``_LOCK_AND_INSERT_PEOPLE``).
     """
     cpf = erasure.cpf
     session.execute(_LOCK_PERSON, {"key": CpfHasher.lock_key(erasure.cpf_hash)})

@@ -6,7 +6,12 @@
   is lost: a row stays pending until the broker has confirmed it.
 - :mod:`.inbox`: a consumer records each applied ``event_id`` in the same
   transaction as the effect, so a redelivered or replayed event changes nothing.
-- :mod:`.envelope`: the shape every event has on the wire.
+- :mod:`.handlers`: a consumer's handler retries a failed event with back-off,
+  then parks it in a dead-letter queue (:mod:`.deadletters`), never drops it.
+
+The producer's envelope (its ``new``, ``parse``, ``key``) and the metrics
+(:mod:`.instruments`) are handed in by the service: this package imports
+nothing of the project.
 
 Together these give "exactly once in effect": publishing is at least once,
 applying is at most once per event id.

@@ -1,4 +1,4 @@
-"""The README's examples are real answers: each one is run here against a running system.
+"""The examples of the README and of docs/*.md are real answers: each one is run here against a running system.
 
 - Every ``$ curl ...`` line of a ``sh`` block that talks to ``localhost:8000``
   (Traefik, in front of two gateways as under ``make run``), ``localhost:8001``
@@ -44,6 +44,8 @@ from harness.processes import ROOT, System, free_port
 pytestmark = pytest.mark.e2e
 
 README = ROOT / "README.md"
+# The README and the pages it sends the reader to: every example in them is run.
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 LOCAL = re.compile(r"localhost:(8000|8001|8002|8082|9101|9102)")
 TOKENS_RUN = re.compile(r"^\$ API_TOKENS='([^']+)' make run$", re.M)
 # The command lines run as they are written: the operator commands, and
@@ -76,11 +78,12 @@ class Section:
 
 
 def sections() -> list:
-    """The README's sections that have runnable examples, in order."""
+    """The sections of the README and of docs/ that have runnable examples, in order."""
     found, current, block, example = [], None, None, None
-    for line in README.read_text(encoding="utf-8").splitlines():
+    lines = [(page, line) for page in PAGES for line in page.read_text(encoding="utf-8").splitlines()]
+    for page, line in lines:
         if block is None and line.startswith("#"):
-            current = Section(line.lstrip("#").strip())
+            current = Section(f"{page.relative_to(ROOT)}: {line.lstrip('#').strip()}")
             found.append(current)
             continue
         if line.startswith("```"):
@@ -211,7 +214,7 @@ def check_shell(example, namespace):
 
 def readme_tokens() -> str:
     """The ``API_TOKENS`` the README's ``API_TOKENS='...' make run`` starts with."""
-    (tokens,) = set(TOKENS_RUN.findall(README.read_text(encoding="utf-8")))
+    (tokens,) = {t for page in PAGES for t in TOKENS_RUN.findall(page.read_text(encoding="utf-8"))}
     return tokens
 
 
