@@ -2,7 +2,8 @@
 
 Events go out on ``person.events`` as Nameko events; score's handler of
 ``<type>`` listens on ``evt-person-<type>--score.on_<type>``. The envelope's
-aggregate is the person, under ``cpf`` (its keyed hash in ``person_erased``).
+aggregate is the person, under ``cpf``; ``person_erased`` names it by its
+keyed hash, under ``cpf_hash``.
 """
 
 from contracts.cpf import CPF_LENGTH
@@ -20,6 +21,7 @@ PERSON_EVENTS = EventSource(
     service="person",
     key_field="cpf",
     key_pattern=rf"\A[0-9]{{{CPF_LENGTH}}}\Z",
+    key_fields=((PERSON_ERASED, "cpf_hash"),),
     key_patterns=((PERSON_ERASED, rf"\A{CPF_HASH_PATTERN}\Z"),),
 )
 

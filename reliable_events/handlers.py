@@ -3,7 +3,7 @@
 ``@reliable_handler(PERSON_EVENTS, "income_added")`` is Nameko's ``@event_handler``
 (same exchange, same queue name ``evt-person-income_added--<service>.<method>``),
 given the producer's event source (its exchange, and its envelope: an
-object with ``service``, ``parse``, ``key``, ``key_field`` and ``malformed``, as
+object with ``service``, ``parse``, ``key``, ``key_field_of`` and ``malformed``, as
 ``contracts.envelope.EventSource``), with these guarantees added:
 
 - **The queue is a quorum queue** (durable, replicated in a cluster) with a
@@ -325,12 +325,12 @@ class ReliableEventHandler(EventHandler):
                 "applied event %s %s %s=%s sequence=%s",
                 event["event_id"],
                 event["event_type"],
-                self.source.key_field,
+                self.source.key_field_of(event["event_type"]),
                 self.source.key(event),
                 event["sequence"],
                 extra=event_fields(
                     event,
-                    self.source.key_field,
+                    self.source.key_field_of(event["event_type"]),
                     lag_ms=round(lag * 1000, 2),
                     call_id=worker_ctx.call_id,
                     call_id_stack=[*origin, worker_ctx.call_id],

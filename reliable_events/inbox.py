@@ -91,7 +91,10 @@ def consumer_names(service_cls) -> dict:
             if isinstance(entrypoint, ReliableEventHandler):
                 if entrypoint.event_type in names:
                     raise TypeError(f"{service_cls.__name__} has two handlers of {entrypoint.event_type}")
-                names[entrypoint.event_type] = (f"{service_cls.name}.{method_name}", entrypoint.source.key_field)
+                names[entrypoint.event_type] = (
+                    f"{service_cls.name}.{method_name}",
+                    entrypoint.source.key_field_of(entrypoint.event_type),
+                )
     return names
 
 

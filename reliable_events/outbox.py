@@ -351,7 +351,7 @@ def _published(
     else:
         metrics.publish_failed(envelope["event_type"])
     stack = (headers or {}).get(CALL_ID_STACK_HEADER)
-    fields = event_fields(envelope, source.key_field, path=path, **more)
+    fields = event_fields(envelope, source.key_field_of(envelope["event_type"]), path=path, **more)
     if stack:
         # The writer's call ids: this line joins the request that wrote the event.
         fields.update(call_id_stack=stack, call_id=stack[-1])

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from contracts.envelope import MalformedEvent
 from contracts.erasure import CpfHasher
+from contracts.events import PERSON_EVENTS
 from contracts.scores import score_answer
 from reliable_events.inbox import applied_through
 from score import rules
@@ -51,16 +52,14 @@ _INSERT_ITEMS = insert(ScoredItem.__table__)
 # (keys in one order for every batch: no deadlock), then their tombstones,
 # read with a snapshot of its own (PostgreSQL takes one per statement), so an
 # erasure that committed while the locks waited is seen.
-_LOCK_AND_FIND_TOMBSTONES = {
-    shared: text(
-        f"""
-        SELECT {"pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"}(k)
-            FROM unnest(CAST(:keys AS bigint[])) AS k;
-        SELECT cpf_hash, sequence FROM erased_person WHERE cpf_hash = ANY(CAST(:hashes AS varchar[]))
-        """
-    )
-    for shared in (True, False)
-}
+_FIND_TOMBSTONES = "SELECT cpf_hash, sequence FROM erased_person WHERE cpf_hash = ANY(CAST(:hashes AS varchar[]))"
+# A batch of events of the people takes their locks shared; an erasure, exclusively.
+_LOCK_SHARED_AND_FIND_TOMBSTONES = text(
+    f"SELECT pg_advisory_xact_lock_shared(k) FROM unnest(CAST(:keys AS bigint[])) AS k; {_FIND_TOMBSTONES}"
+)
+_LOCK_EXCLUSIVE_AND_FIND_TOMBSTONES = text(
+    f"SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k; {_FIND_TOMBSTONES}"
+)
 _ERASE = text(
     """
     WITH gone AS (DELETE FROM known_person WHERE cpf_hash = ANY(CAST(:hashes AS varchar[])) RETURNING cpf),
@@ -85,12 +84,13 @@ def admit(session, events: list, hashes: dict, erasing: bool) -> list:
     the hash already)."""
     people = sorted(set(hashes.values()))
     keys = sorted({CpfHasher.lock_key(h) for h in people})
-    tombstones = dict(session.execute(_LOCK_AND_FIND_TOMBSTONES[not erasing], {"keys": keys, "hashes": people}).all())
+    statement = _LOCK_EXCLUSIVE_AND_FIND_TOMBSTONES if erasing else _LOCK_SHARED_AND_FIND_TOMBSTONES
+    tombstones = dict(session.execute(statement, {"keys": keys, "hashes": people}).all())
     if not tombstones:
         return events
     admitted = []
     for event in events:
-        erased = tombstones.get(hashes[event["cpf"]])
+        erased = tombstones.get(hashes[PERSON_EVENTS.key(event)])
         if erased is not None and event["sequence"] <= erased:
             _log.info(
                 "dropped event %s %s %s of a person erased at sequence %s",
@@ -112,7 +112,7 @@ def erase(session, events: list, hashes: dict) -> list:
         return []
     highest = {}
     for event in events:
-        highest[event["cpf"]] = max(highest.get(event["cpf"], 0), event["sequence"])
+        highest[event["cpf_hash"]] = max(highest.get(event["cpf_hash"], 0), event["sequence"])
     people = sorted(highest)
     return session.execute(_ERASE, {"hashes": people, "sequences": [highest[h] for h in people]}).scalars().all()
 

@@ -141,8 +141,17 @@ HASH = "8c961b3bf9513859ba4178a69e8113f8ae9110a7180df54b80a1928fb2b88293"
 def test_an_erasure_is_keyed_by_a_cpf_hash_and_never_by_a_cpf():
     """person_erased stays in the history for good: its key must be the
     CPF's keyed hash; every other event's must be the CPF."""
-    assert PERSON_EVENTS.parse(PERSON_EVENTS.new("person_erased", HASH, 5, {}))["cpf"] == HASH
-    with pytest.raises(MalformedEvent, match="cpf"):
+    erasure = PERSON_EVENTS.new("person_erased", HASH, 5, {})
+    assert "cpf" not in erasure and erasure["cpf_hash"] == HASH  # the field says what it holds
+    assert PERSON_EVENTS.key(PERSON_EVENTS.parse(erasure)) == HASH
+    with pytest.raises(MalformedEvent, match="cpf_hash"):
         PERSON_EVENTS.parse(PERSON_EVENTS.new("person_erased", CPF, 5, {}))
     with pytest.raises(MalformedEvent, match="cpf"):
         PERSON_EVENTS.parse(PERSON_EVENTS.new("income_added", HASH, 2, DATA))
+
+
+def test_an_erasure_published_before_its_key_had_its_own_field_is_still_read():
+    """Erasures in flight during the upgrade name the hash under ``cpf``."""
+    legacy = {**PERSON_EVENTS.new("person_erased", HASH, 5, {})}
+    legacy["cpf"] = legacy.pop("cpf_hash")
+    assert PERSON_EVENTS.key(PERSON_EVENTS.parse(legacy)) == HASH
