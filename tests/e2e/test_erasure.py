@@ -266,7 +266,8 @@ def test_an_erasure_leaves_no_trace_but_its_own_records(api, system, engines):
         person, "SELECT event_type, aggregate_key, sequence, payload FROM outbox"
     )
     assert (event_type, key, sequence) == ("person_erased", cpf_hash, 5)
-    assert (payload["cpf"], payload["sequence"], payload["data"]) == (cpf_hash, 5, {})
+    assert (payload["cpf_hash"], payload["sequence"], payload["data"]) == (cpf_hash, 5, {})
+    assert "cpf" not in payload  # the field says what it holds
     assert query(score, "SELECT cpf_hash, sequence FROM erased_person") == [(cpf_hash, 5)]
     assert query(score, "SELECT count(*) FROM known_person") == [(0,)]
 
