@@ -5,6 +5,7 @@ rename that leaves one behind fails here."""
 
 import ast
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -90,9 +91,20 @@ def _resolve(dotted: str, module) -> bool:
                 target = getattr(target, attribute, None)
             if found:
                 return True
-    candidates = [dotted]
-    if module is not None:
-        candidates += [f"{module.__name__}.{dotted}", f"{module.__name__.rpartition('.')[0]}.{dotted}"]
+    if dotted.startswith("."):
+        # Relative, as an import would read it: a submodule is found by
+        # importing it, not by hoping an earlier test already did.
+        if module is None:
+            return False
+        package = module.__name__ if hasattr(module, "__path__") else module.__package__
+        try:
+            candidates = [importlib.util.resolve_name(dotted, package)]
+        except ImportError:
+            return False
+    else:
+        candidates = [dotted]
+        if module is not None:
+            candidates += [f"{module.__name__}.{dotted}", f"{module.__name__.rpartition('.')[0]}.{dotted}"]
     for candidate in candidates:
         parts = candidate.lstrip(".").split(".")
         for cut in range(len(parts), 0, -1):
