@@ -105,29 +105,17 @@ def dynamic_config(config: dict, gateways: list[str], service_routes=None) -> di
         "service": "noop@internal",
     }
     servers = [{"url": url} for url in gateways]
+    error_page = {"service": "gateway", "query": "/errors/{status}"}  # GET /errors/<status> of a gateway
+    body_bytes = int(config["MAX_CONTENT_LENGTH"])
     return {
         "http": {
             "routers": routers,
             "middlewares": {
-                "edge-errors": {
-                    "errors": {"status": list(EDGE_ERROR_STATUSES), "service": "gateway", "query": "/errors/{status}"}
-                },
-                "not-found": {
-                    "errors": {
-                        "status": ["418"],
-                        "statusRewrites": {"418": 404},
-                        "service": "gateway",
-                        "query": "/errors/{status}",
-                    }
-                },
+                "edge-errors": {"errors": {"status": list(EDGE_ERROR_STATUSES), **error_page}},
+                "not-found": {"errors": {"status": ["418"], "statusRewrites": {"418": 404}, **error_page}},
                 "client-rate": {"rateLimit": {"average": int(edge["RATE_LIMIT"]), "burst": int(edge["RATE_BURST"])}},
                 "client-in-flight": {"inFlightReq": {"amount": int(edge["CLIENT_IN_FLIGHT"])}},
-                "body": {
-                    "buffering": {
-                        "maxRequestBodyBytes": int(config["MAX_CONTENT_LENGTH"]),
-                        "memRequestBodyBytes": int(config["MAX_CONTENT_LENGTH"]),
-                    }
-                },
+                "body": {"buffering": {"maxRequestBodyBytes": body_bytes, "memRequestBodyBytes": body_bytes}},
                 "retry": {"retry": {"attempts": 2}},
             },
             "services": {
@@ -229,11 +217,9 @@ def static_config(config: dict, dynamic_file: str) -> dict:
     }
 
 
-def _dump(data: dict, path: Path, header: str) -> None:
+def _dump(data: dict, path: Path, command: str = "python -m gateway.edge") -> None:
+    header = f"# Written by `{command}` from config.yml and the gateway's routes: edit those.\n"
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=200), encoding="utf-8")
-
-
-HEADER = "# Written by `python -m gateway.edge` from config.yml and the gateway's routes: edit those.\n"
 
 
 def write(config: dict, gateways: list[str], directory: Path, dynamic_file: str | None = None) -> Path:
@@ -241,8 +227,8 @@ def write(config: dict, gateways: list[str], directory: Path, dynamic_file: str 
     directory.mkdir(parents=True, exist_ok=True)
     dynamic = directory / "dynamic.yml"
     static = directory / "traefik.yml"
-    _dump(dynamic_config(config, gateways), dynamic, HEADER)
-    _dump(static_config(config, dynamic_file or str(dynamic.resolve())), static, HEADER)
+    _dump(dynamic_config(config, gateways), dynamic)
+    _dump(static_config(config, dynamic_file or str(dynamic.resolve())), static)
     return static
 
 
@@ -299,7 +285,7 @@ def compose_files(config: dict) -> dict:
 def write_compose(config: dict) -> None:
     COMPOSE_DIR.mkdir(parents=True, exist_ok=True)
     for name, data in compose_files(config).items():
-        _dump(data, COMPOSE_DIR / name, HEADER.replace("`python -m gateway.edge`", "`python -m gateway.edge compose`"))
+        _dump(data, COMPOSE_DIR / name, "python -m gateway.edge compose")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The HTTP API (JSON in and out), routed here by Traefik for person.localhost
-and score.localhost. It validates the shape of a request and hands it to
-person or score over RPC; it owns no data.
+and score.localhost. It validates the shape of a request (what a request
+says is read in :mod:`gateway.requests`) and hands it to person or score over
+RPC; it owns no data.
 """
 
 import logging
@@ -8,23 +9,21 @@ import uuid
 from functools import partial
 
 from nameko.dependency_providers import Config
-from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import NotFound, RequestEntityTooLarge
 
-from contracts.cpf import InvalidCPF, normalize_cpf
-from contracts.errors import InvalidInput, PersonNotFound, ScoreNotFound
-from contracts.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH as MAX_KEY_LENGTH
+from contracts.errors import PersonNotFound, ScoreNotFound
 from contracts.kinds import BY_NAME, NAMES
 from contracts.scores import APPLIED_SEQUENCE
 from gateway.exceptions import (
     BadGateway,
     BrokerUnavailable,
-    EmptyBody,
     GatewayTimeout,
     ServiceUnavailable,
     TooManyRequests,
 )
 from gateway.freshness import ReplicaWatch
-from gateway.http import TOKEN_KEY, error_parts, http, json_response
+from gateway.http import error_parts, http, json_response
+from gateway.requests import json_body, min_sequence, path_cpf, requester, write_keys
 from gateway.rpc import TimedRpcProxy
 from observability.logs import CallContext
 from observability.metrics import READ_WAIT, metrics_response
@@ -35,65 +34,9 @@ _log = logging.getLogger(__name__)
 ITEM_ROUTE = f"/person/<cpf>/<any({', '.join(NAMES)}):kind>"
 
 
-def _json_body(request):
-    # get_json raises werkzeug's 415 (not JSON), 400 (malformed) or 413 (too big).
-    if not request.get_data(cache=True):
-        raise EmptyBody("The request body is empty; send a JSON object.")
-    try:
-        return request.get_json()
-    except RecursionError:
-        raise BadRequest("The JSON body is nested too deeply.") from None
-
-
-def _write_keys(request) -> dict:
-    """The keys a write goes to person with: ``request_id``, this request's own
-    (the broker may deliver an RPC request twice, after a reconnect: the second
-    delivery then answers the first answer), and the client's
-    ``Idempotency-Key`` header if it sent one (1 to 200 printable ASCII characters)."""
-    keys = {"request_id": str(uuid.uuid4())}
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return keys
-    if not (1 <= len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
-        raise InvalidInput(
-            "Invalid Idempotency-Key header.",
-            {"Idempotency-Key": [f"Must be 1 to {MAX_KEY_LENGTH} printable ASCII characters."]},
-        )
-    return {**keys, "idempotency_key": key}
-
-
-# Who erased, in person's audit, when API_TOKENS is empty (no token is asked for).
-OPEN_API = "anyone (API_TOKENS empty)"
-
-MAX_SEQUENCE = 2**31 - 1  # person's sequence column is a PostgreSQL integer
-
-
-def _min_sequence(request):
-    """``?min_sequence=<n>`` or the ``Min-Event-Sequence`` header, or None."""
-    field, value = "min_sequence", request.args.get("min_sequence")
-    if value is None:
-        field, value = "Min-Event-Sequence", request.headers.get("Min-Event-Sequence")
-    if value is None:
-        return None
-    value = value.strip()
-    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_SEQUENCE):
-        raise InvalidInput(
-            f"Invalid {field}.",
-            {field: [f"Must be a whole number from 1 to {MAX_SEQUENCE}: a write's sequence."]},
-        )
-    return int(value)
-
-
 def _written(body, status=201, headers=None):
     """A write's answer: its event's position in the body and in ``Event-Sequence``."""
     return json_response(body, status, [*(headers or {}).items(), ("Event-Sequence", str(body["sequence"]))])
-
-
-def _path_cpf(cpf):
-    try:
-        return normalize_cpf(cpf)
-    except InvalidCPF as exc:
-        raise InvalidInput("Invalid CPF in the path.", {"cpf": [exc.message]}) from exc
 
 
 class GatewayService:
@@ -122,7 +65,7 @@ class GatewayService:
         Errors: 400 malformed JSON or empty body, 415 not JSON, 422 invalid
         fields, 409 CPF exists.
         """
-        person = self.person.create_person(_json_body(request), **_write_keys(request))
+        person = self.person.create_person(json_body(request), **write_keys(request))
         return _written(person, 201, {"Location": f"/person/{person['cpf']}"})
 
     @http("GET", "/person/<cpf>", scope="read")
@@ -131,7 +74,7 @@ class GatewayService:
 
         Example: ``curl localhost:8000/person/52998224725``
         """
-        return json_response(self.person.get_person(_path_cpf(cpf)))
+        return json_response(self.person.get_person(path_cpf(cpf)))
 
     @http("DELETE", "/person/<cpf>", scope="admin")
     def erase_person(self, request, cpf):
@@ -150,10 +93,8 @@ class GatewayService:
         ``GET /52998224725/score?min_sequence=5`` is 404. The CPF may be
         created again afterwards.
         """
-        cpf = _path_cpf(cpf)
-        token = request.environ.get(TOKEN_KEY)
-        erased_by = token.name if token is not None else OPEN_API
-        erased = self.person.erase_person(cpf, erased_by=erased_by, request_id=str(uuid.uuid4()))
+        cpf = path_cpf(cpf)
+        erased = self.person.erase_person(cpf, erased_by=requester(request), request_id=str(uuid.uuid4()))
         return _written({"cpf": cpf, **erased}, 200)
 
     @http("POST", ITEM_ROUTE, scope="write")
@@ -167,9 +108,9 @@ class GatewayService:
             curl -i -H 'Content-Type: application/json' \\
                  localhost:8000/person/52998224725/debt --data '{"value": 1000}'
         """
-        cpf = _path_cpf(cpf)
+        cpf = path_cpf(cpf)
         add = getattr(self.person, BY_NAME[kind].rpc_method)
-        item = add(cpf, _json_body(request), **_write_keys(request))
+        item = add(cpf, json_body(request), **write_keys(request))
         return _written(item)
 
     @http("GET", "/<cpf>/score", scope="read")
@@ -193,8 +134,8 @@ class GatewayService:
         Without it the read returns at once. ``Event-Sequence`` carries
         ``applied_sequence``.
         """
-        cpf = _path_cpf(cpf)
-        wanted = _min_sequence(request)
+        cpf = path_cpf(cpf)
+        wanted = min_sequence(request)
         if wanted is None:
             return self._score_response(self.score.get_score(cpf), stale=False)
         result, stale, waited = self.replica.read_at_least(cpf, wanted, partial(self._score_or_none, cpf))

@@ -48,7 +48,7 @@ from harness.rabbit import RabbitNode as HarnessRabbitNode
 from harness.rabbit import message_count
 from harness.waits import wait_for
 from ops.queues import event_queue, event_queues
-from reliable_events.handlers import dead_letter_queue_name
+from reliable_events.queues import dead_letter_queue_name
 from score import rules
 
 log = logging.getLogger("tests.faults")

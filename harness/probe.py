@@ -6,14 +6,15 @@ from sqlalchemy import text
 from contracts.events import PERSON_EVENTS
 from person.models import PersonBase, outbox
 from reliable_events.database import Database
-from reliable_events.outbox import Outbox, relay_timer
+from reliable_events.outbox import Outbox, OutboxDependency
+from reliable_events.sweep import sweep_timer
 
 
 class OutboxProbe:
     name = "person"
 
     db = Database(PersonBase)
-    outbox = Outbox(PersonBase, outbox, PERSON_EVENTS)
+    outbox = OutboxDependency(Outbox(PersonBase, outbox, PERSON_EVENTS))
 
     @rpc
     def write(self, cpf, fail=False):
@@ -33,6 +34,6 @@ class OutboxProbe:
     def sweep(self):
         return self.outbox.relay_pending()
 
-    @relay_timer()
-    def relay_outbox(self):
+    @sweep_timer()
+    def sweep_outbox(self):
         self.outbox.relay_pending()

@@ -7,7 +7,7 @@ The database URIs come from ``config.yml`` (``PERSON_DB_URI``, ``SCORE_DB_URI``)
 Safe to run again, and from two processes at once.
 
 The ``rpc-<service>`` queues and the event handlers' retry queues are quorum
-queues (``reliable_events.rpc``, ``reliable_events.handlers``); earlier
+queues (``reliable_events.rpc``, ``reliable_events.queues``); earlier
 versions declared them classic, and a queue cannot change type. A classic one
 left by an earlier version is deleted and declared again: an RPC queue if no
 service consumes from it, a retry queue once its messages have gone back to
@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from ops.cli import fail
 from ops.config import load_config
 from ops.queues import event_queues
-from reliable_events.handlers import retry_queues
+from reliable_events.queues import retry_queues
 from reliable_events.rpc import RPC_QUEUE_ARGUMENTS
 
 _log = logging.getLogger("ops.migrate")

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError as DatabaseUnreachable
 from ops.cli import fail, safe_uri
 from ops.config import load_config
 from ops.queues import event_queues
-from reliable_events.handlers import dead_letter_queue_name, retry_queue_name
+from reliable_events.queues import dead_letter_queue_name, retry_queue_name
 
 PROG = "reset"
 

@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from contracts.cpf import InvalidCPF, normalize_cpf
+from contracts.errors import InvalidInput
 from contracts.kinds import KINDS, ItemKind
 
 MAX_MONEY = Decimal("999999999999.99")  # fits NUMERIC(14, 2)
@@ -182,3 +183,25 @@ PersonOutSchema = Schema.from_dict(
     },
     name="PersonOutSchema",
 )
+
+
+def load_input(schema: Schema, payload):
+    """``payload`` loaded by ``schema``, or ``InvalidInput`` naming the fields."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("Body must be a JSON object.", {"_schema": ["Must be an object."]})
+    try:
+        return schema.load(payload)
+    except ValidationError as exc:
+        raise InvalidInput("Invalid fields.", exc.normalized_messages()) from exc
+
+
+def load_cpf(value) -> str:
+    """The 11-digit CPF, or ``InvalidInput``."""
+    try:
+        return normalize_cpf(value)
+    except InvalidCPF as exc:
+        raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
+
+
+# kind name -> its input schema
+ITEM_SCHEMAS = {kind.name: item_schemas(kind)[0] for kind in KINDS}

@@ -4,8 +4,9 @@ Every write goes one way (:mod:`reliable_events.group_commit`): a method loads
 its input and submits it; the writes submitted at the same time are applied
 together (``person/writes.py``) in one transaction with their outbox rows,
 their idempotency key claimed and answer stored if a client gave one; the
-outbox relay then announces the events on ``person.events``
-(:mod:`reliable_events.outbox`).
+outbox's relay then announces the events on ``person.events``
+(:mod:`reliable_events.relay`), its sweep what the relay could not
+(:mod:`reliable_events.sweep`).
 
 The item methods (``add_income``, ``add_asset``, ``add_debt``) are one per
 kind declared in :mod:`contracts.kinds` (a test checks that every kind has
@@ -15,17 +16,15 @@ takes the same way, alone in its transaction (``person/writes.py`` ``erase``).
 
 import logging
 
-from marshmallow import ValidationError
 from nameko.timer import timer
 from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
-from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.erasure import PersonalDataKey
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_EVENTS
 from contracts.idempotency import IdempotencyKeyReused
-from contracts.kinds import BY_NAME, KINDS, ItemKind
+from contracts.kinds import BY_NAME, ItemKind
 from observability.logs import CallContext
 from observability.metrics import (
     EVENT_METRICS,
@@ -37,37 +36,20 @@ from observability.metrics import (
     read_at_scrape,
 )
 from person import writes
+from person.history import history_page
 from person.models import Person, PersonBase, idempotency_keys, outbox
-from person.schemas import CreatePersonSchema, PersonOutSchema, item_schemas
+from person.schemas import ITEM_SCHEMAS, CreatePersonSchema, PersonOutSchema, load_cpf, load_input
 from reliable_events.database import Database
-from reliable_events.group_commit import Committer
+from reliable_events.group_commit import GroupCommit
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
-from reliable_events.outbox import Outbox, relay_timer
+from reliable_events.outbox import Outbox
 from reliable_events.rpc import rpc
+from reliable_events.sweep import sweep_timer
 
 _log = logging.getLogger(__name__)
 
 # The caller's mistakes: answered as errors, not logged as the service's failures.
 CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, IdempotencyKeyReused)
-
-# kind name -> its input schema
-ITEM_SCHEMAS = {kind.name: item_schemas(kind)[0] for kind in KINDS}
-
-
-def _load(schema, payload):
-    if not isinstance(payload, dict):
-        raise InvalidInput("Body must be a JSON object.", {"_schema": ["Must be an object."]})
-    try:
-        return schema.load(payload)
-    except ValidationError as exc:
-        raise InvalidInput("Invalid fields.", exc.normalized_messages()) from exc
-
-
-def _cpf(value):
-    try:
-        return normalize_cpf(value)
-    except InvalidCPF as exc:
-        raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
 
 
 def _set_outbox_gauges(backlog):
@@ -75,13 +57,23 @@ def _set_outbox_gauges(backlog):
     OUTBOX_OLDEST_AGE.set(backlog["oldest_pending_age_seconds"])
 
 
+def write_path(outbox_type: type[Outbox] = Outbox) -> GroupCommit:
+    """Person's write path: its writes, in batches, with their outbox rows and
+    clients' keys (``outbox_type``: the crash tests' holds its events back)."""
+    return GroupCommit(
+        PersonBase,
+        writes.PersonWrites(),
+        outbox_type(PersonBase, outbox, PERSON_EVENTS, metrics=EVENT_METRICS),
+        idempotency_keys,
+    )
+
+
 class PersonService:
     name = "person"
 
     db = Database(PersonBase)
-    outbox = Outbox(PersonBase, outbox, PERSON_EVENTS, metrics=EVENT_METRICS)
     idempotency = IdempotencyKeys(idempotency_keys)
-    committer = Committer(PersonBase, writes.apply, writes.answer_again, idempotency_keys)
+    writer = write_path()
     hasher = PersonalDataKey()
     call_context = CallContext()
     rpc_metrics = RpcMetrics()
@@ -111,7 +103,7 @@ class PersonService:
         Raises ``InvalidInput`` (fields named), ``PersonAlreadyExists`` or
         ``IdempotencyKeyReused`` (the key was used for another request).
         """
-        data = _load(CreatePersonSchema(), person)
+        data = load_input(CreatePersonSchema(), person)
         new = writes.NewPerson(data, self.hasher.hash(data["cpf"]))
         return self._submit(new, "create_person", (person,), idempotency_key, request_id)
 
@@ -128,7 +120,7 @@ class PersonService:
 
         Raises ``InvalidInput`` for a malformed CPF, ``PersonNotFound``.
         """
-        cpf = _cpf(cpf)
+        cpf = load_cpf(cpf)
         with self.db.get_session() as session:
             row = session.get(Person, cpf)
             if row is None:
@@ -158,10 +150,10 @@ class PersonService:
         Raises ``InvalidInput`` for a malformed CPF, ``PersonNotFound``
         (never created, or erased already).
         """
-        cpf = _cpf(cpf)
+        cpf = load_cpf(cpf)
         erasure = writes.Erase(cpf, self.hasher.hash(cpf), str(erased_by)[:100])
         # No Idempotency-Key: its stored request hash would be a plain hash of the CPF.
-        return self.committer.submit(erasure, request_id)
+        return self.writer.submit(erasure, request_id)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
     def add_income(self, cpf, item, idempotency_key=None, request_id=None):
@@ -206,15 +198,15 @@ class PersonService:
     def _add_item(self, kind: ItemKind, cpf, item, idempotency_key=None, request_id=None):
         """Add an item of a kind (:mod:`contracts.kinds`): the body of every
         ``add_<kind>`` method. Announces ``<kind>_added``."""
-        cpf = _cpf(cpf)
-        data = _load(ITEM_SCHEMAS[kind.name], item)
+        cpf = load_cpf(cpf)
+        data = load_input(ITEM_SCHEMAS[kind.name], item)
         # The request as the client sent it: a retry of it hashes the same.
         return self._submit(writes.NewItem(kind, cpf, data), kind.rpc_method, (cpf, item), idempotency_key, request_id)
 
     def _submit(self, payload, operation, request, idempotency_key, request_id):
         digest = request_hash(operation, *request) if idempotency_key is not None else None
         try:
-            return self.committer.submit(payload, request_id, idempotency_key, digest)
+            return self.writer.submit(payload, request_id, idempotency_key, digest)
         except KeyReused as exc:  # the wire's type (contracts), which the gateway knows
             raise IdempotencyKeyReused(str(exc)) from None
 
@@ -230,7 +222,7 @@ class PersonService:
         """
         with self.db.get_session() as session:
             session.execute(text("SELECT 1"))
-        return {"service": "person", "database": "ok", "outbox": self.outbox.backlog()}
+        return {"service": "person", "database": "ok", "outbox": self.writer.outbox.backlog()}
 
     @metrics_http("GET", "/metrics")
     def metrics(self, request):
@@ -239,13 +231,13 @@ class PersonService:
         Example: ``curl localhost:9101/metrics`` -> ``events_published_total{...} 4.0``,
         ``outbox_pending_events 0.0``, ``rpc_requests_total{method="add_income",outcome="ok"} 1.0``...
         """
-        read_at_scrape("outbox", self.outbox.backlog, _set_outbox_gauges)
+        read_at_scrape("outbox", self.writer.outbox.backlog, _set_outbox_gauges)
         return metrics_response()
 
-    @relay_timer()
-    def relay_outbox(self):
+    @sweep_timer()
+    def sweep_outbox(self):
         """Sweep: publish whatever the immediate attempt left pending."""
-        sent = self.outbox.relay_pending()
+        sent = self.writer.outbox.relay_pending()
         if sent:
             _log.info("outbox sweep published %d events", sent)
 
@@ -262,9 +254,6 @@ class PersonService:
         if purged:
             _log.info("purged %d expired idempotency keys", purged)
         return purged
-
-    # The largest page event_history serves (about 0.26 MB of JSON per 1000 events).
-    HISTORY_PAGE_MAX = 5000
 
     @rpc(expected_exceptions=InvalidInput)
     def event_history(self, after_position=0, limit=1000):
@@ -298,36 +287,5 @@ class PersonService:
         index range scan on the outbox's primary key. Raises ``InvalidInput``
         for a bad ``after_position`` or ``limit``.
         """
-        problems = {}
-        if isinstance(after_position, bool) or not isinstance(after_position, int) or after_position < 0:
-            problems["after_position"] = ["Must be an integer >= 0."]
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.HISTORY_PAGE_MAX:
-            problems["limit"] = [f"Must be an integer between 1 and {self.HISTORY_PAGE_MAX}."]
-        if problems:
-            raise InvalidInput("Invalid history page.", problems)
-        position = outbox.c.position
         with self.db.get_session() as session:
-            rows = session.execute(
-                outbox.select()
-                .with_only_columns(position, outbox.c.payload)
-                .where(position > after_position)
-                .order_by(position)
-                .limit(limit)
-            ).all()
-            # Read after the page, so it is never below the page's last position.
-            head = session.execute(
-                outbox.select().with_only_columns(position).order_by(position.desc()).limit(1)
-            ).scalar_one_or_none()
-        # A payload that is not an object (never written by person) is served
-        # as it is, for the reader to report, rather than failing the page.
-        events = [
-            {**row.payload, "position": row.position}
-            if isinstance(row.payload, dict)
-            else {"payload": row.payload, "position": row.position}
-            for row in rows
-        ]
-        return {
-            "events": events,
-            "last_position": rows[-1].position if rows else after_position,
-            "head_position": head or 0,
-        }
+            return history_page(session, after_position, limit)

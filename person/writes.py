@@ -10,7 +10,7 @@ parameters (as arrays, or as rows by SQLAlchemy's insertmanyvalues): no
 compiling per request.
 
 An erasure (:class:`Erase`) runs alone, in a transaction of its own
-(:func:`erase`).
+(:func:`erase`). :class:`PersonWrites` is what the group commit is given.
 """
 
 from collections import Counter, defaultdict
@@ -26,6 +26,7 @@ from contracts.kinds import BY_EVENT_TYPE, KINDS, ItemKind
 from person.models import ITEM_MODELS, Erasure, Person, idempotency_keys, outbox
 from person.schemas import PersonOutSchema, item_schemas
 from reliable_events.group_commit import Done
+from reliable_events.outbox import PendingEvent
 
 _person = Person.__table__
 _INSERT_ITEMS = {
@@ -90,7 +91,6 @@ class Erase:
     cpf: str
     cpf_hash: str
     erased_by: str
-    alone = True  # in a transaction of its own (reliable_events.group_commit)
 
 
 def person_answer(data: dict, created_at, sequence: int) -> dict:
@@ -106,20 +106,31 @@ def item_answer(kind: ItemKind, data: dict, item_id: int, created_at, sequence: 
     return {**_OUT[kind.name].dump({**data, "id": item_id, "created_at": created_at}), "sequence": sequence}
 
 
-def apply(session, writes: list) -> list:
-    """Write every one of ``writes`` (:class:`NewPerson`, :class:`NewItem`, or
-    one :class:`Erase` alone); one outcome each: :class:`Done`, or the write's
-    own error."""
-    if isinstance(writes[0].payload, Erase):
-        return [erase(session, writes[0].payload, writes[0].request_id)]
-    outcomes = [None] * len(writes)
-    people = [(i, w.payload) for i, w in enumerate(writes) if isinstance(w.payload, NewPerson)]
-    items = [(i, w.payload) for i, w in enumerate(writes) if isinstance(w.payload, NewItem)]
-    if people:
-        _create_people(session, people, outcomes)
-    if items:
-        _add_items(session, items, outcomes)
-    return outcomes
+class PersonWrites:
+    """Person's :class:`~reliable_events.group_commit.Writes`."""
+
+    def apply(self, session, writes: list) -> list:
+        """Write every one of ``writes`` (:class:`NewPerson`, :class:`NewItem`,
+        or one :class:`Erase` alone); one outcome each: :class:`Done`, or the
+        write's own error."""
+        if isinstance(writes[0].payload, Erase):
+            return [erase(session, writes[0].payload, writes[0].request_id)]
+        outcomes = [None] * len(writes)
+        people = [(i, w.payload) for i, w in enumerate(writes) if isinstance(w.payload, NewPerson)]
+        items = [(i, w.payload) for i, w in enumerate(writes) if isinstance(w.payload, NewItem)]
+        if people:
+            _create_people(session, people, outcomes)
+        if items:
+            _add_items(session, items, outcomes)
+        return outcomes
+
+    def answer_again(self, session, outbox_row) -> dict:
+        """The answer a write gave, from its outbox row (:func:`answer_again`)."""
+        return answer_again(session, outbox_row)
+
+    def runs_alone(self, payload) -> bool:
+        """An erasure: rare, and it locks what a batch would lock in another order."""
+        return isinstance(payload, Erase)
 
 
 def _create_people(session, people, outcomes):
@@ -140,7 +151,9 @@ def _create_people(session, people, outcomes):
             "address": new.data["address"],
             "date_of_birth": new.data["date_of_birth"].isoformat(),
         }
-        outcomes[i] = Done(person_answer(new.data, created_at, sequence), (PERSON_CREATED, cpf, sequence, event))
+        outcomes[i] = Done(
+            person_answer(new.data, created_at, sequence), PendingEvent(PERSON_CREATED, cpf, sequence, event)
+        )
 
 
 def _add_items(session, items, outcomes):
@@ -164,7 +177,7 @@ def _add_items(session, items, outcomes):
             if kind.typed:
                 event["type"] = new.data["type"]
             answer = item_answer(kind, new.data, item_id, created_at, sequence)
-            outcomes[i] = Done(answer, (kind.event_type, new.cpf, sequence, event))
+            outcomes[i] = Done(answer, PendingEvent(kind.event_type, new.cpf, sequence, event))
 
 
 _LOCK_PERSON = text("SELECT pg_advisory_xact_lock(:key)")
@@ -188,7 +201,7 @@ def erase(session, erasure: Erase, request_id=None):
     ).scalar_one_or_none()
     if last is None:
         if request_id is not None:  # this very request, delivered again after it erased the person?
-            row = session.execute(select(outbox).where(outbox.c.request_key == request_id)).one_or_none()
+            row = session.execute(select(outbox).where(outbox.c.request_id == request_id)).one_or_none()
             if row is not None:
                 return Done(answer_again(session, row))
         return PersonNotFound(f"No person with CPF {cpf}.")
@@ -205,7 +218,7 @@ def erase(session, erasure: Erase, request_id=None):
         .values(cpf_hash=erasure.cpf_hash, sequence=sequence, erased_by=erasure.erased_by)
         .returning(Erasure.erased_at)
     ).scalar_one()
-    return Done(erasure_answer(sequence, erased_at), (PERSON_ERASED, erasure.cpf_hash, sequence, {}))
+    return Done(erasure_answer(sequence, erased_at), PendingEvent(PERSON_ERASED, erasure.cpf_hash, sequence, {}))
 
 
 def answer_again(session, outbox_row) -> dict:

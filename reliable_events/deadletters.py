@@ -18,14 +18,8 @@ from kombu import Connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
-from reliable_events.handlers import (
-    ATTEMPT,
-    DEAD_REASON,
-    FIRST_FAILURE,
-    LAST_ERROR,
-    LAST_FAILURE,
-    ReliableEventHandler,
-)
+from reliable_events.handlers import ReliableEventHandler
+from reliable_events.queues import ATTEMPT, DEAD_REASON, FIRST_FAILURE, LAST_ERROR, LAST_FAILURE
 
 _log = logging.getLogger(__name__)
 

@@ -37,127 +37,44 @@ event and nothing waits; under a backlog they fill up. Each message is acked
 only after its batch's worker succeeded. A batch that fails is split: each of
 its events is run again alone, and only an event that fails on its own is
 retried or dead-lettered as above, so one bad event never holds back the
-others nor takes them to the dead letters with it.
+others nor takes them to the dead letters with it. The scheduling is
+:class:`~reliable_events.batches.Batches`, the one the group commit and the
+relay use; the retry and dead-letter queues, their names and the headers of a
+moved message are in :mod:`reliable_events.queues`; the queue consumer under
+every handler is :mod:`reliable_events.consumer`.
 """
 
-import collections
 import logging
-import threading
 from datetime import UTC, datetime
 from functools import partial
 
-from amqp.exceptions import AMQPError
-from kombu import Connection, Queue
+from kombu import Connection
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 from nameko.exceptions import ContainerBeingKilled
-from nameko.messaging import QueueConsumer
 
-from reliable_events.instruments import NO_METRICS, EventMetrics, event_fields
-from reliable_events.outbox import CALL_ID_STACK_HEADER
-from reliable_events.queues import redeclared
+from reliable_events.batches import Batches
+from reliable_events.consumer import ReliableQueueConsumer
+from reliable_events.instruments import CALL_ID_STACK_HEADER, NO_METRICS, EventMetrics, event_fields
+from reliable_events.queues import (
+    ATTEMPT,
+    DEAD_REASON,
+    FIRST_FAILURE,
+    LAST_ERROR,
+    LAST_FAILURE,
+    dead_letter_queue,
+    dead_letter_queue_name,
+    redeclared,
+    retry_queues,
+)
 
 _log = logging.getLogger(__name__)
-
-ATTEMPT = "x-attempt"
-FIRST_FAILURE = "x-first-failure"
-LAST_FAILURE = "x-last-failure"
-LAST_ERROR = "x-last-error"
-DEAD_REASON = "x-dead-reason"
-
-
-# Quorum, like the event queues: a classic queue lives on one node, and while
-# that node is down no consumer can declare it, so the handler could not start
-# consuming again. An expired message goes back to its event queue at least
-# once (the broker keeps it until the event queue has taken it), which needs
-# reject-publish overflow.
-RETRY_QUEUE_ARGUMENTS = {
-    "x-queue-type": "quorum",
-    "x-dead-letter-strategy": "at-least-once",
-    "x-overflow": "reject-publish",
-}
-
-
-def retry_queue_name(queue_name: str, attempt: int) -> str:
-    return f"{queue_name}.retry.{attempt}"
-
-
-def retry_queues(queue_name: str, delays) -> list:
-    """The retry queues of an event queue: the n-th holds a failed event for the
-    n-th delay, then hands it back to the event queue."""
-    return [
-        Queue(
-            retry_queue_name(queue_name, attempt),
-            durable=True,
-            auto_delete=False,
-            queue_arguments={
-                **RETRY_QUEUE_ARGUMENTS,
-                "x-message-ttl": int(delay * 1000),
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": queue_name,
-            },
-        )
-        for attempt, delay in enumerate(delays, start=1)
-    ]
-
-
-def dead_letter_queue_name(queue_name: str) -> str:
-    return f"{queue_name}.dead"
-
-
-def dead_letter_queue(queue_name: str) -> Queue:
-    return Queue(
-        dead_letter_queue_name(queue_name),
-        durable=True,
-        auto_delete=False,
-        queue_arguments={"x-queue-type": "quorum"},
-    )
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-class ReliableQueueConsumer(QueueConsumer):
-    """Nameko's queue consumer, except that a body kombu cannot decode (not JSON,
-    a content type it refuses) is dead-lettered instead of logged and acked, and
-    that the prefetch is ``EVENT_PREFETCH`` (not ``max_workers``), so that batches
-    can fill."""
-
-    @property
-    def prefetch_count(self):
-        return max(self.container.max_workers, int(self.container.config["EVENT_PREFETCH"]))
-
-    def ack_message(self, message):
-        # Nameko ignores only amqp's ConnectionError; a socket reset by a node
-        # that is going away (a restart, a cluster node stopped) would end the
-        # worker's thread and with it the whole service. Unacked, the message
-        # comes back after the reconnect and the inbox skips it.
-        try:
-            super().ack_message(message)
-        except (OSError, AMQPError) as exc:
-            _log.warning("could not ack a message (%r); the broker will deliver it again", exc)
-
-    def requeue_message(self, message):
-        try:
-            super().requeue_message(message)
-        except (OSError, AMQPError) as exc:
-            _log.warning("could not requeue a message (%r); the broker will deliver it again", exc)
-
-    def on_decode_error(self, message, exc):
-        info = message.delivery_info
-        for provider in self._providers:
-            queue = provider.queue
-            # Routed from the event exchange, or back from a retry queue by name.
-            if (info.get("exchange") == queue.exchange.name and info.get("routing_key") == queue.routing_key) or (
-                info.get("exchange") == "" and info.get("routing_key") == queue.name
-            ):
-                provider._dead_letter(message, f"undecodable body: {exc!r}", attempts=1)
-                return
-        _log.error("undecodable message on %s with no handler to park it: %r", info, exc)
-        message.ack()
 
 
 class ReliableEventHandler(EventHandler):
@@ -200,25 +117,20 @@ class ReliableEventHandler(EventHandler):
             mandatory=True,
             declare=[*self.retry_queues, self.dead_letters],
         )
-        self.batch_size = int(config["EVENT_BATCH_SIZE"])
-        self.batch_concurrency = int(config["EVENT_BATCH_CONCURRENCY"])
-        self._waiting = collections.deque()  # (event, message), not yet in a batch
-        self._alone = collections.deque()  # from a failed batch: each runs on its own
-        self._running = 0  # batch workers of this handler
-        self._wake = threading.Event()
-        self._stopping = False
+        # (event, message) items; a batch is one worker.
+        self.batches = Batches(
+            self._spawn_batch, int(config["EVENT_BATCH_SIZE"]), int(config["EVENT_BATCH_CONCURRENCY"])
+        )
 
     def start(self):
         super().start()
-        self._dispatcher = self.container.spawn_managed_thread(self._dispatch)
+        self.batches.start(self.container.spawn_managed_thread)
 
     def stop(self):
         super().stop()  # consumer cancelled: nothing more arrives
         # What already arrived is still applied (and acked) before the
         # container waits for its workers.
-        self._stopping = True
-        self._wake.set()
-        self._dispatcher.wait()
+        self.batches.stop()
 
     def _declare_companions(self, *args):
         # A connection of its own, not the pool's: right after a broker restart
@@ -239,33 +151,14 @@ class ReliableEventHandler(EventHandler):
         except self.source.malformed as exc:
             self._dead_letter(message, f"malformed event: {exc}", attempts=1)
             return
-        self._waiting.append((event, message))
-        self._wake.set()
+        self.batches.add((event, message))
 
     # --- batches ------------------------------------------------------------------------
 
-    def _dispatch(self):
-        """Start a batch whenever events wait and a slot is free.
-
-        Spawning happens here, never in a worker's ``handle_result``: a worker
-        waiting for a free worker slot while holding one could deadlock the pool.
-        """
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self._running < self.batch_concurrency and (self._alone or self._waiting):
-                if self._alone:
-                    self._spawn_batch([self._alone.popleft()])
-                else:
-                    take = min(self.batch_size, len(self._waiting))
-                    self._spawn_batch([self._waiting.popleft() for _ in range(take)])
-            if self._stopping and not (self._alone or self._waiting or self._running):
-                return
-
     def _spawn_batch(self, items):
+        """Start one worker for a batch; :meth:`_batch_result` ends it."""
         events = [event for event, _ in items]
         messages = [message for _, message in items]
-        self._running += 1
         try:
             self.container.spawn_worker(
                 self,
@@ -275,12 +168,13 @@ class ReliableEventHandler(EventHandler):
                 handle_result=partial(self._batch_result, messages),
             )
         except ContainerBeingKilled:
-            self._running -= 1
             for message in messages:
                 self.queue_consumer.requeue_message(message)
+            # The batch ends here. Last, and without raising: had a requeue
+            # raised, Batches would have taken the batch off its count itself.
+            self.batches.finished()
 
     def _batch_result(self, messages, worker_ctx, result=None, exc_info=None):
-        self._running -= 1
         try:
             if exc_info is None:
                 for message in messages:
@@ -297,9 +191,9 @@ class ReliableEventHandler(EventHandler):
                     exc_info[0].__name__,
                     exc_info[1],
                 )
-                self._alone.extend(zip(worker_ctx.args[0], messages, strict=True))
+                self.batches.add_alone(zip(worker_ctx.args[0], messages, strict=True))
         finally:
-            self._wake.set()
+            self.batches.finished()
         return result, exc_info
 
     def _applied(self, worker_ctx, events, messages, applied):

@@ -11,6 +11,16 @@ Example::
     income_added 0.02
 """
 
+import logging
+
+from nameko.constants import CALL_ID_STACK_CONTEXT_KEY, HEADER_PREFIX
+
+_log = logging.getLogger("reliable_events.outbox")
+
+# The header Nameko's own publishers carry the call ids in: an event carries
+# its writer's, so the line that applies it joins the request that wrote it.
+CALL_ID_STACK_HEADER = f"{HEADER_PREFIX}.{CALL_ID_STACK_CONTEXT_KEY}"
+
 
 class EventMetrics:
     """The counts of the outbox and the handlers; each method does nothing here."""
@@ -47,3 +57,31 @@ def event_fields(event: dict, key_field: str, **more) -> dict:
         "sequence": event.get("sequence"),
         **more,
     }
+
+
+def log_published(
+    metrics: EventMetrics, key_field: str, envelope: dict, headers: dict | None, error: str | None, path: str, **more
+) -> None:
+    """One log line and the counters for one publish attempt (``path``:
+    ``commit`` for the relay, ``sweep`` for the sweep); ``error`` is None when
+    the broker confirmed it."""
+    if error is None:
+        metrics.published(envelope["event_type"], path)
+        if not _log.isEnabledFor(logging.INFO):
+            return  # per event: build the line's fields only if it is written
+    else:
+        metrics.publish_failed(envelope["event_type"])
+    stack = (headers or {}).get(CALL_ID_STACK_HEADER)
+    fields = event_fields(envelope, key_field, path=path, **more)
+    if stack:
+        fields.update(call_id_stack=stack, call_id=stack[-1])
+    if error is None:
+        _log.info("published event %s %s", envelope["event_id"], envelope["event_type"], extra=fields)
+    else:
+        _log.warning(
+            "event %s %s left pending: %s",
+            envelope["event_id"],
+            envelope["event_type"],
+            error,
+            extra={**fields, "error": error},
+        )

@@ -1,15 +1,71 @@
-"""Nameko's queues, declared with other properties; a process's own queues,
-named anew on every connection."""
+"""Queues: Nameko's, declared with other properties; an event queue's retry
+and dead-letter queues, and the headers a message moved there carries; a
+process's own queues, named anew on every connection."""
 
 import uuid
 
 from kombu import Queue
+
+# The headers of a message moved to a retry or dead-letter queue
+# (reliable_events.handlers), read by reliable_events.deadletters.
+ATTEMPT = "x-attempt"
+FIRST_FAILURE = "x-first-failure"
+LAST_FAILURE = "x-last-failure"
+LAST_ERROR = "x-last-error"
+DEAD_REASON = "x-dead-reason"
+
+# Quorum, like the event queues: a classic queue lives on one node, and while
+# that node is down no consumer can declare it, so the handler could not start
+# consuming again. An expired message goes back to its event queue at least
+# once (the broker keeps it until the event queue has taken it), which needs
+# reject-publish overflow.
+RETRY_QUEUE_ARGUMENTS = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
 
 
 def redeclared(queue: Queue, **properties) -> Queue:
     """``queue`` as Nameko made it (its name, exchange and binding), with other
     properties: durability, a queue type, arguments."""
     return Queue(queue.name, exchange=queue.exchange, routing_key=queue.routing_key, **properties)
+
+
+def retry_queue_name(queue_name: str, attempt: int) -> str:
+    return f"{queue_name}.retry.{attempt}"
+
+
+def retry_queues(queue_name: str, delays) -> list:
+    """The retry queues of an event queue: the n-th holds a failed event for the
+    n-th delay, then hands it back to the event queue."""
+    return [
+        Queue(
+            retry_queue_name(queue_name, attempt),
+            durable=True,
+            auto_delete=False,
+            queue_arguments={
+                **RETRY_QUEUE_ARGUMENTS,
+                "x-message-ttl": int(delay * 1000),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue_name,
+            },
+        )
+        for attempt, delay in enumerate(delays, start=1)
+    ]
+
+
+def dead_letter_queue_name(queue_name: str) -> str:
+    return f"{queue_name}.dead"
+
+
+def dead_letter_queue(queue_name: str) -> Queue:
+    return Queue(
+        dead_letter_queue_name(queue_name),
+        durable=True,
+        auto_delete=False,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
 
 
 class QueuePerConnection:

@@ -51,14 +51,14 @@ def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
         Column("last_error", Text),
         # The id of the request that wrote the event, if it gave one: unique, so
         # the same request delivered again cannot write again (group_commit.py).
-        Column("request_key", String(200)),
+        Column("request_id", String(200)),
         # The relay's only query: keep it an index scan however long the history.
         Index(
             f"ix_{name}_pending",
             "position",
             postgresql_where=text("published_at IS NULL"),
         ),
-        Index(f"ux_{name}_request_key", "request_key", unique=True, postgresql_where=text("request_key IS NOT NULL")),
+        Index(f"ux_{name}_request_id", "request_id", unique=True, postgresql_where=text("request_id IS NOT NULL")),
         # An aggregate's whole history, for its erasure (person/writes.py).
         Index(f"ix_{name}_aggregate", "aggregate_key"),
     )

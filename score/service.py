@@ -78,10 +78,7 @@ def _set_dead_letter_gauges(depths):
 class ScoreService:
     name = "score"
 
-    # No pre-ping: it costs a round trip before every event applied. A handler
-    # that meets a connection the database dropped (after a restart) fails once
-    # and is retried from its retry queue; the pool then replaces them all.
-    db = Database(ScoreBase, engine_options={"pool_pre_ping": False})
+    db = Database(ScoreBase)
     inbox = InboxProvider(processed_events)
     dead_letters = DeadLetters()
     hasher = PersonalDataKey()

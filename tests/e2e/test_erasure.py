@@ -31,7 +31,7 @@ from harness.waits import wait_for
 from harness.workers import TEST_HASHER
 from ops.config import load_config
 from ops.queues import event_queue, event_queues
-from reliable_events.handlers import dead_letter_queue_name, retry_queue_name
+from reliable_events.queues import dead_letter_queue_name, retry_queue_name
 
 pytestmark = pytest.mark.e2e
 

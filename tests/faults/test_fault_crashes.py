@@ -106,7 +106,7 @@ def _crashes_after_write(system, name, request):
 
 def test_person_killed_between_commit_and_publish(system, invariant, person_engine, report):
     # A long sweep interval: only the immediate relay (which the hook pre-empts) could publish.
-    crashing = {"FAULT_CRASH_BEFORE_PUBLISH": 1, "OUTBOX_SWEEP_INTERVAL": 3600}
+    crashing = {"module": "harness.crashing_person", "OUTBOX_SWEEP_INTERVAL": 3600}
     system.start("person", 1, **crashing)
     system.start("score")
     system.start("gateway")

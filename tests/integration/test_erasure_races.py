@@ -30,11 +30,7 @@ from sqlalchemy.orm import sessionmaker
 
 from contracts.events import PERSON_EVENTS
 from harness.waits import wait_for
-from harness.workers import TEST_HASHER, RecordingOutbox, person_worker
-from person import writes
-from person.models import idempotency_keys
-from person.service import PersonService
-from reliable_events.group_commit import Submitter, Transactions
+from harness.workers import TEST_HASHER, person_worker
 from reliable_events.inbox import Inbox
 from score.models import processed_events
 from score.service import ScoreService
@@ -189,16 +185,7 @@ def test_score_item_batch_waits_for_an_erasure_in_progress_then_drops_the_event(
 
 def gated_person_worker(engine, db_wrappers, gate):
     """``harness.workers.person_worker`` with sessions that wait at ``gate`` to commit."""
-    transactions = Transactions(
-        sessionmaker(bind=engine, expire_on_commit=False, class_=gate.session_class(Session)),
-        RecordingOutbox(),
-        writes.apply,
-        writes.answer_again,
-        idempotency_keys,
-    )
-    return worker_factory(
-        PersonService, db=db_wrappers(engine), committer=Submitter(transactions, None), hasher=TEST_HASHER
-    )
+    return person_worker(engine, db_wrappers, session_class=gate.session_class(Session))
 
 
 def test_person_creation_waits_for_an_erasure_in_progress_and_numbers_after_it(db_wrappers, person_engine):

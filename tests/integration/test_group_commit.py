@@ -8,18 +8,22 @@ import random
 import eventlet
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.testing.utils import get_extension
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import reliable_events.green  # noqa: F401  (psycopg2 cooperative: the batch and the probe run at once)
 from contracts.errors import PersonNotFound
+from contracts.events import PERSON_EVENTS
 from contracts.kinds import BY_NAME
 from harness.cpf import cpfs
 from person import writes
-from person.models import PersonBase, idempotency_keys
+from person.models import PersonBase, idempotency_keys, outbox
 from person.service import PersonService
-from reliable_events.group_commit import Committer, Done, Write
+from reliable_events.database import Database, SharedEngine
+from reliable_events.group_commit import Done, GroupCommit, Write
+from reliable_events.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 
@@ -88,15 +92,17 @@ class Boom(Exception):
     pass
 
 
-def apply_or_boom(session, batch):
-    """person's apply, except that a batch holding an income of type "boom" fails as a whole."""
-    if any(getattr(w.payload, "data", {}).get("type") == "boom" for w in batch):
-        raise Boom(f"a batch of {len(batch)} with a bad write")
-    return writes.apply(session, batch)
+class BoomingWrites(writes.PersonWrites):
+    """Person's writes, except that a batch holding an income of type "boom" fails as a whole."""
+
+    def apply(self, session, batch):
+        if any(getattr(w.payload, "data", {}).get("type") == "boom" for w in batch):
+            raise Boom(f"a batch of {len(batch)} with a bad write")
+        return super().apply(session, batch)
 
 
 class BoomingPersonService(PersonService):
-    committer = Committer(PersonBase, apply_or_boom, writes.answer_again, idempotency_keys)
+    writer = GroupCommit(PersonBase, BoomingWrites(), Outbox(PersonBase, outbox, PERSON_EVENTS), idempotency_keys)
 
 
 def test_a_batch_that_fails_is_run_again_write_by_write(run_container, fresh_config, person_engine):
@@ -178,7 +184,7 @@ def test_a_batch_locks_its_people_in_cpf_order_whatever_order_its_writes_came(pe
 
     def batch():
         with Session(person_engine) as session:
-            outcomes = writes.apply(
+            outcomes = writes.PersonWrites().apply(
                 session,
                 [Write(writes.NewItem(BY_NAME["income"], cpf, item)) for cpf in (high, low)],
             )
@@ -203,3 +209,20 @@ def test_a_batch_locks_its_people_in_cpf_order_whatever_order_its_writes_came(pe
         holding.rollback()
         holder.close()
     assert all(isinstance(outcome, Done) for outcome in running.wait())
+
+
+def test_one_connection_pool_per_database_per_process(run_container):
+    """The reads, the group commit and its outbox share the database's one
+    pool (reliable_events/database.py), sized for all of them."""
+    container = run_container(PersonService)
+    shared = [ext for ext in container.extensions if isinstance(ext, SharedEngine)]
+    assert len(shared) == 1, shared
+    engine = shared[0].get()
+    assert get_extension(container, Database).Session.kw["bind"] is engine
+    assert get_extension(container, GroupCommit).transactions.sessions.kw["bind"] is engine
+    assert get_extension(container, Outbox).engine is engine
+    config = container.config
+    expected = (
+        config["DB_ENGINE_OPTIONS"]["pool_size"] + int(config["WRITE_BATCH_CONCURRENCY"]) + 2  # the outbox's two
+    )
+    assert engine.pool.size() == expected

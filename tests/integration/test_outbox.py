@@ -77,7 +77,7 @@ def test_a_rolled_back_transaction_publishes_nothing(run_container, tap, person_
         write("11144477735")
     events = tap.drain()
     # And a sweep of everything pending, whatever its age, finds nothing more.
-    assert get_extension(container, Outbox).relay_pending(min_age=0) == 0
+    assert get_extension(container, Outbox).sweep.relay_pending(min_age=0) == 0
 
     assert [e["cpf"] for e in events + tap.drain(wait=0.2)] == ["11144477735"]
     assert len(outbox_rows(person_engine)) == 1
@@ -85,7 +85,7 @@ def test_a_rolled_back_transaction_publishes_nothing(run_container, tap, person_
 
 def test_a_publish_that_fails_after_commit_is_left_pending_then_swept(run_container, tap, person_engine):
     container = run_container(OutboxProbe)
-    publisher = next(d for d in container.dependencies if d.attr_name == "outbox").publisher
+    publisher = get_extension(container, Outbox).publisher
     real_uri = publisher.amqp_uri
     # The relay's broker connection fails for real: nothing listens on port 1.
     publisher.amqp_uri = "amqp://guest:guest@127.0.0.1:1/"
@@ -150,7 +150,7 @@ def test_two_relays_publish_each_event_once(run_container, tap, person_engine):
         )
     # The relays themselves, called at once (entrypoint_hook would not do: two
     # hooks on one container both get the result of whichever worker ends first).
-    relays = [get_extension(c, Outbox) for c in (first, second, first, second)]
+    relays = [get_extension(c, Outbox).sweep for c in (first, second, first, second)]
     sweeps = [eventlet.spawn(relay.relay_pending, 0) for relay in relays]
     sent = sum(gt.wait() for gt in sweeps)
 
@@ -169,7 +169,7 @@ def test_sweep_leaves_rows_younger_than_its_grace_to_their_writer(run_container,
     than ``OUTBOX_SWEEP_GRACE``, so under normal operation no event is published twice."""
     grace = 1.0
     fresh_config.update(OUTBOX_SWEEP_GRACE=grace, OUTBOX_SWEEP_INTERVAL=3600)  # only the calls below sweep
-    relay = get_extension(run_container(OutboxProbe), Outbox)
+    relay = get_extension(run_container(OutboxProbe), Outbox).sweep
     with person_engine.begin() as conn:  # committed by "another process", still pending
         conn.execute(
             text(
@@ -212,7 +212,7 @@ def test_published_events_are_marked_sent_together_soon_after_their_confirm(
             assert tap.simple.get(timeout=5).payload["cpf"] == cpf
     # Published, not yet marked: not pending for health and metrics.
     unmarked = mark_transactions(person_engine)[1]
-    assert get_extension(container, Outbox).backlog()["pending"] == 0
+    assert get_extension(container, Outbox).sweep.backlog()["pending"] == 0
     assert unmarked > 0, "every mark came before the check above: it proved nothing"
     deadline = time.monotonic() + delay + 5  # the promised delay, plus a generous margin
     while (marks := mark_transactions(person_engine))[1]:

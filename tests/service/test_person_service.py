@@ -32,8 +32,8 @@ class Crash(Exception):
 class CrashingOutbox(RecordingOutbox):
     """Inserts the outbox rows for real, then fails inside the same transaction."""
 
-    def add_many(self, session, events):
-        super().add_many(session, events)
+    def add_all(self, session, events):
+        super().add_all(session, events)
         raise Crash("after the outbox insert")
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from contracts.events import PERSON_EVENTS
 from observability.metrics import EVENT_METRICS, EVENTS_APPLIED, EVENTS_DUPLICATE
-from reliable_events.handlers import ReliableEventHandler, ReliableQueueConsumer
+from reliable_events.consumer import ReliableQueueConsumer
+from reliable_events.handlers import ReliableEventHandler
 
 EVENT = PERSON_EVENTS.parse(PERSON_EVENTS.new("income_added", "52998224725", 2, {"item_id": 1, "value": "1.00"}))
 
@@ -45,7 +46,7 @@ def test_an_ack_on_a_connection_the_broker_reset_does_not_end_the_service(caplog
 
     message = types.SimpleNamespace(channel=types.SimpleNamespace(connection=object()), ack=ack, requeue=ack)
     consumer = ReliableQueueConsumer()
-    with caplog.at_level(logging.WARNING, logger="reliable_events.handlers"):
+    with caplog.at_level(logging.WARNING, logger="reliable_events.consumer"):
         consumer.ack_message(message)
         consumer.requeue_message(message)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
