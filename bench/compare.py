@@ -6,11 +6,17 @@ alternates between them, round after round, at each number of connections. A
 round is ``wrk`` posting incomes for ``compare_seconds``; a write counts when
 it was answered 201 and its event was applied in score. The CPU of every
 process (the three services, RabbitMQ, PostgreSQL; wrk apart) is read from
-``/proc`` around the round and divided by the writes.
+``/proc`` around the round and divided by the writes; so are the broker's own
+message counters (published, confirmed, delivered, acked: RabbitMQ's global
+counters). Rows inserted, updated and deleted per write come from each
+database's ``pg_stat_user_tables`` over all of a pipeline's rounds (PostgreSQL
+publishes a backend's counts up to ten seconds late, so they are read after a
+pause, once per pipeline, not per round).
 """
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +48,7 @@ class Pipeline:
     applied_sql: str  # (count, last applied time) of those in score
     cleanup: list = field(default_factory=list)  # what stop() undoes, last first
     broker_pids: object = None  # () -> the broker's pids, when not the bench's node (a cluster)
+    broker_nodes: object = None  # () -> the broker's nodes, when not the bench's node (a cluster)
 
     def _query(self, key, sql, params=()):
         conn = databases.connect(self.db_uris[key])
@@ -54,6 +61,18 @@ class Pipeline:
 
     def now(self):
         return self._query("person:PersonBase", "SELECT clock_timestamp()")[0][0]
+
+    def incomes(self) -> int:
+        """Incomes person holds: the writes, counted where they are kept (wrk's
+        last requests may commit after its round ended)."""
+        return self._query("person:PersonBase", "SELECT count(*) FROM income")[0][0]
+
+    def row_counts(self) -> dict:
+        """Per database: rows inserted, updated and deleted since the server started."""
+        return {
+            key.split(":")[0]: dict(zip(ROW_COUNTERS, self._query(key, ROW_COUNTS_SQL)[0], strict=True))
+            for key in self.db_uris
+        }
 
     def committed(self, since, until) -> list:
         return [row[0] for row in self._query("person:PersonBase", self.committed_sql, (since, until))]
@@ -70,6 +89,34 @@ class Pipeline:
             if count >= len(ids) or time.monotonic() > deadline:
                 return count, last
             time.sleep(0.2)
+
+
+# RabbitMQ's global counters (rabbit_global_counters), as ``make bench`` names them.
+BROKER_COUNTERS = {
+    "published": "messages_received_total",
+    "confirmed": "messages_confirmed_total",
+    "delivered": "messages_delivered_total",
+    "acked": "messages_acknowledged_total",
+}
+ROW_COUNTERS = ("inserted", "updated", "deleted")
+ROW_COUNTS_SQL = (
+    "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_del), 0)"
+    " FROM pg_stat_user_tables"
+)
+# PostgreSQL reports an idle backend's counts at most this late (PGSTAT_IDLE_INTERVAL).
+STATS_DELAY_SECONDS = 11
+
+
+def broker_counts(nodes) -> dict:
+    """The broker's message counters, summed over its nodes and queue types."""
+    totals = dict.fromkeys(BROKER_COUNTERS, 0)
+    names = {counter: name for name, counter in BROKER_COUNTERS.items()}
+    for node in nodes:
+        out = node.ctl("eval", "rabbit_global_counters:overview().").stdout
+        for counter, value in re.findall(r"(\w+) => (\d+)", out):
+            if counter in names:
+                totals[names[counter]] += int(value)
+    return totals
 
 
 def system_pipeline(system, services=None, db_uris=None, name="system") -> Pipeline:
@@ -160,6 +207,7 @@ def start_cluster(system, log_dir) -> Pipeline:
     pipeline = system_pipeline(system, services, uris, name=CLUSTER)
     pipeline.cleanup = [cluster.stop]
     pipeline.broker_pids = lambda: [node.pid for node in cluster.nodes if node.pid]
+    pipeline.broker_nodes = lambda: cluster.nodes
     return pipeline
 
 
@@ -193,6 +241,8 @@ def _meter(pipeline: Pipeline, node) -> CpuMeter:
 
 
 def round_once(pipeline: Pipeline, node, people: list, connections: int, seconds: float, seed: int) -> dict:
+    nodes = pipeline.broker_nodes() if pipeline.broker_nodes else [node]
+    messages_before, incomes_before = broker_counts(nodes), pipeline.incomes()
     meter = _meter(pipeline, node).start()
     since = pipeline.now()
     result = wrk.run_wrk(pipeline.services.url, people, seconds, connections, seed=seed, timeout=10)
@@ -200,6 +250,7 @@ def round_once(pipeline: Pipeline, node, people: list, connections: int, seconds
     ids = pipeline.committed(since, until)
     applied, last = pipeline.wait_applied(ids)
     cpu = meter.stop()
+    messages, written = broker_counts(nodes), pipeline.incomes() - incomes_before
     writes = min(result.created, applied)
     elapsed = (last - since).total_seconds() if last else float("nan")
     services_and_servers = {k: v for k, v in cpu.items() if k not in ("machine_busy", "wall", "bench")}
@@ -210,6 +261,7 @@ def round_once(pipeline: Pipeline, node, people: list, connections: int, seconds
         "socket_errors": result.socket_errors,
         "applied": applied,
         "lost": len(ids) - applied,
+        "messages_per_write": {k: (messages[k] - messages_before[k]) / written for k in messages} if written else {},
         "writes_per_sec": writes / elapsed if elapsed else float("nan"),
         "p50_ms": result.p50_accepted_ms,
         "p99_ms": result.p99_accepted_ms,
@@ -226,6 +278,8 @@ def _keys(runs) -> list:
 def compare(pipelines: list, node, people: list, connections: tuple, rounds: int, seconds: float) -> dict:
     """Alternating rounds: for each round, each number of connections, each pipeline."""
     runs = {p.name: {c: [] for c in connections} for p in pipelines}
+    time.sleep(STATS_DELAY_SECONDS)  # the people's creation counted before, not in the rounds
+    rows_before = {p.name: (p.row_counts(), p.incomes()) for p in pipelines}
     for number in range(rounds):
         for c in connections:
             for pipeline in pipelines:
@@ -241,6 +295,14 @@ def compare(pipelines: list, node, people: list, connections: tuple, rounds: int
                     run["cpu_ms_per_write_total"],
                     run["refused_share"] * 100,
                 )
+    time.sleep(STATS_DELAY_SECONDS)
+    rows = {}
+    for p in pipelines:
+        before, incomes = rows_before[p.name]
+        after, written = p.row_counts(), p.incomes() - incomes
+        rows[p.name] = {
+            db: {k: (after[db][k] - before[db][k]) / written for k in ROW_COUNTERS} if written else {} for db in after
+        }
     return {
         name: {
             c: {
@@ -254,6 +316,8 @@ def compare(pipelines: list, node, people: list, connections: tuple, rounds: int
                 },
                 "refused_share": summary(r["refused_share"] for r in rs),
                 "lost": sum(r["lost"] for r in rs),
+                "messages_per_write": {k: summary(r["messages_per_write"].get(k) for r in rs) for k in BROKER_COUNTERS},
+                "rows_per_write": rows[name],
                 "runs": rs,
             }
             for c, rs in by_c.items()

@@ -276,6 +276,11 @@ def compare_rows(compare: dict | None) -> list:
                 note += f", {data['lost']} writes never applied"
             rows.append(_row(S, f"c={c} {name}: writes/s applied", data["writes_per_sec"], "writes/s", note))
             rows.append(_row(S, f"c={c} {name}: CPU per write, all", data["cpu_ms_per_write_total"], "ms CPU/write"))
+            messages = data.get("messages_per_write") or {}
+            if messages:
+                note = ", ".join(f"{k} {_fmt(v['median'])}" for k, v in messages.items() if k != "published")
+                metric = f"c={c} {name}: broker messages published per write"
+                rows.append(_row(S, metric, messages["published"], "msgs/write", note))
         speed = _ratio_row(
             S,
             f"c={c} writes/s: system / plain",
@@ -307,6 +312,11 @@ def compare_rows(compare: dict | None) -> list:
                     status="PASS" if p50s[0] <= p50s[1] else "MISS",
                 )
             )
+    for name in ("plain", "system"):
+        for db, counts in (compare[name][next(iter(compare[name]))].get("rows_per_write") or {}).items():
+            note = ", ".join(f"{k} {_fmt(v)}" for k, v in counts.items())
+            total = {"median": sum(counts.values())}
+            rows.append(_row(S, f"{name}: {db} rows written per write (all rounds)", total, "rows/write", note))
     rows.extend(ab_rows(compare))
     rows.extend(cluster_rows(compare))
     return rows

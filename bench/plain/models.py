@@ -17,6 +17,8 @@ class Person(PlainPersonBase):
 
 class Income(PlainPersonBase):
     __tablename__ = "income"
+    # The INSERT returns the server's defaults too (created_at): no read after it.
+    __mapper_args__ = {"eager_defaults": True}
     id = Column(BigInteger, primary_key=True)
     cpf = Column(String(11), ForeignKey("person.cpf"), nullable=False, index=True)
     type = Column(String(50), nullable=False)
