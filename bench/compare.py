@@ -11,7 +11,8 @@ message counters (published, confirmed, delivered, acked: RabbitMQ's global
 counters). Rows inserted, updated and deleted per write come from each
 database's ``pg_stat_user_tables`` over all of a pipeline's rounds (PostgreSQL
 publishes a backend's counts up to ten seconds late, so they are read after a
-pause, once per pipeline, not per round).
+pause, once per pipeline, not per round); so does the growth of every table
+on disk (``pg_total_relation_size``), in KB per 1,000 writes.
 """
 
 import logging
@@ -74,6 +75,10 @@ class Pipeline:
             for key in self.db_uris
         }
 
+    def table_sizes(self) -> dict:
+        """Per database, per table: its bytes on disk (indexes and TOAST included)."""
+        return {key.split(":")[0]: dict(self._query(key, TABLE_SIZES_SQL)) for key in self.db_uris}
+
     def committed(self, since, until) -> list:
         return [row[0] for row in self._query("person:PersonBase", self.committed_sql, (since, until))]
 
@@ -103,6 +108,7 @@ ROW_COUNTS_SQL = (
     "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_del), 0)"
     " FROM pg_stat_user_tables"
 )
+TABLE_SIZES_SQL = "SELECT relname, pg_total_relation_size(relid) FROM pg_stat_user_tables"
 # PostgreSQL reports an idle backend's counts at most this late (PGSTAT_IDLE_INTERVAL).
 STATS_DELAY_SECONDS = 11
 
@@ -279,7 +285,7 @@ def compare(pipelines: list, node, people: list, connections: tuple, rounds: int
     """Alternating rounds: for each round, each number of connections, each pipeline."""
     runs = {p.name: {c: [] for c in connections} for p in pipelines}
     time.sleep(STATS_DELAY_SECONDS)  # the people's creation counted before, not in the rounds
-    rows_before = {p.name: (p.row_counts(), p.incomes()) for p in pipelines}
+    rows_before = {p.name: (p.row_counts(), p.table_sizes(), p.incomes()) for p in pipelines}
     for number in range(rounds):
         for c in connections:
             for pipeline in pipelines:
@@ -296,12 +302,17 @@ def compare(pipelines: list, node, people: list, connections: tuple, rounds: int
                     run["refused_share"] * 100,
                 )
     time.sleep(STATS_DELAY_SECONDS)
-    rows = {}
+    rows, sizes = {}, {}
     for p in pipelines:
-        before, incomes = rows_before[p.name]
-        after, written = p.row_counts(), p.incomes() - incomes
+        before, sizes_before, incomes = rows_before[p.name]
+        after, sizes_after, written = p.row_counts(), p.table_sizes(), p.incomes() - incomes
         rows[p.name] = {
             db: {k: (after[db][k] - before[db][k]) / written for k in ROW_COUNTERS} if written else {} for db in after
+        }
+        # Bytes per write are KB (1,000 bytes) per 1,000 writes.
+        sizes[p.name] = {
+            db: {t: (size - sizes_before[db].get(t, 0)) / written for t, size in tables.items()} if written else {}
+            for db, tables in sizes_after.items()
         }
     return {
         name: {
@@ -318,6 +329,7 @@ def compare(pipelines: list, node, people: list, connections: tuple, rounds: int
                 "lost": sum(r["lost"] for r in rs),
                 "messages_per_write": {k: summary(r["messages_per_write"].get(k) for r in rs) for k in BROKER_COUNTERS},
                 "rows_per_write": rows[name],
+                "kb_per_1000_writes": sizes[name],
                 "runs": rs,
             }
             for c, rs in by_c.items()

@@ -317,6 +317,10 @@ def compare_rows(compare: dict | None) -> list:
             note = ", ".join(f"{k} {_fmt(v)}" for k, v in counts.items())
             total = {"median": sum(counts.values())}
             rows.append(_row(S, f"{name}: {db} rows written per write (all rounds)", total, "rows/write", note))
+        for db, tables in (compare[name][next(iter(compare[name]))].get("kb_per_1000_writes") or {}).items():
+            note = ", ".join(f"{t} {_fmt(kb)}" for t, kb in sorted(tables.items(), key=lambda item: -item[1]) if kb)
+            total = {"median": sum(tables.values())}
+            rows.append(_row(S, f"{name}: {db} KB kept per 1,000 writes (all rounds)", total, "KB", note))
     rows.extend(ab_rows(compare))
     rows.extend(cluster_rows(compare))
     return rows
