@@ -31,6 +31,7 @@ class SharedEngine(SharedExtension):
     def __init__(self, declarative_base):
         self.declarative_base = declarative_base
         self.reserved = 0
+        self.options = {}  # beyond DB_ENGINE_OPTIONS, from a user (score: no pre-ping)
         self._engine = None
 
     @property
@@ -46,7 +47,7 @@ class SharedEngine(SharedExtension):
         of an extension while binding it)."""
         if self._engine is None:
             config = self.container.config
-            options = dict(config.get(DB_ENGINE_OPTIONS_KEY) or {})
+            options = {**(config.get(DB_ENGINE_OPTIONS_KEY) or {}), **self.options}
             options["pool_size"] = int(options.get("pool_size", 5)) + self.reserved
             key = f"{self.container.service_name}:{self.declarative_base.__name__}"
             self._engine = create_engine(config[DB_URIS_KEY][key], **options)
@@ -61,13 +62,15 @@ class SharedEngine(SharedExtension):
 
 class Database(_Database):
     """nameko-sqlalchemy's ``Database(Base)`` on the database's
-    :class:`SharedEngine`: its ``get_session()`` and ``session`` as ever."""
+    :class:`SharedEngine`: its ``get_session()`` and ``session`` as ever;
+    ``engine_options`` go to that engine, over ``DB_ENGINE_OPTIONS``."""
 
-    def __init__(self, declarative_base, session_options=None):
-        super().__init__(declarative_base, session_options)
+    def __init__(self, declarative_base, session_options=None, engine_options=None):
+        super().__init__(declarative_base, session_options, engine_options)
         self.shared = SharedEngine(declarative_base)
 
     def setup(self):
+        self.shared.options.update(self.engine_options)
         # Bound at start: the shared engine is made once every user reserved.
         self.Session = sessionmaker(class_=Session, **self.session_options)
 

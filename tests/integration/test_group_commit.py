@@ -24,6 +24,7 @@ from person.service import PersonService
 from reliable_events.database import Database, SharedEngine
 from reliable_events.group_commit import Done, GroupCommit, Write
 from reliable_events.outbox import Outbox
+from score.service import ScoreService
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +227,17 @@ def test_one_connection_pool_per_database_per_process(run_container):
         config["DB_ENGINE_OPTIONS"]["pool_size"] + int(config["WRITE_BATCH_CONCURRENCY"]) + 2  # the outbox's two
     )
     assert engine.pool.size() == expected
+
+
+def test_score_opts_its_pool_out_of_pre_ping_and_person_keeps_it(run_container):
+    """One pool each; score's Database says no pre-ping (a round trip per
+    batch applied), person's reads keep DB_ENGINE_OPTIONS' pre-ping."""
+    score = run_container(ScoreService)
+    person = run_container(PersonService)
+    engines = {
+        name: [ext for ext in container.extensions if isinstance(ext, SharedEngine)]
+        for name, container in (("score", score), ("person", person))
+    }
+    assert [len(found) for found in engines.values()] == [1, 1], engines
+    assert engines["score"][0].get().pool._pre_ping is False
+    assert engines["person"][0].get().pool._pre_ping is True
