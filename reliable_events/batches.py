@@ -36,8 +36,8 @@ class Batches:
         self._stopping = False
         self._dispatcher = None
 
-    def add(self, item) -> None:
-        self._waiting.append(item)
+    def add(self, *items) -> None:
+        self._waiting.extend(items)
         self._wake.set()
 
     def add_alone(self, items) -> None:

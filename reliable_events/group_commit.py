@@ -198,6 +198,7 @@ class GroupCommit(DependencyProvider):
         # the batch's writes are then run alone, on fresh connections.
         sessions = sessionmaker(bind=self.shared.get(), expire_on_commit=False)
         self.transactions = Transactions(sessions, self.outbox, self.writes, self.idempotency)
+        self._outbox_view = OutboxWriter(self.outbox)  # one for every worker: it holds no state of theirs
         self.batches.start(self.container.spawn_managed_thread)
 
     def stop(self):
@@ -211,7 +212,7 @@ class GroupCommit(DependencyProvider):
         self.batches.kill()
 
     def get_dependency(self, worker_ctx):
-        return Writer(self, worker_ctx.call_id_stack, OutboxWriter(self.outbox))
+        return Writer(self, worker_ctx.call_id_stack, self._outbox_view)
 
     def commit(self, write: Write):
         """Wait for ``write`` to be committed in a batch: its outcome (an answer, or its error)."""

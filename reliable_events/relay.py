@@ -53,8 +53,7 @@ class Relay:
         self.batches.kill()
 
     def publish_soon(self, written: list) -> None:
-        for row in written:
-            self.batches.add(row)
+        self.batches.add(*written)
 
     def _launch(self, batch: list) -> None:
         self._spawn(lambda: self._publish(batch))
