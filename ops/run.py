@@ -125,6 +125,15 @@ def _healthy_gateways(ops_url: str) -> tuple[int, int]:
     return sum(state == "1" for state in states), len(states)
 
 
+def _all_running() -> bool:
+    """Whether supervisord has every program RUNNING."""
+    out = subprocess.run(
+        [Path(PYTHON).with_name("supervisorctl"), "-c", str(CONF), "status"], capture_output=True, text=True
+    ).stdout
+    states = [line.split()[1] for line in out.splitlines() if len(line.split()) > 1]
+    return bool(states) and all(state == "RUNNING" for state in states)
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
@@ -149,6 +158,10 @@ def announce_when_ready(config: dict, stopping: threading.Event, timeout: float 
                 up, total = _healthy_gateways(ops_url)
                 while (up, total) != (wanted, wanted) and time.monotonic() < deadline and not stopping.wait(0.3):
                     up, total = _healthy_gateways(ops_url)
+                # and supervisord counts each program as started (up for
+                # startsecs), so make status right after says RUNNING, with pids.
+                while not _all_running() and time.monotonic() < deadline and not stopping.wait(0.3):
+                    pass
                 print(
                     f"\nReady: the API is on {api} (Traefik, {up} of {total} gateways healthy)\n"
                     f"  Traefik: {ops_url}/ping, metrics {ops_url}/metrics\n"
