@@ -131,7 +131,7 @@ def system_pipeline(system, services=None, db_uris=None, name="system") -> Pipel
         services or system.services,
         db_uris or system.db_uris,
         "SELECT event_id::text FROM outbox WHERE event_type = 'income_added' AND created_at BETWEEN %s AND %s",
-        "SELECT count(*), max(processed_at) FROM processed_events WHERE event_id = ANY(%s::uuid[])",
+        "SELECT count(*), max(applied_at) FROM scored_item WHERE event_id = ANY(%s::uuid[])",
     )
 
 

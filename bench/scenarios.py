@@ -112,7 +112,7 @@ def write_path(system: BenchSystem, people: list, p) -> dict:
 
 def _lags_ms(system: BenchSystem, since, until) -> list:
     """Commit-side stamp in person (outbox.created_at) to applied stamp in score
-    (processed_events.processed_at), per income event created in [since, until]."""
+    (scored_item.applied_at), per income event created in [since, until]."""
     created = dict(
         system.person(
             "SELECT event_id::text, created_at FROM outbox "
@@ -123,7 +123,7 @@ def _lags_ms(system: BenchSystem, since, until) -> list:
     if not created:
         return []
     applied = system.score(
-        "SELECT event_id::text, processed_at FROM processed_events WHERE event_id = ANY(%s::uuid[])",
+        "SELECT event_id::text, applied_at FROM scored_item WHERE event_id = ANY(%s::uuid[])",
         (list(created),),
     )
     return sorted((at - created[event_id]).total_seconds() * 1000 for event_id, at in applied)
@@ -273,7 +273,7 @@ def end_to_end(system: BenchSystem, people: list, connections: int, p) -> dict:
             )
         ]
         applied, last = system.score(
-            "SELECT count(*), max(processed_at) FROM processed_events WHERE event_id = ANY(%s::uuid[])", (ids,)
+            "SELECT count(*), max(applied_at) FROM scored_item WHERE event_id = ANY(%s::uuid[])", (ids,)
         )[0]
         writes = min(result.created, applied)
         elapsed = (last - since).total_seconds() if last else float("nan")
@@ -379,14 +379,14 @@ def outage_cycle(system: BenchSystem, count: int) -> dict:
     services.start("score")
 
     def applied():
-        return system.score("SELECT count(*) FROM processed_events WHERE event_id = ANY(%s::uuid[])", (ids,))[0][0]
+        return system.score("SELECT count(*) FROM scored_item WHERE event_id = ANY(%s::uuid[])", (ids,))[0][0]
 
     _wait(lambda: applied() >= count, 120 + count / 20, "score to catch up", 0.25)
     first, last = system.score(
-        "SELECT min(processed_at), max(processed_at) FROM processed_events WHERE event_id = ANY(%s::uuid[])", (ids,)
+        "SELECT min(applied_at), max(applied_at) FROM scored_item WHERE event_id = ANY(%s::uuid[])", (ids,)
     )[0]
     after_first = system.score(
-        "SELECT count(*) FROM processed_events WHERE event_id = ANY(%s::uuid[]) AND processed_at > %s", (ids, first)
+        "SELECT count(*) FROM scored_item WHERE event_id = ANY(%s::uuid[]) AND applied_at > %s", (ids, first)
     )[0][0]
     catch_up = {
         "events": count,
@@ -512,14 +512,14 @@ def rebuild(system: BenchSystem, p) -> dict:
     for _ in range(p.reps):
         system.wait_quiet()
         history = system.person("SELECT count(*) FROM outbox")[0][0]
-        system.score("TRUNCATE processed_events, scored_item, known_person, replica_checkpoint")
+        system.score("TRUNCATE scored_item, known_person, replica_checkpoint")
         done = subprocess.run(
             [sys.executable, "-c", REBUILD, system.amqp_uri], capture_output=True, text=True, timeout=600, cwd=ROOT
         )
         if done.returncode != 0:
             raise RuntimeError(f"rebuild failed ({done.returncode}): {done.stderr[-2000:]}")
         totals = json.loads(done.stdout.strip().splitlines()[-1])
-        applied = system.score("SELECT count(*) FROM processed_events")[0][0]
+        applied = system.score(databases.APPLIED_EVENTS)[0][0]
         if totals["applied"] != history or applied != history:
             raise RuntimeError(f"rebuild applied {totals['applied']} ({applied} in the inbox) of {history} events")
         runs.append({"events": history, "seconds": totals["seconds"], "rate": totals["events_per_second"]})

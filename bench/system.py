@@ -106,7 +106,7 @@ class BenchSystem:
     def counts(self) -> tuple:
         """(outbox rows, pending outbox rows, events applied by score)."""
         total, pending = self.person("SELECT count(*), count(*) FILTER (WHERE published_at IS NULL) FROM outbox")[0]
-        applied = self.score("SELECT count(*) FROM processed_events")[0][0]
+        applied = self.score(databases.APPLIED_EVENTS)[0][0]
         return total, pending, applied
 
     def wait_quiet(self, timeout: float = 300) -> float:

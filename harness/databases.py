@@ -18,6 +18,13 @@ from ops.migrate import migrate
 
 PG_BASE = os.environ.get("HARNESS_PG_URI", "postgresql+psycopg2://postgres@localhost:5432/postgres")
 KEYS = {"person": "person:PersonBase", "score": "score:ScoreBase"}
+# How many of person's events score has applied, by its inbox (a watermark per
+# person, starting after the person's erasure if it was erased and created
+# again), erasures apart: for a test or the bench to wait on.
+APPLIED_EVENTS = (
+    "SELECT coalesce(sum(k.applied_through - coalesce(e.sequence, 0) + cardinality(k.applied_above)), 0)"
+    " FROM known_person k LEFT JOIN erased_person e ON e.cpf_hash = k.cpf_hash"
+)
 
 
 def database_uris(prefix: str, run_id: str, base: str = PG_BASE) -> dict:

@@ -41,6 +41,7 @@ from nameko.standalone.events import get_event_exchange
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
+from contracts.events import PERSON_ERASED
 from contracts.kinds import BY_NAME, KINDS, NAMES
 from harness.api import HTTP_TIMEOUT, person_body  # noqa: F401  (the suite takes them from here)
 from harness.processes import ROOT, System
@@ -286,6 +287,35 @@ PERSON_ITEMS = " UNION ALL ".join(
     for kind in KINDS
 )
 APPLIED = re.compile(r"applied event ([0-9a-f-]{36})")
+HISTORY = "SELECT event_id::text, event_type, aggregate_key, sequence, published_at FROM outbox"
+
+
+def inbox_view(outbox, score_conn) -> tuple[set, list]:
+    """What score's inbox (a watermark per person, and the erasures'
+    tombstones) says of person's history ``outbox`` (rows of ``HISTORY``):
+    the event ids it counts as applied, and the positions (``cpf:sequence``)
+    it counts as applied that the history does not hold: invented."""
+    erased = dict(score_conn.execute(text("SELECT cpf_hash, sequence FROM erased_person")).all())
+    marks, claimed = {}, set()
+    for cpf, cpf_hash, through, above in score_conn.execute(
+        text("SELECT cpf, cpf_hash, applied_through, applied_above FROM known_person")
+    ):
+        marks[cpf] = (through, set(above))
+        # A person created again after an erasure: its watermark starts there.
+        claimed |= {(cpf, n) for n in range(erased.get(cpf_hash, 0) + 1, through + 1)} | {(cpf, n) for n in above}
+    applied, history = set(), set()
+    for event_id, event_type, key, sequence, *_ in outbox:
+        history.add((key, sequence))
+        if event_type == PERSON_ERASED:
+            done = erased.get(key, 0) >= sequence
+        else:
+            through, above = marks.get(key, (0, ()))
+            done = sequence <= through or sequence in above
+        if done:
+            applied.add(event_id)
+    return applied, sorted(f"{cpf}:{n}" for cpf, n in claimed - history)
+
+
 DEAD_LETTER_QUEUES = [dead_letter_queue_name(queue) for queue in event_queues()]
 
 
@@ -308,10 +338,10 @@ class Invariant:
     answered 4xx is not stored; one answered 503/504 at most once; no stored
     item that no write asked for. Score: it holds exactly person's items and
     answers the rules' score per CPF; the outbox is drained and score's inbox
-    holds exactly the outbox's events; its logs show each event applied at
-    most once (the replica's and the inbox's primary keys would refuse a second
-    row, so counting rows could never show a double apply; counting
-    applications can); and no dead letter waits but those expected.
+    (its watermarks) counts exactly the outbox's events as applied; its logs
+    show each event applied at most once (the replica's primary key would
+    refuse a second row, so counting rows could never show a double apply;
+    counting applications can); and no dead letter waits but those expected.
     """
 
     def __init__(self, person_engine, score_engine, system):
@@ -323,10 +353,10 @@ class Invariant:
         with self.person_engine.connect() as conn:
             person_rows = conn.execute(text(PERSON_ITEMS)).all()
             people = [row[0] for row in conn.execute(text("SELECT cpf FROM person"))]
-            outbox = conn.execute(text("SELECT event_id::text, event_type, published_at FROM outbox")).all()
+            outbox = conn.execute(text(HISTORY)).all()
         with self.score_engine.connect() as conn:
             score_rows = conn.execute(text("SELECT kind, item_id, cpf, value, event_id::text FROM scored_item")).all()
-            processed = conn.execute(text("SELECT event_id::text, event_type FROM processed_events")).all()
+            processed_ids, invented = inbox_view(outbox, conn)
 
         stored = {(kind, int(item_id)): (cpf, value) for kind, item_id, cpf, value, _ in person_rows}
         ids_by_key = defaultdict(list)
@@ -347,7 +377,6 @@ class Invariant:
         scored = Counter((kind, int(item_id), cpf, value) for kind, item_id, cpf, value, _ in score_rows)
         expected = Counter((kind, item_id, cpf, value) for (kind, item_id), (cpf, value) in stored.items())
         outbox_ids = {row[0] for row in outbox}
-        processed_ids = {row[0] for row in processed}
         applied = Counter(APPLIED.findall(self.system.log_of("score")))
 
         snap = {
@@ -362,9 +391,9 @@ class Invariant:
             "score_missing": sorted((expected - scored).keys())[:20],
             "score_extra": sorted((scored - expected).keys())[:20],
             "outbox_rows": len(outbox),
-            "outbox_pending": sum(1 for row in outbox if row[2] is None),
+            "outbox_pending": sum(1 for row in outbox if row[4] is None),
             "processed_missing": sorted(outbox_ids - processed_ids)[:20],
-            "processed_extra": sorted(processed_ids - outbox_ids)[:20],
+            "processed_extra": invented[:20],
             "applied_twice": [event_id for event_id, count in applied.items() if count > 1][:20],
             "dead_letters": {},
             "api_mismatch": {},

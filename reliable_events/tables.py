@@ -1,4 +1,4 @@
-"""Table definitions for the outbox and the inbox.
+"""Table definitions for the outbox, and the inbox's columns.
 
 They are factories that attach to a service's own ``MetaData`` so that each
 service keeps the tables in its own database and its Alembic migrations see them.
@@ -17,7 +17,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 
 def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
@@ -64,27 +64,11 @@ def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
     )
 
 
-def inbox_table(metadata: MetaData, name: str = "processed_events") -> Table:
-    """Event ids each consumer has applied; the primary key is the dedupe.
-
-    ``aggregate_key`` and ``sequence`` say which position of which aggregate
-    each event was: a reader asks how far the replica has got for one key
-    (:func:`reliable_events.inbox.applied_through`). Nullable only for rows
-    written before they existed.
-    """
-    return Table(
-        name,
-        metadata,
-        Column("consumer", String(128), primary_key=True),
-        Column("event_id", UUID(as_uuid=False), primary_key=True),
-        Column("event_type", String(64), nullable=False),
-        Column("aggregate_key", String(64)),
-        Column("sequence", Integer),
-        Column(
-            "processed_at",
-            DateTime(timezone=True),
-            nullable=False,
-            server_default=func.clock_timestamp(),
-        ),
-        Index(f"ix_{name}_aggregate", "aggregate_key", "sequence"),
-    )
+def watermark_columns() -> list[Column]:
+    """The columns a consumer adds to its own row per aggregate to keep its
+    :class:`~reliable_events.inbox.Watermark` there: every sequence up to
+    ``applied_through`` was applied, and those in ``applied_above``."""
+    return [
+        Column("applied_through", Integer, nullable=False),
+        Column("applied_above", ARRAY(Integer), nullable=False, server_default=text("'{}'")),
+    ]

@@ -13,13 +13,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import declarative_base
 
-from reliable_events.tables import inbox_table
+from reliable_events.tables import watermark_columns
 
 ScoreBase = declarative_base(name="ScoreBase")
 
 
 class KnownPerson(ScoreBase):
-    """A CPF score has heard of; it scores 0 until items arrive."""
+    """A CPF score has heard of (it scores 0 until items arrive), and how far its events are applied."""
 
     __tablename__ = "known_person"
 
@@ -27,9 +27,13 @@ class KnownPerson(ScoreBase):
     # The CPF's keyed hash (contracts/erasure.py): how a person_erased event,
     # which never carries the CPF, finds the person's rows.
     cpf_hash = Column(String(64), nullable=False, index=True)
-    # Highest per-person sequence applied: events may arrive out of order
-    # (one queue per event type), and scoring is a sum, so order never matters
-    # for the result; this is kept to show how far the replica has got.
+    # Score's inbox (reliable_events/inbox.py): the person's sequences
+    # applied, all up to applied_through and those in applied_above; a
+    # duplicate is recognised by them for ever, in this one row per person.
+    applied_through, applied_above = watermark_columns()
+    # The highest sequence applied: events may arrive out of order (a queue
+    # per event type), and scoring is a sum, so order never matters for the
+    # result; applied_through, not this, says what a reader has seen.
     last_sequence = Column(Integer, nullable=False)
     first_seen_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
@@ -49,9 +53,6 @@ class ScoredItem(ScoreBase):
     applied_at = Column(DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp())
 
     __table_args__ = (PrimaryKeyConstraint("kind", "item_id"),)
-
-
-processed_events = inbox_table(ScoreBase.metadata)
 
 
 class ErasedPerson(ScoreBase):

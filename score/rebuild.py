@@ -12,10 +12,10 @@ bar). What one page does (:func:`step`):
    live event is validated.
 3. Group them by event type (first type seen first, each group in position
    order) and apply each group through ``ScoreService._apply``: the live
-   handlers' one apply path, which claims the events in the inbox under the
-   live handler's consumer name. An event that arrives both live and from the
-   history is applied by whichever commits first; the other finds it claimed
-   and skips it. Order between groups does not matter: a score is a sum over a
+   handlers' one apply path, which checks each event against the person's
+   watermark (score's inbox). An event that arrives both live and from the
+   history is applied by whichever commits first; the other finds it under
+   the watermark and skips it. Order between groups does not matter: a score is a sum over a
    set of items, and an item before its ``person_created`` still makes the
    CPF known.
 4. Save the page's last position as the checkpoint (``replica_checkpoint``,

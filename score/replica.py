@@ -9,11 +9,14 @@ the erasure was applied, retried from a retry queue, or read from the history
 by a rebuild. A person created again with the CPF is numbered after the
 erasure by person, so its events pass.
 
-An erasure and a batch holding the same person's events are ordered by an
-advisory lock on the person (:meth:`contracts.erasure.CpfHasher.lock_key`),
-exclusive for the erasure and shared for the others: without it a batch that
-read no tombstone could commit its rows just after the erasure deleted the
-person's, and bring the person back.
+**Locks.** Every transaction that applies a person's events, an erasure
+included, first takes an advisory lock on the person
+(:meth:`contracts.erasure.CpfHasher.lock_key`), the people of a batch in key
+order, then reads their tombstones and watermarks. It orders two batches of
+one person (score's inbox is the watermark in ``known_person``: two batches
+that both read it before either wrote it would both apply an event), and a
+batch against an erasure (a batch that read no tombstone could commit its rows
+just after the erasure deleted the person's, and bring the person back).
 """
 
 import logging
@@ -27,9 +30,9 @@ from contracts.envelope import MalformedEvent
 from contracts.erasure import CpfHasher
 from contracts.events import PERSON_EVENTS
 from contracts.scores import score_answer
-from reliable_events.inbox import applied_through
+from reliable_events.inbox import Watermark
 from score import rules
-from score.models import ErasedPerson, KnownPerson, ScoredItem, processed_events
+from score.models import ErasedPerson, KnownPerson, ScoredItem
 
 _log = logging.getLogger(__name__)
 
@@ -39,32 +42,38 @@ _log = logging.getLogger(__name__)
 # catch-up went there).
 _known = KnownPerson.__table__
 _insert_known = insert(_known)
-_UPSERT_PEOPLE = _insert_known.on_conflict_do_update(
+# Under the person's lock the watermark written is computed from the latest
+# one, so it replaces it.
+_SAVE_MARKS = _insert_known.on_conflict_do_update(
     index_elements=[_known.c.cpf],
     set_={
-        "last_sequence": func.greatest(_known.c.last_sequence, _insert_known.excluded.last_sequence),
+        "applied_through": _insert_known.excluded.applied_through,
+        "applied_above": _insert_known.excluded.applied_above,
+        "last_sequence": _insert_known.excluded.last_sequence,
         "updated_at": func.now(),
     },
 )
 _INSERT_ITEMS = insert(ScoredItem.__table__)
 
 # Two statements in one round trip: the advisory locks of the batch's people
-# (keys in one order for every batch: no deadlock), then their tombstones,
-# read with a snapshot of its own (PostgreSQL takes one per statement), so an
-# erasure that committed while the locks waited is seen.
-_FIND_TOMBSTONES = "SELECT cpf_hash, sequence FROM erased_person WHERE cpf_hash = ANY(CAST(:hashes AS varchar[]))"
-# A batch of events of the people takes their locks shared; an erasure, exclusively.
-_LOCK_SHARED_AND_FIND_TOMBSTONES = text(
-    f"SELECT pg_advisory_xact_lock_shared(k) FROM unnest(CAST(:keys AS bigint[])) AS k; {_FIND_TOMBSTONES}"
-)
-_LOCK_EXCLUSIVE_AND_FIND_TOMBSTONES = text(
-    f"SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k; {_FIND_TOMBSTONES}"
+# (keys in one order for every batch: no deadlock), then their tombstones and
+# watermarks, read with a snapshot of its own (PostgreSQL takes one per
+# statement), so what a transaction that held a lock committed is seen.
+# ``cpfs`` holds NULL for an erasure's key, a hash.
+_LOCK_AND_READ = text(
+    """
+    SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k;
+    SELECT p.key, e.sequence, k.applied_through, k.applied_above
+    FROM unnest(CAST(:keys_ AS varchar[]), CAST(:cpfs AS varchar[]), CAST(:hashes AS varchar[]))
+         AS p(key, cpf, cpf_hash)
+    LEFT JOIN erased_person e ON e.cpf_hash = p.cpf_hash
+    LEFT JOIN known_person k ON k.cpf = p.cpf
+    """
 )
 _ERASE = text(
     """
     WITH gone AS (DELETE FROM known_person WHERE cpf_hash = ANY(CAST(:hashes AS varchar[])) RETURNING cpf),
          items AS (DELETE FROM scored_item s USING gone WHERE s.cpf = gone.cpf),
-         inbox AS (DELETE FROM processed_events p USING gone WHERE p.aggregate_key = gone.cpf),
          tombstones AS (
              INSERT INTO erased_person (cpf_hash, sequence)
              SELECT * FROM unnest(CAST(:hashes AS varchar[]), CAST(:sequences AS int[]))
@@ -76,21 +85,36 @@ _ERASE = text(
 )
 
 
-def admit(session, events: list, hashes: dict, erasing: bool) -> list:
-    """Lock the people of ``events`` against erasure (``erasing``: to erase
-    them) and return the events not dropped by a tombstone, in order.
+def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dict]:
+    """Lock the people of ``events`` (see the module's docstring) and return
+    the events not dropped by a tombstone, in order, and each key's
+    :class:`~reliable_events.inbox.Watermark`.
 
     ``hashes``: each event's key -> the person's CPF hash (an erasure's key is
-    the hash already)."""
-    people = sorted(set(hashes.values()))
-    keys = sorted({CpfHasher.lock_key(h) for h in people})
-    statement = _LOCK_EXCLUSIVE_AND_FIND_TOMBSTONES if erasing else _LOCK_SHARED_AND_FIND_TOMBSTONES
-    tombstones = dict(session.execute(statement, {"keys": keys, "hashes": people}).all())
+    the hash already, ``erasing``). A person score holds no row of starts
+    after its erasure, if any: person numbers a person created again after it.
+    """
+    keys = sorted(hashes)
+    locks = sorted({CpfHasher.lock_key(h) for h in hashes.values()})
+    found = session.execute(
+        _LOCK_AND_READ,
+        {
+            "keys": locks,
+            "keys_": keys,
+            "cpfs": [None if erasing else key for key in keys],
+            "hashes": [hashes[key] for key in keys],
+        },
+    ).all()
+    tombstones = {key: erased for key, erased, _, _ in found if erased is not None}
+    marks = {
+        key: Watermark(through, tuple(above)) if through is not None else Watermark(tombstones.get(key, 0))
+        for key, _, through, above in found
+    }
     if not tombstones:
-        return events
+        return events, marks
     admitted = []
     for event in events:
-        erased = tombstones.get(hashes[PERSON_EVENTS.key(event)])
+        erased = tombstones.get(PERSON_EVENTS.key(event))
         if erased is not None and event["sequence"] <= erased:
             _log.info(
                 "dropped event %s %s %s of a person erased at sequence %s",
@@ -102,12 +126,12 @@ def admit(session, events: list, hashes: dict, erasing: bool) -> list:
             )
             continue
         admitted.append(event)
-    return admitted
+    return admitted, marks
 
 
-def erase(session, events: list, hashes: dict) -> list:
+def erase(session, events: list) -> list:
     """Apply ``person_erased`` events: delete each person's rows (its items,
-    its inbox rows) and keep its tombstone; the CPFs erased here."""
+    its watermark) and keep its tombstone; the CPFs erased here."""
     if not events:
         return []
     highest = {}
@@ -117,19 +141,23 @@ def erase(session, events: list, hashes: dict) -> list:
     return session.execute(_ERASE, {"hashes": people, "sequences": [highest[h] for h in people]}).scalars().all()
 
 
-def note_people(session, events: list, hashes: dict) -> list:
-    """Make each event's CPF known (idempotent), keeping the highest sequence
-    seen; one round trip. The CPFs, in order."""
-    if not events:
+def save_marks(session, marks: dict, hashes: dict) -> list:
+    """Write the people's moved watermarks (a person's first event makes it
+    known); one round trip. The CPFs, in order."""
+    if not marks:
         return []
-    highest = {}
-    for event in events:
-        highest[event["cpf"]] = max(highest.get(event["cpf"], 0), event["sequence"])
-    # One row per CPF (an upsert may not touch a row twice), in CPF order so that
-    # concurrent batches lock the rows they share in the same order.
-    cpfs = sorted(highest)
-    rows = [{"cpf": cpf, "cpf_hash": hashes[cpf], "last_sequence": highest[cpf]} for cpf in cpfs]
-    session.execute(_UPSERT_PEOPLE, rows)
+    cpfs = sorted(marks)
+    rows = [
+        {
+            "cpf": cpf,
+            "cpf_hash": hashes[cpf],
+            "applied_through": marks[cpf].through,
+            "applied_above": list(marks[cpf].above),
+            "last_sequence": marks[cpf].highest,
+        }
+        for cpf in cpfs
+    ]
+    session.execute(_SAVE_MARKS, rows)
     return cpfs
 
 
@@ -146,9 +174,8 @@ class ItemDataSchema(Schema):
 _item_data = ItemDataSchema()
 
 
-def add_items(session, events: list, hashes: dict, kind: str) -> list:
-    """Record the items of many ``<kind>_added`` events, in two round trips;
-    the CPFs, in order.
+def add_items(session, events: list, kind: str) -> None:
+    """Record the items of many ``<kind>_added`` events, in one round trip.
 
     Raises ``MalformedEvent`` (before writing anything) if any event's data is unusable.
     """
@@ -170,20 +197,13 @@ def add_items(session, events: list, hashes: dict, kind: str) -> list:
                 "occurred_at": event["occurred_at"],
             }
         )
-    cpfs = note_people(session, events, hashes)
     session.execute(_INSERT_ITEMS, rows)
-    return cpfs
-
-
-def _erased_through(cpf_hash: str):
-    """A scalar subquery: the sequence of the person's last erasure applied here; 0 if none."""
-    tombstone = select(ErasedPerson.sequence).where(ErasedPerson.cpf_hash == cpf_hash).scalar_subquery()
-    return func.coalesce(tombstone, 0)
 
 
 def erased_through(session, cpf_hash: str) -> int:
     """The sequence of the person's last erasure applied here; 0 if none."""
-    return session.execute(select(_erased_through(cpf_hash))).scalar_one()
+    tombstone = select(ErasedPerson.sequence).where(ErasedPerson.cpf_hash == cpf_hash).scalar_subquery()
+    return session.execute(select(func.coalesce(tombstone, 0))).scalar_one()
 
 
 def read_score(session, cpf: str, cpf_hash: str, known: bool = False):
@@ -192,10 +212,10 @@ def read_score(session, cpf: str, cpf_hash: str, known: bool = False):
     has it): then the empty score.
 
     ``applied_sequence`` is the gapless prefix of the person's events applied
-    (``last_sequence``, the highest seen, can run ahead of a gap): a reader
-    who wrote sequence ``n`` sees that write once ``applied_sequence >= n``.
-    For a person created again after an erasure the prefix starts after the
-    erasure's sequence.
+    (its watermark's ``through``; ``last_sequence``, the highest applied, can
+    run ahead of a gap): a reader who wrote sequence ``n`` sees that write
+    once ``applied_sequence >= n``. For a person created again after an
+    erasure the prefix starts after the erasure's sequence.
 
     One statement, so one snapshot: the sequences and the items are from the
     same moment even while batches commit in between (two reads could pair a
@@ -207,7 +227,7 @@ def read_score(session, cpf: str, cpf_hash: str, known: bool = False):
             KnownPerson.updated_at,
             ScoredItem.kind,
             ScoredItem.value,
-            applied_through(processed_events, cpf, after=_erased_through(cpf_hash)).label("applied_sequence"),
+            KnownPerson.applied_through.label("applied_sequence"),
         )
         .outerjoin(ScoredItem, ScoredItem.cpf == KnownPerson.cpf)
         .where(KnownPerson.cpf == cpf)

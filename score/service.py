@@ -1,8 +1,9 @@
 """The score service: a replica of person's events and the credit score from it.
 
 It never calls person to answer a read: the replica is the point (SEED.md).
-Each handler claims the event in the inbox and applies it in one transaction,
-so a redelivered or replayed event changes nothing. After each commit it tells
+Each handler checks its events against the inbox (a watermark per person)
+and applies the new ones in one transaction, so a redelivered or replayed
+event changes nothing. After each commit it tells
 the gateways which CPFs advanced (score/notices.py: read-your-writes), and it
 can refill its replica from person's history (score/rebuild.py).
 """
@@ -33,11 +34,11 @@ from observability.metrics import (
 from reliable_events.database import Database
 from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
-from reliable_events.inbox import InboxProvider
+from reliable_events.inbox import claim
 from reliable_events.rpc import rpc
 from score import rebuild as rebuilder
 from score import replica
-from score.models import ScoreBase, processed_events
+from score.models import ScoreBase
 from score.notices import NoticeDispatcher
 
 _log = logging.getLogger(__name__)
@@ -47,17 +48,16 @@ handles = partial(reliable_handler, PERSON_EVENTS, metrics=EVENT_METRICS)
 
 
 def _effect(event_type):
-    """What events of ``event_type`` do to the replica (in the applying
-    session), given each key's CPF hash; it returns the CPFs it changed."""
+    """What the fresh events of ``event_type`` write to the replica besides
+    their people's watermarks (in the applying session)."""
     if event_type == PERSON_CREATED:
-        return replica.note_people
-    if event_type == PERSON_ERASED:
-        return replica.erase
+        return lambda session, events: None  # the watermark's row is the known person
     kind = BY_EVENT_TYPE[event_type]
-    return lambda session, events, hashes: replica.add_items(session, events, hashes, kind.name)
+    return lambda session, events: replica.add_items(session, events, kind.name)
 
 
-EFFECTS = {event_type: _effect(event_type) for event_type in EVENT_TYPES}
+# An erasure's effect is all its own (replica.erase); every other type's:
+EFFECTS = {event_type: _effect(event_type) for event_type in EVENT_TYPES if event_type != PERSON_ERASED}
 
 
 def _names_any(hashes: set, hasher):
@@ -83,7 +83,6 @@ class ScoreService:
     # connection the database dropped (after a restart) fails once and is
     # retried from its retry queue; the pool then replaces them all.
     db = Database(ScoreBase, engine_options={"pool_pre_ping": False})
-    inbox = InboxProvider(processed_events)
     dead_letters = DeadLetters()
     hasher = PersonalDataKey()
     call_context = CallContext()
@@ -126,23 +125,27 @@ class ScoreService:
         return self._apply(events)
 
     def _apply(self, events):
-        """Drop the events of erased people (score/replica.py), claim the
-        others (all of one type) in the inbox and apply the new ones, in one
-        transaction, under the name of the type's live handler (whoever calls:
-        the handler, or a rebuild); then tell the gateways which CPFs
-        advanced. Returns those applied."""
+        """Drop the events of erased people (score/replica.py), keep those
+        not applied before (the inbox: each person's watermark,
+        reliable_events/inbox.py) and apply them, all in one transaction
+        (whoever calls: a handler, or a rebuild); then tell the gateways
+        which CPFs advanced. The events are all of one type. Returns those
+        applied."""
         event_type = events[0]["event_type"]
         erasing = event_type == PERSON_ERASED
-        claim = self.inbox.claim_for(event_type)
         # An erasure's key is the CPF's hash already.
         hashes = {key: key if erasing else self.hasher.hash(key) for key in {PERSON_EVENTS.key(e) for e in events}}
         with self.db.get_session() as session:
-            admitted = replica.admit(session, events, hashes, erasing)
-            fresh = claim.claim_all(session, admitted)
-            advanced = EFFECTS[event_type](session, fresh, hashes)
-            if erasing and fresh:
-                # Before the commit: if it fails, the erasure is retried, and this with it.
-                self.dead_letters.purge(match=_names_any({PERSON_EVENTS.key(e) for e in fresh}, self.hasher))
+            admitted, marks = replica.admit(session, events, hashes, erasing)
+            fresh, moved = claim(marks, admitted, PERSON_EVENTS.key, self.name)
+            if erasing:
+                advanced = replica.erase(session, fresh)
+                if fresh:
+                    # Before the commit: if it fails, the erasure is retried, and this with it.
+                    self.dead_letters.purge(match=_names_any({PERSON_EVENTS.key(e) for e in fresh}, self.hasher))
+            else:
+                EFFECTS[event_type](session, fresh)
+                advanced = replica.save_marks(session, moved, hashes)
         # The handlers' entrypoint logs each applied event (reliable_events.handlers).
         if advanced:
             self._announce(advanced)

@@ -49,7 +49,7 @@ RETRY_QUEUES = [
     for attempt in range(1, len(load_config()["EVENT_RETRY_DELAYS"]) + 1)
 ]
 PERSON_TABLES = {"person", "income", "asset", "debt", "outbox", "idempotency_keys", "erasure"}
-SCORE_TABLES = {"known_person", "scored_item", "processed_events", "erased_person", "replica_checkpoint"}
+SCORE_TABLES = {"known_person", "scored_item", "erased_person", "replica_checkpoint"}
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_an_erasure_leaves_no_trace_but_its_own_records(api, system, engines):
     assert set(tables["person"]) >= PERSON_TABLES and set(tables["score"]) >= SCORE_TABLES
     before = holding(engines, CPF)
     expected_before = {"person.person", "person.income", "person.asset", "person.debt", "person.outbox"}
-    expected_before |= {"person.idempotency_keys", "score.known_person", "score.scored_item", "score.processed_events"}
+    expected_before |= {"person.idempotency_keys", "score.known_person", "score.scored_item"}
     assert set(before) >= expected_before, before
 
     response = requests.delete(f"{api}/person/{format_cpf(CPF)}", timeout=HTTP_TIMEOUT)

@@ -11,8 +11,10 @@ from sqlalchemy import text
 
 from harness.cpf import cpfs
 from harness.faults import (
+    HISTORY,
     HTTP_TIMEOUT,
     Load,
+    inbox_view,
     lost_and_doubled,
     person_body,
     wait_for,
@@ -22,12 +24,15 @@ from harness.proxy import TcpProxy
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 
-def _applied_ids(score_engine) -> set:
+def _applied_ids(person_engine, score_engine) -> set:
+    """The ids of the events score's inbox counts as applied."""
+    with person_engine.connect() as conn:
+        history = conn.execute(text(HISTORY)).all()
     with score_engine.connect() as conn:
-        return {row[0] for row in conn.execute(text("SELECT event_id::text FROM processed_events"))}
+        return inbox_view(history, conn)[0]
 
 
-def test_score_killed_mid_batch_applies_each_event_once(system, broker, invariant, score_engine, report):
+def test_score_killed_mid_batch_applies_each_event_once(system, broker, invariant, person_engine, score_engine, report):
     """Score is killed with batches committed whose acks never reached the broker,
     as a kill between a commit and its ack leaves them. (A bare kill under load
     most often lands between batches and proves nothing; here score's
@@ -46,10 +51,10 @@ def test_score_killed_mid_batch_applies_each_event_once(system, broker, invarian
         try:
             wait_for(lambda: load.accepted_count() >= 30, 60, "30 items accepted", on_timeout=system.logs)
             assert proxy.hold() >= 1, "score has no connection through the proxy"
-            acked_before = _applied_ids(score_engine)
+            acked_before = _applied_ids(person_engine, score_engine)
 
             def committed_since_hold():
-                ids = _applied_ids(score_engine) - acked_before
+                ids = _applied_ids(person_engine, score_engine) - acked_before
                 return ids if len(ids) >= 30 else None
 
             committed_unacked = wait_for(

@@ -8,7 +8,8 @@ erasure commit, and checks what the competing write did once it could go on:
 
 - score: a batch of the person's older item event, applied while the erasure
   is being applied, must wait, then drop the event (its sequence is not above
-  the tombstone): nothing of the person comes back;
+  the tombstone): nothing of the person comes back; and two batches of one
+  person must take turns at its watermark (score's inbox);
 - person: a creation of the CPF while its erasure is in progress must wait,
   then number the new person after the erasure (erasure's sequence + 1).
 
@@ -31,8 +32,6 @@ from sqlalchemy.orm import sessionmaker
 from contracts.events import PERSON_EVENTS
 from harness.waits import wait_for
 from harness.workers import TEST_HASHER, person_worker
-from reliable_events.inbox import Inbox
-from score.models import processed_events
 from score.service import ScoreService
 
 pytestmark = pytest.mark.integration
@@ -122,17 +121,17 @@ def parsed(event_type, key, sequence, data):
 
 
 def score_worker(db):
-    return worker_factory(ScoreService, db=db, inbox=Inbox(processed_events, ScoreService), hasher=TEST_HASHER)
+    return worker_factory(ScoreService, db=db, hasher=TEST_HASHER)
 
 
 def cpf_rows(engine) -> dict:
-    """Rows of score's tables that name the CPF (by the CPF, or by its hash)."""
+    """Rows of score's tables that name the CPF (by the CPF, or by its hash;
+    ``known_person`` holds the inbox's watermark too)."""
     return {
         "known_person": scalar(
             engine, "SELECT count(*) FROM known_person WHERE cpf = :c OR cpf_hash = :h", c=CPF, h=CPF_HASH
         ),
         "scored_item": scalar(engine, "SELECT count(*) FROM scored_item WHERE cpf = :c", c=CPF),
-        "processed_events": scalar(engine, "SELECT count(*) FROM processed_events WHERE aggregate_key = :c", c=CPF),
     }
 
 
@@ -145,7 +144,7 @@ def test_score_item_batch_waits_for_an_erasure_in_progress_then_drops_the_event(
         [parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})]
     )
     live.on_income_added([parsed("income_added", CPF, 2, {"item_id": 1, "type": "salary", "value": "1000.00"})])
-    assert cpf_rows(score_engine) == {"known_person": 1, "scored_item": 1, "processed_events": 2}
+    assert cpf_rows(score_engine) == {"known_person": 1, "scored_item": 1}
 
     # Person erased the CPF after its third event; that event (an older one
     # than the erasure) is still in flight when the erasure gets to score,
@@ -168,7 +167,7 @@ def test_score_item_batch_waits_for_an_erasure_in_progress_then_drops_the_event(
 
     assert [e["event_id"] for e in erased] == [erasure["event_id"]]
     # Nothing of the person came back: the batch waited, then saw the tombstone.
-    assert cpf_rows(score_engine) == {"known_person": 0, "scored_item": 0, "processed_events": 0}, (
+    assert cpf_rows(score_engine) == {"known_person": 0, "scored_item": 0}, (
         f"the person came back after its erasure; the batch waited on {waited}, ended before the commit: {ended_early}"
     )
     assert [e["event_id"] for e in applied] == [e["event_id"] for e in batch[1:]], applied
@@ -177,6 +176,46 @@ def test_score_item_batch_waits_for_an_erasure_in_progress_then_drops_the_event(
     others = scalar(score_engine, "SELECT count(*) FROM scored_item WHERE cpf = :c", c=OTHER_CPF)
     assert others == (1 if with_other else 0)
     # ... and what it waited on was the person's advisory lock, not a row it met by chance.
+    assert not ended_early and waited == ["advisory"], waited
+
+
+@pytest.mark.parametrize("second", ["the-same-event", "the-next-event"])
+def test_two_batches_of_one_person_take_turns_at_its_watermark(db_wrappers, score_engine, caplog, second):
+    """Score's inbox is a watermark per person: a batch reads it, then writes
+    it moved. Two batches of one person at once (the live handler and a
+    rebuild, or two event types) take turns on the person's advisory lock, so
+    the second reads what the first wrote: the same event is then a duplicate,
+    and the next one moves the watermark on from the first's, not from the
+    value both would have read."""
+    live = score_worker(db_wrappers(score_engine))
+    live.on_person_created(
+        [parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})]
+    )
+    income = parsed("income_added", CPF, 2, {"item_id": 1, "type": "salary", "value": "1000.00"})
+    asset = parsed("asset_added", CPF, 3, {"item_id": 1, "type": "car", "value": "9000.00"})
+    other = income if second == "the-same-event" else asset
+    gate = Gate()
+    first = score_worker(DatabaseWrapper(sessionmaker(bind=score_engine, class_=gate.session_class(Session))))
+    then = score_worker(db_wrappers(score_engine))
+
+    with caplog.at_level(logging.INFO, logger="reliable_events.inbox"):
+        applied_first, applied_then, waited, ended_early = race(
+            gate,
+            lambda: first.on_income_added([income]),
+            lambda: getattr(then, f"on_{other['event_type']}")([dict(other)]),
+            score_engine,
+        )
+
+    assert [e["event_id"] for e in applied_first] == [income["event_id"]]
+    if second == "the-same-event":
+        assert applied_then == [] and f"skipped duplicate event {income['event_id']}" in caplog.text
+        assert scalar(score_engine, "SELECT count(*) FROM scored_item WHERE cpf = :c", c=CPF) == 1
+    else:
+        assert [e["event_id"] for e in applied_then] == [other["event_id"]]
+    through = 2 if second == "the-same-event" else 3
+    with score_engine.connect() as conn:
+        row = conn.execute(text("SELECT applied_through, applied_above FROM known_person WHERE cpf = :c"), {"c": CPF})
+        assert tuple(row.one()) == (through, [])
     assert not ended_early and waited == ["advisory"], waited
 
 

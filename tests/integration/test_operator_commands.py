@@ -179,3 +179,49 @@ def test_migrate_hashes_the_people_score_knew_before_erasure_existed(throwaway):
     engine.dispose()
     hasher = CpfHasher(b"the-services-key")
     assert hashes == {cpf: hasher.hash(cpf) for cpf in ("52998224725", "11144477735")}
+
+
+def test_migrate_folds_score_s_inbox_of_event_ids_into_watermarks(throwaway):
+    """Score's inbox was a row per event applied (processed_events): the
+    migration gives each known person its watermark from those rows (all up
+    to the first gap, and those above it; after its erasure for a person
+    created again) and drops them."""
+    _, uris = throwaway
+    score_uri = uris["score:ScoreBase"]
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", "score:migrations")
+    cfg.set_main_option("sqlalchemy.url", score_uri.replace("%", "%%"))
+    command.downgrade(cfg, "0004")  # score's schema with processed_events
+    engine = create_engine(score_uri)
+    whole, gapped, again = "52998224725", "11144477735", "01234567890"
+    applied = {whole: [1, 2, 3, 3], gapped: [1, 2, 4, 6], again: [6, 7, 9]}  # 3 twice: two consumers
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO known_person (cpf, cpf_hash, last_sequence) VALUES (:c, :h, :n)"),
+            [{"c": cpf, "h": f"hash-{cpf}", "n": max(seqs)} for cpf, seqs in applied.items()],
+        )
+        conn.execute(text("INSERT INTO erased_person (cpf_hash, sequence) VALUES (:h, 5)"), {"h": f"hash-{again}"})
+        conn.execute(
+            text(
+                "INSERT INTO processed_events (consumer, event_id, event_type, aggregate_key, sequence)"
+                " VALUES (:consumer, :id, 'income_added', :c, :n)"
+            ),
+            [
+                {"consumer": f"score.on_{i}", "id": str(uuid.uuid4()), "c": cpf, "n": n}
+                for cpf, seqs in applied.items()
+                for i, n in enumerate(seqs)
+            ],
+        )
+    upgrade(score_uri, "score:migrations")
+
+    with engine.connect() as conn:
+        marks = {
+            cpf: (through, above)
+            for cpf, through, above in conn.execute(
+                text("SELECT cpf, applied_through, applied_above FROM known_person")
+            )
+        }
+        inbox_left = conn.execute(text("SELECT to_regclass('processed_events')")).scalar()
+    engine.dispose()
+    assert marks == {whole: (3, []), gapped: (2, [4, 6]), again: (7, [9])}
+    assert inbox_left is None

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from contracts.kinds import NAMES
 from harness.cpf import cpfs
+from harness.databases import APPLIED_EVENTS
 from harness.waits import wait_for
 from person.service import PersonService
 from score import rules
@@ -48,7 +49,7 @@ def test_a_replica_lost_under_a_running_score_is_rebuilt(run_container, person_e
         call(person, "add_debt", cpf, {"value": 99 * (n + 1)})
     history = scalar(person_engine, "SELECT count(*) FROM outbox")
     wait_for(
-        lambda: scalar(score_engine, "SELECT count(*) FROM processed_events") == history,
+        lambda: scalar(score_engine, APPLIED_EVENTS) == history,
         30,
         "the whole history applied",
     )
@@ -56,14 +57,14 @@ def test_a_replica_lost_under_a_running_score_is_rebuilt(run_container, person_e
     assert before == expected_scores(person_engine)
 
     with score_engine.begin() as conn:  # the replica is lost; score keeps running
-        conn.execute(text("TRUNCATE processed_events, scored_item, known_person"))
+        conn.execute(text("TRUNCATE scored_item, known_person"))
 
     totals = call(score, "rebuild", 0, 3)
 
     assert (totals["fetched"], totals["applied"], totals["skipped"], totals["malformed"]) == (history, history, 0, 0)
     assert totals["pages"] == -(-history // 3)
     assert {cpf: call(score, "get_score", cpf)["score"] for cpf in PEOPLE} == before
-    assert scalar(score_engine, "SELECT count(*) FROM processed_events") == history
+    assert scalar(score_engine, APPLIED_EVENTS) == history
     assert scalar(score_engine, "SELECT position FROM replica_checkpoint WHERE source = 'person'") == history
 
     again = call(score, "rebuild_step", None, 1000)  # from the checkpoint: nothing left

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from contracts.events import PERSON_EVENTS
 from contracts.kinds import NAMES
+from harness.databases import APPLIED_EVENTS
 from harness.rabbit import message_count
 from harness.waits import wait_for
 from person.service import PersonService
@@ -35,7 +36,7 @@ def scalar(engine, sql):
 
 
 def applied_count(engine):
-    return scalar(engine, "SELECT count(*) FROM processed_events")
+    return scalar(engine, APPLIED_EVENTS)
 
 
 def get_score(container, cpf):
@@ -56,7 +57,7 @@ def test_a_duplicate_event_changes_no_score(run_container, fresh_config, score_e
     assert get_score(score, "52998224725")["score"] == 20
     with score_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM scored_item")).scalar() == 1
-        assert conn.execute(text("SELECT count(*) FROM processed_events")).scalar() == 2
+    assert applied_count(score_engine) == 2
 
 
 def test_interleaved_events_of_several_people_stay_per_person(run_container, fresh_config, score_engine):
@@ -190,5 +191,5 @@ def test_a_bad_event_in_a_batch_is_dead_lettered_alone(fresh_config, score_engin
     assert "malformed" in parked[0]["reason"]
     assert max(sizes) > 1  # the bad event did arrive in a batch...
     assert sizes.count(1) >= 1  # ...and was then run alone
-    assert scalar(score_engine, "SELECT count(*) FROM processed_events") == 60
+    assert applied_count(score_engine) == 60
     assert scalar(score_engine, "SELECT count(*) FROM scored_item WHERE item_id = 99") == 0

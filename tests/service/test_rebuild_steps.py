@@ -22,9 +22,7 @@ from harness.cpf import cpfs
 from harness.workers import TEST_HASHER, person_worker
 from person.models import outbox
 from reliable_events.handlers import reliable_handler
-from reliable_events.inbox import Inbox, consumer_names
 from score import rules
-from score.models import processed_events
 from score.rebuild import RebuildError, fetch_history
 from score.service import ScoreService
 
@@ -63,7 +61,6 @@ def score(db_wrappers, score_engine, proxy):
     return worker_factory(
         ScoreService,
         db=db_wrappers(score_engine),
-        inbox=Inbox(processed_events, ScoreService),
         person=proxy,
         hasher=TEST_HASHER,
     )
@@ -85,6 +82,23 @@ def rows(engine, sql, **params):
 
 def history(person_engine):
     return rows(person_engine, "SELECT position, event_type, payload FROM outbox ORDER BY position")
+
+
+def watermarks(score_engine):
+    """Score's inbox: ``{cpf: (applied_through, applied_above)}``."""
+    return {
+        r["cpf"]: (r["applied_through"], r["applied_above"])
+        for r in rows(score_engine, "SELECT cpf, applied_through, applied_above FROM known_person")
+    }
+
+
+def applied_through(events):
+    """``{cpf: highest sequence}`` of history rows, each person's all applied from 1."""
+    highest = {}
+    for row in events:
+        cpf = row["payload"]["cpf"]
+        highest[cpf] = max(highest.get(cpf, 0), row["payload"]["sequence"])
+    return {cpf: (n, []) for cpf, n in highest.items()}
 
 
 def expected_scores(person_engine):
@@ -201,14 +215,8 @@ def test_a_lost_replica_is_rebuilt_page_by_page(person, score, person_engine, sc
     assert all(s["skipped"] == 0 and s["malformed"] == 0 and s["head_position"] == head for s in steps)
     assert replica_scores(score) == expected_scores(person_engine)
     assert checkpoint(score_engine) == head
-    # Claimed under the live handlers' names, so live deliveries of the same events are duplicates.
-    consumers = rows(score_engine, "SELECT consumer, count(*) AS n FROM processed_events GROUP BY consumer")
-    assert {r["consumer"]: r["n"] for r in consumers} == {
-        "score.on_person_created": 3,
-        "score.on_income_added": 3,
-        "score.on_asset_added": 3,
-        "score.on_debt_added": 3,
-    }
+    # The same watermarks as live deliveries move, so those of the same events are duplicates.
+    assert watermarks(score_engine) == {cpf: (4, []) for cpf in PEOPLE}
 
 
 def test_events_applied_live_are_skipped_and_nothing_is_applied_twice(person, score, person_engine, score_engine):
@@ -224,7 +232,7 @@ def test_events_applied_live_are_skipped_and_nothing_is_applied_twice(person, sc
     assert (first["fetched"], first["applied"], first["skipped"]) == (12, 6, 6)
     assert (again["fetched"], again["applied"], again["skipped"]) == (12, 0, 12)
     assert replica_scores(score) == expected_scores(person_engine)
-    assert rows(score_engine, "SELECT count(*) AS n FROM processed_events")[0]["n"] == len(stored)
+    assert watermarks(score_engine) == applied_through(stored)
     assert rows(score_engine, "SELECT count(*) AS n FROM scored_item")[0]["n"] == 9
 
 
@@ -238,20 +246,12 @@ class RenamedScore(ScoreService):
         return self._apply(events)
 
 
-def test_a_renamed_handler_and_the_rebuild_claim_under_one_name(
+def test_a_renamed_handler_and_the_rebuild_still_dedupe_each_other(
     person, db_wrappers, score_engine, person_engine, proxy
 ):
-    """The inbox's consumer is named in one place, from the handler: renaming it
-    renames what both the live path and a rebuild claim under, so they still
-    dedupe each other (a name kept elsewhere would split them, and apply twice)."""
-    assert consumer_names(RenamedScore)["income_added"][0] == "score.on_income"
-    renamed = worker_factory(
-        RenamedScore,
-        db=db_wrappers(score_engine),
-        inbox=Inbox(processed_events, RenamedScore),
-        person=proxy,
-        hasher=TEST_HASHER,
-    )
+    """The inbox is a watermark per person, not per handler: renaming a
+    handler changes nothing of what the live path and a rebuild recognise."""
+    renamed = worker_factory(RenamedScore, db=db_wrappers(score_engine), person=proxy, hasher=TEST_HASHER)
     write_history(person)
     incomes = [
         PERSON_EVENTS.parse(row["payload"]) for row in history(person_engine) if row["event_type"] == "income_added"
@@ -261,11 +261,7 @@ def test_a_renamed_handler_and_the_rebuild_claim_under_one_name(
     rebuilt = renamed.rebuild(0, 1000)
 
     assert rebuilt["skipped"] == len(incomes) and rebuilt["applied"] == rebuilt["fetched"] - len(incomes)
-    claims = rows(
-        score_engine,
-        "SELECT consumer, count(*) AS n FROM processed_events WHERE event_type = 'income_added' GROUP BY consumer",
-    )
-    assert {r["consumer"]: r["n"] for r in claims} == {"score.on_income": len(incomes)}
+    assert rows(score_engine, "SELECT count(*) AS n FROM scored_item WHERE kind = 'income'")[0]["n"] == len(incomes)
     assert replica_scores(renamed) == expected_scores(person_engine)
 
 
@@ -317,10 +313,9 @@ def test_rebuild_stops_at_the_head_as_of_its_start(person, score, person_engine,
     # The third page (after 10) reaches past the head of 12 and ends the rebuild.
     assert (totals["target_position"], totals["position"], totals["fetched"], totals["pages"]) == (12, 15, 15, 3)
     assert proxy.pages == [(0, 5), (5, 5), (10, 5)]
-    not_fetched = {row["payload"]["event_id"] for row in history(person_engine)[15:]}
-    assert len(not_fetched) == 3
-    claimed = {r["event_id"] for r in rows(score_engine, "SELECT event_id::text AS event_id FROM processed_events")}
-    assert len(claimed) == 15 and not claimed & not_fetched
+    assert len(history(person_engine)[15:]) == 3
+    # the first 15 applied (the first person's through its 7th event), not the 3 after
+    assert watermarks(score_engine) == applied_through(history(person_engine)[:15])
 
 
 def test_malformed_history_events_are_logged_counted_and_passed(person, score, person_engine, score_engine, caplog):

@@ -1,7 +1,7 @@
 """The score service's handlers and RPC on a real PostgreSQL.
 
 Most tests use ``worker_factory`` with nameko-sqlalchemy's ``DatabaseWrapper`` and
-the real ``Inbox``; the last one starts a real container to prove the real
+score's real inbox (the watermarks in ``known_person``); the last one starts a real container to prove the real
 dependency providers wire up.
 """
 
@@ -17,8 +17,6 @@ from contracts.envelope import MalformedEvent
 from contracts.errors import ScoreNotFound
 from contracts.events import PERSON_EVENTS
 from harness.workers import TEST_HASHER
-from reliable_events.inbox import Inbox
-from score.models import processed_events
 from score.service import ScoreService
 
 CPF = "52998224725"
@@ -55,9 +53,7 @@ SEED_EVENTS = [
 
 @pytest.fixture
 def service(db_wrappers, score_engine):
-    return worker_factory(
-        ScoreService, db=db_wrappers(score_engine), inbox=Inbox(processed_events, ScoreService), hasher=TEST_HASHER
-    )
+    return worker_factory(ScoreService, db=db_wrappers(score_engine), hasher=TEST_HASHER)
 
 
 def rows(engine, sql):
@@ -67,6 +63,14 @@ def rows(engine, sql):
 
 def count(engine, table):
     return rows(engine, f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+
+def watermarks(engine):
+    """Score's inbox: ``{cpf: (applied_through, applied_above)}``."""
+    return {
+        r["cpf"]: (r["applied_through"], r["applied_above"])
+        for r in rows(engine, "SELECT cpf, applied_through, applied_above FROM known_person")
+    }
 
 
 def apply(service, handler, *events):
@@ -99,15 +103,8 @@ def test_events_are_recorded_in_the_inbox_with_the_replica(service, score_engine
     for handler, evt in SEED_EVENTS:
         apply(service, handler, evt)
 
-    inbox = rows(
-        score_engine,
-        "SELECT consumer, event_id::text AS event_id, event_type, aggregate_key, sequence FROM processed_events",
-    )
-    # each event type is claimed under its live handler's name, with its position
-    claimed = sorted((r["consumer"], r["event_id"], r["event_type"], r["aggregate_key"], r["sequence"]) for r in inbox)
-    assert claimed == sorted(
-        (f"score.{handler}", evt["event_id"], evt["event_type"], CPF, evt["sequence"]) for handler, evt in SEED_EVENTS
-    )
+    # one row for the person, whatever its number of events: all up to 4 applied
+    assert watermarks(score_engine) == {CPF: (4, [])}
 
     items = rows(
         score_engine,
@@ -126,7 +123,7 @@ def test_the_same_event_twice_changes_nothing(service, score_engine, caplog, han
     for other_handler, other in SEED_EVENTS:
         apply(service, other_handler, other)
     before = service.get_score(CPF)
-    inbox_before = count(score_engine, "processed_events")
+    inbox_before = watermarks(score_engine)
     items_before = count(score_engine, "scored_item")
 
     with caplog.at_level(logging.INFO, logger="reliable_events.inbox"):
@@ -137,13 +134,13 @@ def test_the_same_event_twice_changes_nothing(service, score_engine, caplog, han
         k: v for k, v in before.items() if k != "updated_at"
     }
     assert after["updated_at"] == before["updated_at"]  # not even touched
-    assert count(score_engine, "processed_events") == inbox_before
+    assert watermarks(score_engine) == inbox_before
     assert count(score_engine, "scored_item") == items_before
     assert f"skipped duplicate event {evt['event_id']}" in caplog.text
 
 
 def test_a_new_event_for_the_same_item_kind_is_applied(service):
-    """The dedupe is by event id, not by kind: a second income counts."""
+    """The dedupe is by sequence, not by kind: a second income counts."""
     for handler, evt in SEED_EVENTS:
         apply(service, handler, evt)
 
@@ -257,7 +254,7 @@ def test_handler_failure_rolls_back_the_inbox_claim(service, score_engine):
     with pytest.raises(Exception):  # noqa: B017  (any error from Decimal is fine)
         apply(service, "on_income_added", broken)
 
-    assert count(score_engine, "processed_events") == 1
+    assert watermarks(score_engine) == {CPF: (1, [])}
     assert count(score_engine, "scored_item") == 0
 
     fixed = {**broken, "data": {**broken["data"], "value": "1000.00"}}
@@ -278,7 +275,8 @@ def test_a_batch_applies_every_event_once(service, score_engine):
     assert service.get_score(CPF)["breakdown"]["income"] == 10  # 5 x floor(100 / 50)
     assert service.get_score(CPF)["last_sequence"] == 6  # the highest of the batch
     assert service.get_score(other)["score"] == 1
-    assert count(score_engine, "processed_events") == 6
+    # person_created (1) of either has not arrived: every item waits above the gap
+    assert watermarks(score_engine) == {CPF: (0, [2, 3, 4, 5, 6]), other: (0, [2])}
     assert count(score_engine, "scored_item") == 6
 
 
@@ -305,9 +303,8 @@ def test_a_batch_with_one_malformed_event_writes_nothing(service, score_engine):
     with pytest.raises(MalformedEvent, match=bad["event_id"]):
         apply(service, "on_income_added", good, bad)
 
-    assert count(score_engine, "processed_events") == 0
     assert count(score_engine, "scored_item") == 0
-    assert count(score_engine, "known_person") == 0
+    assert count(score_engine, "known_person") == 0  # the inbox's rows too
 
 
 # --- a real container --------------------------------------------------------
@@ -332,11 +329,4 @@ def test_real_container_wires_database_and_inbox(config, score_engine):
 
     assert score["score"] == 4970
     assert score["breakdown"] == {"income": 20, "asset": 5000, "debt": -50}
-    # The real Inbox provider names each consumer <service>.<method>.
-    consumers = rows(score_engine, "SELECT consumer, event_type FROM processed_events ORDER BY consumer")
-    assert [(r["consumer"], r["event_type"]) for r in consumers] == [
-        ("score.on_asset_added", "asset_added"),
-        ("score.on_debt_added", "debt_added"),
-        ("score.on_income_added", "income_added"),
-        ("score.on_person_created", "person_created"),
-    ]
+    assert watermarks(score_engine) == {CPF: (4, [])}
