@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTHON_BIN = $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null \
 	|| ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(patsubst python%,%,$(notdir $(PYTHON))).*/bin/$(notdir $(PYTHON)) 2>/dev/null | tail -1)
 
-.PHONY: install migrate run restart status shell test lint format lock reset clean bench
+.PHONY: install migrate run restart status shell test lint format lock reset clean bench soak
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ format: install
 bench: install
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m bench $(ARGS)
+
+# Storage over time: writes at a steady rate (default 100/s for 10 minutes),
+# each table's size sampled; make soak ARGS="--minutes 20 --rate 50"
+soak: install
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) -m bench --only soak $(ARGS)
 
 # Re-pin: the runtime set from setup.cfg's ranges, then the tools on top of it
 # (requirements-dev.in), each at the newest version the ranges allow.

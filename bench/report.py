@@ -256,6 +256,25 @@ def build_rows(results: dict) -> list:
             if name in cpu:
                 rows.append(_row(S, label, cpu[name], "ms CPU/write"))
     rows.extend(compare_rows(results.get("compare")))
+    rows.extend(soak_rows(results.get("soak")))
+    return rows
+
+
+def soak_rows(soak: dict | None) -> list:
+    """``make soak``: each database's growth per write once running, per table in the note."""
+    if not soak:
+        return []
+    S = (
+        f"10 soak: {soak['writes']} writes over {soak['minutes']:g} min at {soak['rate']:g}/s "
+        f"({soak['people']} people); growth over the second half"
+    )
+    rows = []
+    for db, tables in soak["kb_per_1000_writes"].items():
+        note = ", ".join(
+            f"{t} {_fmt(kb)}" for t, kb in sorted(tables.items(), key=lambda item: -abs(item[1])) if t != "total" and kb
+        )
+        rows.append(_row(S, f"{db}: KB kept per 1,000 writes", {"median": tables["total"]}, "KB", note))
+    rows.append(_row(S, "score's inbox rows per person", {"median": soak["score_inbox_rows_per_person"]}, "rows"))
     return rows
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import chart, compare, profile, report, scenarios, wrk
+from bench import chart, compare, profile, report, scenarios, soak, wrk
 from bench.system import BenchSystem
 from harness.cpf import cpfs
 
@@ -81,10 +81,12 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--only",
-        choices=["compare", "edge"],
+        choices=["compare", "edge", "soak"],
         help="compare: only this system against the plain Nameko pipeline (the A/B of a change); "
-        "edge: only the Traefik hop",
+        "edge: only the Traefik hop; soak: only the storage soak (make soak)",
     )
+    parser.add_argument("--minutes", type=float, default=10, help="how long the soak writes (default 10)")
+    parser.add_argument("--rate", type=float, default=100, help="the soak's writes a second (default 100)")
     parser.add_argument(
         "--ab",
         metavar="REV",
@@ -206,6 +208,9 @@ def main(argv=None) -> int:
         if args.only == "edge":
             results["edge_hop"] = scenarios.edge_hop(system, people, p)
             raise _Done()
+        if args.only == "soak":
+            results["soak"] = soak.soak(system, people, args.minutes, args.rate, 8, 5 if args.quick else 15)
+            raise _Done()
         results["write_path"] = scenarios.write_path(system, people, p)
         results["edge_hop"] = scenarios.edge_hop(system, people, p)
         best_c, best = max(((c, w["rps"]["median"]) for c, w in results["write_path"].items()), key=lambda t: t[1])
@@ -259,6 +264,10 @@ def main(argv=None) -> int:
     print(f"results: {args.json}")
     if results.get("compare"):
         picture = chart.draw(results["compare"], args.json.with_name("compare.png"), header)
+        if picture:
+            print(f"picture: {picture}")
+    if results.get("soak"):
+        picture = soak.draw(results["soak"], args.json.with_name("soak.png"), header)
         if picture:
             print(f"picture: {picture}")
     if args.keep_logs:
