@@ -26,7 +26,8 @@ PERSON_EVENTS = EventSource(
 )
 
 # Score's wake-up notices for waiting reads (not data: neither persistent nor
-# confirmed), on ``score.events``: {"cpfs": [...]} after each commit. Each
+# confirmed), on ``score.events``: {"cpfs": [...]} after a commit that moved
+# people a read waits for (score/replica.py, "Waiting reads"). Each
 # gateway hears them on a queue of its own, named this and then a new id per
 # connection (the broker's permissions name these queues by it: ops/permissions.py).
 SCORE_NOTICES = "score"

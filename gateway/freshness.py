@@ -2,10 +2,12 @@
 
 Every write answers with the ``sequence`` its event got in the person's
 history. A read that passes it back (``min_sequence``) is answered once
-score's ``applied_sequence`` for that CPF reaches it. Nothing polls: score
-announces each commit (``replica_advanced``, see :mod:`contracts.events`) and
-this gateway's own exclusive queue receives it, waking only the reads
-waiting for those CPFs, which then read again. Past the bound
+score's ``applied_sequence`` for that CPF reaches it. Nothing polls: the
+read tells score it waits (``get_score(..., min_sequence=n)``), score
+announces the commits that move a person a read waits for
+(``replica_advanced``, see :mod:`contracts.events`), and this gateway's own
+exclusive queue receives them, waking only the reads waiting for those
+CPFs, which then read again. Past the bound
 (``READ_YOUR_WRITES_TIMEOUT`` seconds) the read gets the current value,
 marked stale.
 

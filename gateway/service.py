@@ -138,7 +138,7 @@ class GatewayService:
         wanted = min_sequence(request)
         if wanted is None:
             return self._score_response(self.score.get_score(cpf), stale=False)
-        result, stale, waited = self.replica.read_at_least(cpf, wanted, partial(self._score_or_none, cpf))
+        result, stale, waited = self.replica.read_at_least(cpf, wanted, partial(self._score_or_none, cpf, wanted))
         READ_WAIT.labels("stale" if stale else "fresh").observe(waited)
         if isinstance(result, ScoreNotFound):
             if not stale:
@@ -149,12 +149,14 @@ class GatewayService:
         timing = [("Server-Timing", f"replica-wait;dur={waited * 1000:.1f}")]
         return self._score_response(result, stale, timing)
 
-    def _score_or_none(self, cpf):
+    def _score_or_none(self, cpf, wanted):
         """The score, or None for a CPF score has none of; or, when score has
         applied the person's erasure, its :class:`ScoreNotFound` (carrying the
-        erasure's ``applied_sequence``, which a wait for it reaches)."""
+        erasure's ``applied_sequence``, which a wait for it reaches). Score is
+        told that this read waits for ``wanted``: it announces the person's
+        advance only while a read waits."""
         try:
-            return self.score.get_score(cpf)
+            return self.score.get_score(cpf, min_sequence=wanted)
         except ScoreNotFound as exc:
             return exc if exc.applied_sequence else None
 

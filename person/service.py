@@ -275,13 +275,12 @@ class PersonService:
         after_position``, each the envelope as published plus its ``position``.
         ``last_position`` is the last one returned (``after_position`` if
         none): pass it back for the next page. ``head_position`` is the
-        highest position committed when the page was read (0 for no history).
-
-        Positions are issued at insert time and transactions commit in any
-        order, so a page can miss a lower position whose transaction commits a
-        moment later. A reader that moves past it does not lose it as long as
-        it also consumes the live events (the relay publishes that event when
-        it commits); a reader of the history alone should stay behind the head.
+        highest position committed when the page was read (0 for no history),
+        and a settled one: every lower position has committed or never will
+        (person/history.py), so a reader of the history alone misses nothing.
+        The page never goes past it. A page waits for the writes in flight to
+        end, at most 5 s; past that it fails with the database's lock
+        timeout, and the rebuild step that asked for it fails and can run again.
 
         Every event is returned, published or still pending. Read only: an
         index range scan on the outbox's primary key. Raises ``InvalidInput``

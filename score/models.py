@@ -68,6 +68,21 @@ class ErasedPerson(ScoreBase):
     erased_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+class WaitingRead(ScoreBase):
+    """A read waiting to see a person's next events (read-your-writes,
+    gateway/freshness.py) until ``until``: score tells the gateways that a
+    person's replica advanced only while a read waits for it. Unlogged: a
+    wake-up, which a crash may lose as it may lose a notice."""
+
+    __tablename__ = "waiting_read"
+    __table_args__ = {"prefixes": ["UNLOGGED"]}
+
+    cpf = Column(String(11), primary_key=True)
+    # How an erasure finds the row (score/replica.py).
+    cpf_hash = Column(String(64), nullable=False, index=True)
+    until = Column(DateTime(timezone=True), nullable=False)
+
+
 class ReplicaCheckpoint(ScoreBase):
     """How far a rebuild from a source's event history has got (score/rebuild.py).
 

@@ -23,14 +23,13 @@ bar). What one page does (:func:`step`):
    in between makes the next run apply that page again, which the inbox makes
    harmless.
 
-**Score must be consuming its live queues during a rebuild** (it is: the
-rebuild runs inside the score service). Positions are issued at insert time
-and transactions commit in any order, so a page read now can miss a lower
-position whose transaction commits a moment later; the rebuild moves past it
-and never reads it, but that event is published to score's queues when it
-commits (person's outbox relay) and the live handler applies it. For the
-same reason a rebuild stops at the head it saw when it started: everything
-committed after that comes live.
+**Exact on its own.** Positions are issued at insert time and transactions
+commit in any order, but person serves each page only up to a settled head
+(person/history.py): every lower position has committed or never will. So a
+rebuild misses no event below the head it saw when it started, with or without
+score's live handlers running, writes going on or not; what commits after
+that head comes live (or from the next rebuild), and the rebuild does not
+chase it.
 
 **What is not applied, and why** (each counted in the step's result):
 

@@ -9,6 +9,13 @@ the erasure was applied, retried from a retry queue, or read from the history
 by a rebuild. A person created again with the CPF is numbered after the
 erasure by person, so its events pass.
 
+**Waiting reads.** A read that wants a write the replica has not applied
+yet registers in ``waiting_read`` (:func:`wait_for`), and score announces a
+person's advance (``replica_advanced``, score/notices.py) only while a read
+waits for it: no broker message per event otherwise. The registration takes
+the person's lock too, so a batch either committed before it (the read after
+it sees the batch) or reads it (and announces).
+
 **Locks.** Every transaction that applies a person's events, an erasure
 included, first takes an advisory lock on the person
 (:meth:`contracts.erasure.CpfHasher.lock_key`), the people of a batch in key
@@ -56,24 +63,41 @@ _SAVE_MARKS = _insert_known.on_conflict_do_update(
 _INSERT_ITEMS = insert(ScoredItem.__table__)
 
 # Two statements in one round trip: the advisory locks of the batch's people
-# (keys in one order for every batch: no deadlock), then their tombstones and
-# watermarks, read with a snapshot of its own (PostgreSQL takes one per
-# statement), so what a transaction that held a lock committed is seen.
-# ``cpfs`` holds NULL for an erasure's key, a hash.
+# (keys in one order for every batch: no deadlock), then their tombstones,
+# watermarks and waiting reads, read with a snapshot of its own (PostgreSQL
+# takes one per statement), so what a transaction that held a lock committed
+# is seen. ``cpfs`` holds NULL for an erasure's key, a hash.
 _LOCK_AND_READ = text(
     """
-    SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k;
-    SELECT p.key, e.sequence, k.applied_through, k.applied_above
-    FROM unnest(CAST(:keys_ AS varchar[]), CAST(:cpfs AS varchar[]), CAST(:hashes AS varchar[]))
+    SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:locks AS bigint[])) AS k;
+    SELECT p.key, e.sequence, k.applied_through, k.applied_above, w.cpf IS NOT NULL
+    FROM unnest(CAST(:keys AS varchar[]), CAST(:cpfs AS varchar[]), CAST(:hashes AS varchar[]))
          AS p(key, cpf, cpf_hash)
     LEFT JOIN erased_person e ON e.cpf_hash = p.cpf_hash
     LEFT JOIN known_person k ON k.cpf = p.cpf
+    LEFT JOIN waiting_read w ON w.cpf = p.cpf AND w.until > clock_timestamp()
+    """
+)
+# A read's registration: the person's lock (as a batch takes it), then the
+# row, kept until the later of the two bounds. Expired rows go meanwhile,
+# those no other registration holds (one that waited for another's could
+# deadlock with it).
+_WAIT_FOR = text(
+    """
+    SELECT pg_advisory_xact_lock(:lock);
+    DELETE FROM waiting_read WHERE cpf IN (
+        SELECT cpf FROM waiting_read WHERE until < clock_timestamp() FOR UPDATE SKIP LOCKED
+    );
+    INSERT INTO waiting_read (cpf, cpf_hash, until)
+    VALUES (:cpf, :cpf_hash, clock_timestamp() + make_interval(secs => :seconds))
+    ON CONFLICT (cpf) DO UPDATE SET until = greatest(waiting_read.until, excluded.until)
     """
 )
 _ERASE = text(
     """
     WITH gone AS (DELETE FROM known_person WHERE cpf_hash = ANY(CAST(:hashes AS varchar[])) RETURNING cpf),
          items AS (DELETE FROM scored_item s USING gone WHERE s.cpf = gone.cpf),
+         reads AS (DELETE FROM waiting_read WHERE cpf_hash = ANY(CAST(:hashes AS varchar[]))),
          tombstones AS (
              INSERT INTO erased_person (cpf_hash, sequence)
              SELECT * FROM unnest(CAST(:hashes AS varchar[]), CAST(:sequences AS int[]))
@@ -85,10 +109,10 @@ _ERASE = text(
 )
 
 
-def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dict]:
+def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dict, set]:
     """Lock the people of ``events`` (see the module's docstring) and return
-    the events not dropped by a tombstone, in order, and each key's
-    :class:`~reliable_events.inbox.Watermark`.
+    the events not dropped by a tombstone, in order, each key's
+    :class:`~reliable_events.inbox.Watermark`, and the keys a read waits for.
 
     ``hashes``: each event's key -> the person's CPF hash (an erasure's key is
     the hash already, ``erasing``). A person score holds no row of starts
@@ -99,19 +123,20 @@ def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dic
     found = session.execute(
         _LOCK_AND_READ,
         {
-            "keys": locks,
-            "keys_": keys,
+            "locks": locks,
+            "keys": keys,
             "cpfs": [None if erasing else key for key in keys],
             "hashes": [hashes[key] for key in keys],
         },
     ).all()
-    tombstones = {key: erased for key, erased, _, _ in found if erased is not None}
+    tombstones = {key: erased for key, erased, *_ in found if erased is not None}
     marks = {
         key: Watermark(through, tuple(above)) if through is not None else Watermark(tombstones.get(key, 0))
-        for key, _, through, above in found
+        for key, _, through, above, _ in found
     }
+    watched = {key for key, *_, waiting in found if waiting}
     if not tombstones:
-        return events, marks
+        return events, marks, watched
     admitted = []
     for event in events:
         erased = tombstones.get(PERSON_EVENTS.key(event))
@@ -126,7 +151,15 @@ def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dic
             )
             continue
         admitted.append(event)
-    return admitted, marks
+    return admitted, marks, watched
+
+
+def wait_for(session, cpf: str, cpf_hash: str, seconds: float) -> None:
+    """Register a read waiting for the person's next events for ``seconds``:
+    the batches that apply them announce it. Commit before reading again."""
+    session.execute(
+        _WAIT_FOR, {"lock": CpfHasher.lock_key(cpf_hash), "cpf": cpf, "cpf_hash": cpf_hash, "seconds": seconds}
+    )
 
 
 def erase(session, events: list) -> list:

@@ -3,14 +3,15 @@
 It never calls person to answer a read: the replica is the point (SEED.md).
 Each handler checks its events against the inbox (a watermark per person)
 and applies the new ones in one transaction, so a redelivered or replayed
-event changes nothing. After each commit it tells
-the gateways which CPFs advanced (score/notices.py: read-your-writes), and it
+event changes nothing. After a commit it tells the gateways which CPFs
+advanced that a read waits for (score/notices.py: read-your-writes), and it
 can refill its replica from person's history (score/rebuild.py).
 """
 
 import logging
 from functools import partial
 
+from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy
 from sqlalchemy import text
 
@@ -22,6 +23,7 @@ from contracts.events import EVENT_TYPES, PERSON_CREATED, PERSON_ERASED, PERSON_
 from contracts.kinds import BY_EVENT_TYPE
 from contracts.rebuild import RebuildError
 from contracts.rebuild import run as run_to_head
+from contracts.scores import APPLIED_SEQUENCE
 from observability.logs import CallContext
 from observability.metrics import (
     DEAD_LETTERS,
@@ -70,6 +72,11 @@ def _names_any(hashes: set, hasher):
     return names
 
 
+def _applied(result) -> int:
+    """How far a read found the person applied (a score, or its ScoreNotFound)."""
+    return result.applied_sequence if isinstance(result, ScoreNotFound) else result[APPLIED_SEQUENCE]
+
+
 def _set_dead_letter_gauges(depths):
     for queue, depth in depths.items():
         DEAD_LETTERS.labels(queue).set(depth)
@@ -92,6 +99,7 @@ class ScoreService:
     notify = NoticeDispatcher(use_confirms=False, delivery_mode=1, retry=False)
     # Only the rebuild calls person (its event history, score/rebuild.py); reads never do.
     person = RpcProxy("person")
+    config = Config()
 
     # One handler per event type, ``on_<type>`` (a test checks that every type
     # of contracts.events has its handler). Each gets the events that
@@ -129,14 +137,14 @@ class ScoreService:
         not applied before (the inbox: each person's watermark,
         reliable_events/inbox.py) and apply them, all in one transaction
         (whoever calls: a handler, or a rebuild); then tell the gateways
-        which CPFs advanced. The events are all of one type. Returns those
-        applied."""
+        which CPFs advanced, if a read waits for them (an erasure: always).
+        The events are all of one type. Returns those applied."""
         event_type = events[0]["event_type"]
         erasing = event_type == PERSON_ERASED
         # An erasure's key is the CPF's hash already.
         hashes = {key: key if erasing else self.hasher.hash(key) for key in {PERSON_EVENTS.key(e) for e in events}}
         with self.db.get_session() as session:
-            admitted, marks = replica.admit(session, events, hashes, erasing)
+            admitted, marks, watched = replica.admit(session, events, hashes, erasing)
             fresh, moved = claim(marks, admitted, PERSON_EVENTS.key, self.name)
             if erasing:
                 advanced = replica.erase(session, fresh)
@@ -145,7 +153,8 @@ class ScoreService:
                     self.dead_letters.purge(match=_names_any({PERSON_EVENTS.key(e) for e in fresh}, self.hasher))
             else:
                 EFFECTS[event_type](session, fresh)
-                advanced = replica.save_marks(session, moved, hashes)
+                # Announced only to a read that waits (score/replica.py, "Waiting reads").
+                advanced = [cpf for cpf in replica.save_marks(session, moved, hashes) if cpf in watched]
         # The handlers' entrypoint logs each applied event (reliable_events.handlers).
         if advanced:
             self._announce(advanced)
@@ -168,7 +177,7 @@ class ScoreService:
         return metrics_response()
 
     @rpc(expected_exceptions=(ScoreNotFound, InvalidInput))
-    def get_score(self, cpf, person_known=False):
+    def get_score(self, cpf, person_known=False, min_sequence=None):
         """The credit score of a CPF, from score's own replica.
 
         Example (``nameko shell``)::
@@ -185,16 +194,36 @@ class ScoreService:
         it (``person_known``): then it is the empty score (score has not heard
         of the person yet; it never asks person itself). ``InvalidInput`` for
         a malformed CPF.
+
+        ``min_sequence``: the caller will wait for the person's events up to
+        it (read-your-writes, gateway/freshness.py). If the replica is short
+        of it, score registers the wait, for ``READ_YOUR_WRITES_TIMEOUT``
+        seconds, and reads again: the batch that brings the person there
+        announces it (``replica_advanced``)::
+
+            >>> n.rpc.score.get_score("52998224725", min_sequence=5)
+            {..., 'applied_sequence': 4, ...}   # and a notice once 5 is applied
         """
         try:
             cpf = normalize_cpf(cpf)
         except InvalidCPF as exc:
             raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
         cpf_hash = self.hasher.hash(cpf)
+        result = self._read_score(cpf, cpf_hash, person_known)
+        if min_sequence is not None and _applied(result) < int(min_sequence):
+            with self.db.get_session() as session:
+                replica.wait_for(session, cpf, cpf_hash, float(self.config["READ_YOUR_WRITES_TIMEOUT"]))
+            result = self._read_score(cpf, cpf_hash, person_known)
+        if isinstance(result, ScoreNotFound):
+            raise result
+        return result
+
+    def _read_score(self, cpf, cpf_hash, person_known):
+        """The score, or the ``ScoreNotFound`` to raise."""
         with self.db.get_session() as session:
             result = replica.read_score(session, cpf, cpf_hash, known=person_known)
             if result is None:
-                raise ScoreNotFound(f"No score for CPF {cpf}.", replica.erased_through(session, cpf_hash))
+                return ScoreNotFound(f"No score for CPF {cpf}.", replica.erased_through(session, cpf_hash))
         return result
 
     @rpc

@@ -9,6 +9,7 @@ import eventlet
 import pytest
 import requests
 from kombu import Connection, Exchange, Queue
+from sqlalchemy import text
 
 from contracts.cpf import mask_cpfs
 from harness.api import HTTP_TIMEOUT, assert_json_error, create_person
@@ -110,8 +111,24 @@ def test_a_malformed_sequence_is_422(api, bad):
         assert "Min-Event-Sequence" in response.json()["fields"]
 
 
-def test_score_announces_each_commit_to_the_gateways(api, amqp_uri):
-    """The wake-up itself: without it every waiting read would only end at its bound."""
+def registered(score_engine, cpf) -> bool:
+    """Whether score has a read waiting for ``cpf`` (score/replica.py)."""
+    with score_engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM waiting_read WHERE cpf = :c"), {"c": cpf}).scalar() == 1
+
+
+def test_score_announces_a_person_s_advance_while_a_read_waits_and_only_then(api, amqp_uri, score_engine):
+    """The wake-up itself: without it every waiting read would only end at its
+    bound. And its cost: with no read waiting, a write sends no notice."""
+
+    def drain(conn, until):
+        deadline = time.monotonic() + 10
+        while not until() and time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=0.2)
+            except TimeoutError:
+                pass
+
     with Connection(amqp_uri) as conn:
         queue = Queue(
             "test-replica-advanced",
@@ -123,13 +140,21 @@ def test_score_announces_each_commit_to_the_gateways(api, amqp_uri):
         notices = []
         with conn.Consumer(queue, callbacks=[lambda body, message: (notices.append(body), message.ack())]):
             cpf = create_person(api)["cpf"]
-            deadline = time.monotonic() + 10
-            while not any(cpf in notice["cpfs"] for notice in notices) and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=0.5)
-                except TimeoutError:
-                    pass
+            # Applied, then a moment for a notice that would follow the commit.
+            drain(conn, lambda: read(api, cpf).status_code == 200)
+            settled = time.monotonic() + 0.5
+            drain(conn, lambda: time.monotonic() > settled)
+            unasked = [notice for notice in notices if cpf in notice["cpfs"]]
+
+            waiting = eventlet.spawn(read, api, cpf, 2)
+            wait_for(lambda: registered(score_engine, cpf), 10, "the read to register with score")
+            income = requests.post(f"{api}/person/{cpf}/income", json={"type": "salary", "value": "10"}, timeout=10)
+            assert income.json()["sequence"] == 2
+            drain(conn, lambda: any(cpf in notice["cpfs"] for notice in notices))
+            answer = waiting.wait()
+    assert unasked == [], unasked
     assert any(notice == {"cpfs": [cpf]} for notice in notices), notices
+    assert answer.json()["applied_sequence"] == 2 and answer.json()["stale"] is False
 
 
 def test_a_waiting_read_is_woken_within_200_ms_of_the_write_being_applied(system, api):

@@ -20,9 +20,7 @@ lets the test go on.
 """
 
 import logging
-import threading
 
-import eventlet
 import pytest
 from nameko.testing.services import worker_factory
 from nameko_sqlalchemy.database import DatabaseWrapper, Session
@@ -30,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
 from contracts.events import PERSON_EVENTS
-from harness.waits import wait_for
+from harness.races import Gate, race
 from harness.workers import TEST_HASHER, person_worker
 from score.service import ScoreService
 
@@ -40,76 +38,11 @@ CPF = "52998224725"
 CPF_HASH = TEST_HASHER.hash(CPF)
 OTHER_CPF = "11144477735"
 PERSON = {"cpf": CPF, "name": "Ana", "address": "Rua A, 1", "date_of_birth": "1990-05-01"}
-# How long a competing write is given to reach a lock wait (it takes milliseconds).
-BLOCK_TIMEOUT = 10
-JOIN_TIMEOUT = 15
-
-# Locks not granted, in this database, and which kind (advisory, transactionid, ...).
-WAITING_LOCKS = text(
-    "SELECT l.locktype FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-    " WHERE NOT l.granted AND a.datname = current_database()"
-)
-
-
-class Gate:
-    """Holds a transaction open just before its commit, until :meth:`open`."""
-
-    def __init__(self):
-        self.reached = threading.Event()  # the transaction is at its commit, its locks held
-        self._open = threading.Event()
-
-    def open(self):
-        self._open.set()
-
-    def session_class(self, base):
-        gate = self
-
-        class GatedSession(base):
-            def commit(self):
-                gate.reached.set()
-                if not gate._open.wait(JOIN_TIMEOUT * 2):
-                    raise RuntimeError("the test never let this transaction commit")
-                super().commit()
-
-        return GatedSession
-
-
-def waiting_locks(engine) -> list:
-    with engine.connect() as conn:
-        return [row[0] for row in conn.execute(WAITING_LOCKS)]
 
 
 def scalar(engine, sql, **params):
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar_one()
-
-
-def race(gate, erasure, competitor, engine):
-    """Run ``erasure`` until it waits at ``gate`` (its locks held), then
-    ``competitor``; wait until the competitor waits on a lock (or ended); let the
-    erasure commit. Returns (erasure's result, competitor's result, the kinds
-    of lock waited on in the database while the erasure was held open, and
-    whether the competitor had ended before the erasure committed)."""
-    erasing = eventlet.spawn(erasure)
-    competing = None
-    try:
-        assert gate.reached.wait(BLOCK_TIMEOUT), "the erasure never reached its commit"
-        competing = eventlet.spawn(competitor)
-        # Blocked on a lock, or (a broken ordering) done already: either way the
-        # test goes on and the result says which.
-        waited = wait_for(
-            lambda: waiting_locks(engine) or (["<none: it ended>"] if competing.dead else None),
-            BLOCK_TIMEOUT,
-            "the competing write to wait on a lock or end",
-            0.02,
-        )
-        ended_early = competing.dead
-    finally:
-        gate.open()
-    with eventlet.Timeout(JOIN_TIMEOUT, AssertionError("the racing writes did not finish")):
-        erased = erasing.wait()
-        competed = competing.wait()
-    return erased, competed, waited, ended_early
 
 
 # --- score ---------------------------------------------------------------------------
@@ -121,7 +54,7 @@ def parsed(event_type, key, sequence, data):
 
 
 def score_worker(db):
-    return worker_factory(ScoreService, db=db, hasher=TEST_HASHER)
+    return worker_factory(ScoreService, db=db, hasher=TEST_HASHER, config={"READ_YOUR_WRITES_TIMEOUT": 2})
 
 
 def cpf_rows(engine) -> dict:
@@ -216,6 +149,34 @@ def test_two_batches_of_one_person_take_turns_at_its_watermark(db_wrappers, scor
     with score_engine.connect() as conn:
         row = conn.execute(text("SELECT applied_through, applied_above FROM known_person WHERE cpf = :c"), {"c": CPF})
         assert tuple(row.one()) == (through, [])
+    assert not ended_early and waited == ["advisory"], waited
+
+
+def test_a_read_that_registers_while_a_batch_of_its_person_commits_sees_that_batch(db_wrappers, score_engine):
+    """A read short of its sequence registers with score (``waiting_read``),
+    and score announces only the people a read waits for. The registration
+    takes the person's lock, so one racing a batch of that person waits for
+    it and then reads what it applied; without the lock it would read before
+    the commit, and the batch, which had found no read waiting, would announce
+    nothing: the read would wait out its bound."""
+    live = score_worker(db_wrappers(score_engine))
+    live.on_person_created(
+        [parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})]
+    )
+    income = parsed("income_added", CPF, 2, {"item_id": 1, "type": "salary", "value": "1000.00"})
+    gate = Gate()
+    applying = score_worker(DatabaseWrapper(sessionmaker(bind=score_engine, class_=gate.session_class(Session))))
+    reading = score_worker(db_wrappers(score_engine))
+
+    applied, read, waited, ended_early = race(
+        gate,
+        lambda: applying.on_income_added([income]),
+        lambda: reading.get_score(CPF, min_sequence=2),
+        score_engine,
+    )
+
+    assert [e["event_id"] for e in applied] == [income["event_id"]]
+    assert read["applied_sequence"] == 2, (read, waited, ended_early)
     assert not ended_early and waited == ["advisory"], waited
 
 

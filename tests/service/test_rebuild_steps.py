@@ -14,11 +14,13 @@ import eventlet
 import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from contracts.errors import InvalidInput
 from contracts.events import PERSON_EVENTS
 from contracts.kinds import NAMES
 from harness.cpf import cpfs
+from harness.races import Gate, race
 from harness.workers import TEST_HASHER, person_worker
 from person.models import outbox
 from reliable_events.handlers import reliable_handler
@@ -296,6 +298,35 @@ def test_rebuild_totals(person, score, person_engine):
     assert (totals["applied"], totals["skipped"], totals["malformed"]) == (12, 0, 0)
     assert totals["events_per_second"] > 0
     assert totals["seconds"] >= 0
+
+
+def test_a_rebuild_alone_misses_no_write_that_commits_out_of_position_order(
+    person, db_wrappers, score, person_engine, score_engine
+):
+    """No live consumer here (workers, no broker): the history is all the
+    replica gets. A write holds a position open while a later one commits;
+    the rebuild, reading meanwhile, must not step past the open position (it
+    would never come back to it): person's page waits for the write to end."""
+    write_history(person)
+    gate = Gate()
+    slow = person_worker(person_engine, db_wrappers, session_class=gate.session_class(Session))
+
+    def later_write_then_rebuild():
+        person.add_debt(PEOPLE[1], {"value": "5.00"})  # a later position, committed first
+        return score.rebuild(0, 1000)
+
+    _, rebuilt, waited, ended_early = race(
+        gate,
+        lambda: slow.add_income(PEOPLE[0], {"type": "bonus", "value": "777.00"}),
+        later_write_then_rebuild,
+        person_engine,
+    )
+
+    stored = history(person_engine)
+    assert rebuilt["fetched"] == len(stored) == 14
+    assert watermarks(score_engine) == applied_through(stored)
+    assert replica_scores(score) == expected_scores(person_engine)
+    assert not ended_early and waited == ["relation"], (waited, ended_early)
 
 
 def test_rebuild_stops_at_the_head_as_of_its_start(person, score, person_engine, score_engine, proxy):

@@ -53,7 +53,9 @@ SEED_EVENTS = [
 
 @pytest.fixture
 def service(db_wrappers, score_engine):
-    return worker_factory(ScoreService, db=db_wrappers(score_engine), hasher=TEST_HASHER)
+    return worker_factory(
+        ScoreService, db=db_wrappers(score_engine), hasher=TEST_HASHER, config={"READ_YOUR_WRITES_TIMEOUT": 2}
+    )
 
 
 def rows(engine, sql):
@@ -201,19 +203,51 @@ def test_applied_sequence_is_the_gapless_prefix(service):
     assert service.get_score(CPF)["applied_sequence"] == 4
 
 
+def wait_to_read(service, cpf, sequence):
+    """A read-your-writes read short of ``sequence``: score registers it."""
+    try:
+        assert service.get_score(cpf, min_sequence=sequence)["applied_sequence"] < sequence
+    except ScoreNotFound:
+        pass  # not known yet: registered all the same
+
+
 def test_applied_events_are_announced_once_per_batch_and_duplicates_are_not(service):
+    other_cpf = "11144477735"
+    wait_to_read(service, CPF, 1)
+    wait_to_read(service, other_cpf, 1)
     created = person_created()
-    other = person_created(cpf="11144477735")
+    other = person_created(cpf=other_cpf)
     apply(service, "on_person_created", created, other)
 
-    service.notify.assert_called_once_with("replica_advanced", {"cpfs": ["11144477735", CPF]})
+    service.notify.assert_called_once_with("replica_advanced", {"cpfs": [other_cpf, CPF]})
 
     service.notify.reset_mock()
     apply(service, "on_person_created", created)
     service.notify.assert_not_called()
 
 
+def test_only_a_person_a_read_waits_for_is_announced(service, db_wrappers, score_engine):
+    """No read waiting, no notice: a write costs no broker message of score's
+    own. A read registers for its person, for READ_YOUR_WRITES_TIMEOUT."""
+    other_cpf = "11144477735"
+    apply(service, "on_person_created", person_created(), person_created(cpf=other_cpf))
+    service.notify.assert_not_called()
+
+    wait_to_read(service, CPF, 2)
+    incomes = [item_added("income", 2, 1, "10.00"), item_added("income", 2, 2, "5.00", other_cpf)]
+    apply(service, "on_income_added", *incomes)
+    service.notify.assert_called_once_with("replica_advanced", {"cpfs": [CPF]})
+
+    expired = worker_factory(
+        ScoreService, db=db_wrappers(score_engine), hasher=TEST_HASHER, config={"READ_YOUR_WRITES_TIMEOUT": 0}
+    )
+    wait_to_read(expired, other_cpf, 3)
+    apply(expired, "on_income_added", item_added("income", 3, 3, "5.00", other_cpf))
+    expired.notify.assert_not_called()  # the read's bound ran out: nobody waits
+
+
 def test_a_failed_announcement_keeps_the_applied_events(service, caplog):
+    wait_to_read(service, CPF, 1)
     service.notify.side_effect = ConnectionError("broker gone")
 
     with caplog.at_level(logging.WARNING):
