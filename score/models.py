@@ -71,15 +71,15 @@ class ErasedPerson(ScoreBase):
 class WaitingRead(ScoreBase):
     """A read waiting to see a person's next events (read-your-writes,
     gateway/freshness.py) until ``until``: score tells the gateways that a
-    person's replica advanced only while a read waits for it. Unlogged: a
-    wake-up, which a crash may lose as it may lose a notice."""
+    person's replica advanced only while a read waits for it. By the CPF's
+    keyed hash, never the CPF: a read may name a CPF nobody holds, or one
+    erased meanwhile. Unlogged: a wake-up, which a crash may lose as it may
+    lose a notice."""
 
     __tablename__ = "waiting_read"
     __table_args__ = {"prefixes": ["UNLOGGED"]}
 
-    cpf = Column(String(11), primary_key=True)
-    # How an erasure finds the row (score/replica.py).
-    cpf_hash = Column(String(64), nullable=False, index=True)
+    cpf_hash = Column(String(64), primary_key=True)
     until = Column(DateTime(timezone=True), nullable=False)
 
 

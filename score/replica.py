@@ -66,16 +66,17 @@ _INSERT_ITEMS = insert(ScoredItem.__table__)
 # (keys in one order for every batch: no deadlock), then their tombstones,
 # watermarks and waiting reads, read with a snapshot of its own (PostgreSQL
 # takes one per statement), so what a transaction that held a lock committed
-# is seen. ``cpfs`` holds NULL for an erasure's key, a hash.
+# is seen. ``cpfs`` holds NULL for an erasure's key, a hash (an erasure has no
+# known row nor a read of its own to announce).
 _LOCK_AND_READ = text(
     """
     SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:locks AS bigint[])) AS k;
-    SELECT p.key, e.sequence, k.applied_through, k.applied_above, w.cpf IS NOT NULL
+    SELECT p.key, e.sequence, k.applied_through, k.applied_above, w.cpf_hash IS NOT NULL
     FROM unnest(CAST(:keys AS varchar[]), CAST(:cpfs AS varchar[]), CAST(:hashes AS varchar[]))
          AS p(key, cpf, cpf_hash)
     LEFT JOIN erased_person e ON e.cpf_hash = p.cpf_hash
     LEFT JOIN known_person k ON k.cpf = p.cpf
-    LEFT JOIN waiting_read w ON w.cpf = p.cpf AND w.until > clock_timestamp()
+    LEFT JOIN waiting_read w ON w.cpf_hash = p.cpf_hash AND p.cpf IS NOT NULL AND w.until > clock_timestamp()
     """
 )
 # A read's registration: the person's lock (as a batch takes it), then the
@@ -85,12 +86,12 @@ _LOCK_AND_READ = text(
 _WAIT_FOR = text(
     """
     SELECT pg_advisory_xact_lock(:lock);
-    DELETE FROM waiting_read WHERE cpf IN (
-        SELECT cpf FROM waiting_read WHERE until < clock_timestamp() FOR UPDATE SKIP LOCKED
+    DELETE FROM waiting_read WHERE cpf_hash IN (
+        SELECT cpf_hash FROM waiting_read WHERE until < clock_timestamp() FOR UPDATE SKIP LOCKED
     );
-    INSERT INTO waiting_read (cpf, cpf_hash, until)
-    VALUES (:cpf, :cpf_hash, clock_timestamp() + make_interval(secs => :seconds))
-    ON CONFLICT (cpf) DO UPDATE SET until = greatest(waiting_read.until, excluded.until)
+    INSERT INTO waiting_read (cpf_hash, until)
+    VALUES (:cpf_hash, clock_timestamp() + make_interval(secs => :seconds))
+    ON CONFLICT (cpf_hash) DO UPDATE SET until = greatest(waiting_read.until, excluded.until)
     """
 )
 _ERASE = text(
@@ -154,12 +155,10 @@ def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dic
     return admitted, marks, watched
 
 
-def wait_for(session, cpf: str, cpf_hash: str, seconds: float) -> None:
+def wait_for(session, cpf_hash: str, seconds: float) -> None:
     """Register a read waiting for the person's next events for ``seconds``:
     the batches that apply them announce it. Commit before reading again."""
-    session.execute(
-        _WAIT_FOR, {"lock": CpfHasher.lock_key(cpf_hash), "cpf": cpf, "cpf_hash": cpf_hash, "seconds": seconds}
-    )
+    session.execute(_WAIT_FOR, {"lock": CpfHasher.lock_key(cpf_hash), "cpf_hash": cpf_hash, "seconds": seconds})
 
 
 def erase(session, events: list) -> list:

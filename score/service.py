@@ -212,7 +212,7 @@ class ScoreService:
         result = self._read_score(cpf, cpf_hash, person_known)
         if min_sequence is not None and _applied(result) < int(min_sequence):
             with self.db.get_session() as session:
-                replica.wait_for(session, cpf, cpf_hash, float(self.config["READ_YOUR_WRITES_TIMEOUT"]))
+                replica.wait_for(session, cpf_hash, float(self.config["READ_YOUR_WRITES_TIMEOUT"]))
             result = self._read_score(cpf, cpf_hash, person_known)
         if isinstance(result, ScoreNotFound):
             raise result

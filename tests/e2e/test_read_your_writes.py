@@ -15,6 +15,7 @@ from contracts.cpf import mask_cpfs
 from harness.api import HTTP_TIMEOUT, assert_json_error, create_person
 from harness.cpf import cpfs
 from harness.waits import wait_for
+from harness.workers import TEST_HASHER
 
 pytestmark = pytest.mark.e2e
 
@@ -112,9 +113,10 @@ def test_a_malformed_sequence_is_422(api, bad):
 
 
 def registered(score_engine, cpf) -> bool:
-    """Whether score has a read waiting for ``cpf`` (score/replica.py)."""
+    """Whether score has a read waiting for ``cpf`` (score/replica.py: by its hash)."""
     with score_engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM waiting_read WHERE cpf = :c"), {"c": cpf}).scalar() == 1
+        sql = text("SELECT count(*) FROM waiting_read WHERE cpf_hash = :h")
+        return conn.execute(sql, {"h": TEST_HASHER.hash(cpf)}).scalar() == 1
 
 
 def test_score_announces_a_person_s_advance_while_a_read_waits_and_only_then(api, amqp_uri, score_engine):

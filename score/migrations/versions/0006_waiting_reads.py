@@ -18,15 +18,12 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     op.create_table('waiting_read',
-    sa.Column('cpf', sa.String(length=11), nullable=False),
     sa.Column('cpf_hash', sa.String(length=64), nullable=False),
     sa.Column('until', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('cpf'),
+    sa.PrimaryKeyConstraint('cpf_hash'),
     prefixes=['UNLOGGED'],
     )
-    op.create_index(op.f('ix_waiting_read_cpf_hash'), 'waiting_read', ['cpf_hash'], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(op.f('ix_waiting_read_cpf_hash'), table_name='waiting_read')
     op.drop_table('waiting_read')
