@@ -193,7 +193,7 @@ class ScoreService:
         erasure's sequence, 0 if none), unless the caller says person knows
         it (``person_known``): then it is the empty score (score has not heard
         of the person yet; it never asks person itself). ``InvalidInput`` for
-        a malformed CPF.
+        a malformed CPF, or a ``min_sequence`` that is not an integer >= 1.
 
         ``min_sequence``: the caller will wait for the person's events up to
         it (read-your-writes, gateway/freshness.py). If the replica is short
@@ -208,9 +208,13 @@ class ScoreService:
             cpf = normalize_cpf(cpf)
         except InvalidCPF as exc:
             raise InvalidInput("Invalid CPF.", {"cpf": [exc.message]}) from exc
+        if min_sequence is not None and (
+            isinstance(min_sequence, bool) or not isinstance(min_sequence, int) or min_sequence < 1
+        ):
+            raise InvalidInput("Invalid min_sequence.", {"min_sequence": ["Must be an integer >= 1."]})
         cpf_hash = self.hasher.hash(cpf)
         result = self._read_score(cpf, cpf_hash, person_known)
-        if min_sequence is not None and _applied(result) < int(min_sequence):
+        if min_sequence is not None and _applied(result) < min_sequence:
             with self.db.get_session() as session:
                 replica.wait_for(session, cpf_hash, float(self.config["READ_YOUR_WRITES_TIMEOUT"]))
             result = self._read_score(cpf, cpf_hash, person_known)

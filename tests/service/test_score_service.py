@@ -14,7 +14,7 @@ from nameko.testing.services import entrypoint_hook, worker_factory
 from sqlalchemy import text
 
 from contracts.envelope import MalformedEvent
-from contracts.errors import ScoreNotFound
+from contracts.errors import InvalidInput, ScoreNotFound
 from contracts.events import PERSON_EVENTS
 from harness.workers import TEST_HASHER
 from score.service import ScoreService
@@ -244,6 +244,13 @@ def test_only_a_person_a_read_waits_for_is_announced(service, db_wrappers, score
     wait_to_read(expired, other_cpf, 3)
     apply(expired, "on_income_added", item_added("income", 3, 3, "5.00", other_cpf))
     expired.notify.assert_not_called()  # the read's bound ran out: nobody waits
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 1.5, True])
+def test_a_bad_min_sequence_is_invalid_input_and_registers_nothing(service, score_engine, bad):
+    with pytest.raises(InvalidInput):
+        service.get_score(CPF, min_sequence=bad)
+    assert count(score_engine, "waiting_read") == 0
 
 
 def test_a_failed_announcement_keeps_the_applied_events(service, caplog):
