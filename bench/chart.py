@@ -35,6 +35,13 @@ def draw(compare: dict, path: Path, title: str) -> Path | None:
         ax.grid(True, alpha=0.3)
     p99_ax.set_yscale("log")
     rate_ax.legend()
+    return save(fig, path, title)
+
+
+def save(fig, path: Path, title: str) -> Path:
+    """Title ``fig``, write it to ``path`` as a PNG and free it; the bench's pictures all end here."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

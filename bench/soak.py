@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from bench import wrk
+from bench import chart, wrk
 from bench.compare import TABLE_SIZES_SQL
 from bench.system import BenchSystem
 
@@ -114,9 +114,4 @@ def draw(result: dict, path, title: str):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("MB on disk (pg_total_relation_size)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return chart.save(fig, path, title)
