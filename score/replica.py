@@ -9,12 +9,7 @@ the erasure was applied, retried from a retry queue, or read from the history
 by a rebuild. A person created again with the CPF is numbered after the
 erasure by person, so its events pass.
 
-**Waiting reads.** A read that wants a write the replica has not applied
-yet registers in ``waiting_read`` (:func:`wait_for`), and score announces a
-person's advance (``replica_advanced``, score/notices.py) only while a read
-waits for it: no broker message per event otherwise. The registration takes
-the person's lock too, so a batch either committed before it (the read after
-it sees the batch) or reads it (and announces).
+**Waiting reads** are score/reads.py's; a batch reads its people's with its locks.
 
 **Locks.** Every transaction that applies a person's events, an erasure
 included, first takes an advisory lock on the person
@@ -27,19 +22,18 @@ just after the erasure deleted the person's, and bring the person back).
 """
 
 import logging
-from collections import Counter
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
-from sqlalchemy import func, select, text
+from sqlalchemy import func, text
 from sqlalchemy.dialects.postgresql import insert
 
+from contracts.cpf import cpfs_in
 from contracts.envelope import MalformedEvent
 from contracts.erasure import CpfHasher
-from contracts.events import PERSON_EVENTS
-from contracts.scores import score_answer
+from contracts.events import EVENT_TYPES, PERSON_CREATED, PERSON_ERASED, PERSON_EVENTS
+from contracts.kinds import BY_EVENT_TYPE
 from reliable_events.inbox import Watermark
-from score import rules
-from score.models import ErasedPerson, KnownPerson, ScoredItem
+from score.models import KnownPerson, ScoredItem
 
 _log = logging.getLogger(__name__)
 
@@ -77,21 +71,6 @@ _LOCK_AND_READ = text(
     LEFT JOIN erased_person e ON e.cpf_hash = p.cpf_hash
     LEFT JOIN known_person k ON k.cpf = p.cpf
     LEFT JOIN waiting_read w ON w.cpf_hash = p.cpf_hash AND p.cpf IS NOT NULL AND w.until > clock_timestamp()
-    """
-)
-# A read's registration: the person's lock (as a batch takes it), then the
-# row, kept until the later of the two bounds. Expired rows go meanwhile,
-# those no other registration holds (one that waited for another's could
-# deadlock with it).
-_WAIT_FOR = text(
-    """
-    SELECT pg_advisory_xact_lock(:lock);
-    DELETE FROM waiting_read WHERE cpf_hash IN (
-        SELECT cpf_hash FROM waiting_read WHERE until < clock_timestamp() FOR UPDATE SKIP LOCKED
-    );
-    INSERT INTO waiting_read (cpf_hash, until)
-    VALUES (:cpf_hash, clock_timestamp() + make_interval(secs => :seconds))
-    ON CONFLICT (cpf_hash) DO UPDATE SET until = greatest(waiting_read.until, excluded.until)
     """
 )
 _ERASE = text(
@@ -153,12 +132,6 @@ def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dic
             continue
         admitted.append(event)
     return admitted, marks, watched
-
-
-def wait_for(session, cpf_hash: str, seconds: float) -> None:
-    """Register a read waiting for the person's next events for ``seconds``:
-    the batches that apply them announce it. Commit before reading again."""
-    session.execute(_WAIT_FOR, {"lock": CpfHasher.lock_key(cpf_hash), "cpf_hash": cpf_hash, "seconds": seconds})
 
 
 def erase(session, events: list) -> list:
@@ -232,47 +205,24 @@ def add_items(session, events: list, kind: str) -> None:
     session.execute(_INSERT_ITEMS, rows)
 
 
-def erased_through(session, cpf_hash: str) -> int:
-    """The sequence of the person's last erasure applied here; 0 if none."""
-    tombstone = select(ErasedPerson.sequence).where(ErasedPerson.cpf_hash == cpf_hash).scalar_subquery()
-    return session.execute(select(func.coalesce(tombstone, 0))).scalar_one()
+def _effect(event_type):
+    """What the fresh events of ``event_type`` write to the replica besides
+    their people's watermarks (in the applying session)."""
+    if event_type == PERSON_CREATED:
+        return lambda session, events: None  # the watermark's row is the known person
+    kind = BY_EVENT_TYPE[event_type]
+    return lambda session, events: add_items(session, events, kind.name)
 
 
-def read_score(session, cpf: str, cpf_hash: str, known: bool = False):
-    """The score answer of ``cpf`` (:func:`contracts.scores.score_answer`), or
-    None if the CPF is unknown here, unless ``known`` (the caller knows person
-    has it): then the empty score.
+# An erasure's effect is all its own (erase); every other type's:
+EFFECTS = {event_type: _effect(event_type) for event_type in EVENT_TYPES if event_type != PERSON_ERASED}
 
-    ``applied_sequence`` is the gapless prefix of the person's events applied
-    (its watermark's ``through``; ``last_sequence``, the highest applied, can
-    run ahead of a gap): a reader who wrote sequence ``n`` sees that write
-    once ``applied_sequence >= n``. For a person created again after an
-    erasure the prefix starts after the erasure's sequence.
 
-    One statement, so one snapshot: the sequences and the items are from the
-    same moment even while batches commit in between (two reads could pair a
-    fresh item list with an older sequence).
-    """
-    rows = session.execute(
-        select(
-            KnownPerson.last_sequence,
-            KnownPerson.updated_at,
-            ScoredItem.kind,
-            ScoredItem.value,
-            KnownPerson.applied_through.label("applied_sequence"),
-        )
-        .outerjoin(ScoredItem, ScoredItem.cpf == KnownPerson.cpf)
-        .where(KnownPerson.cpf == cpf)
-    ).all()
-    if not rows:
-        return score_answer(cpf, {}, {}, 0, erased_through(session, cpf_hash), None) if known else None
-    items = [(row.kind, row.value) for row in rows if row.kind is not None]
-    counts = Counter(kind for kind, _ in items)
-    return score_answer(
-        cpf,
-        rules.score_items(items)["breakdown"],
-        counts,
-        rows[0].last_sequence,
-        rows[0].applied_sequence,
-        rows[0].updated_at,
-    )
+def names_any(hashes: set, hasher):
+    """Whether a raw message names a person of ``hashes``: by a CPF-shaped
+    string whose hash is one of them, or by one of them (an erasure's event)."""
+
+    def names(raw: str) -> bool:
+        return any(h in raw for h in hashes) or any(hasher.hash(cpf) in hashes for cpf in cpfs_in(raw))
+
+    return names

@@ -16,14 +16,12 @@ from nameko.rpc import RpcProxy
 from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
-from contracts.cpf import InvalidCPF, cpfs_in, normalize_cpf
+from contracts.cpf import InvalidCPF, normalize_cpf
 from contracts.erasure import PersonalDataKey
 from contracts.errors import InvalidInput, ScoreNotFound
 from contracts.events import EVENT_TYPES, PERSON_CREATED, PERSON_ERASED, PERSON_EVENTS, REPLICA_ADVANCED
-from contracts.kinds import BY_EVENT_TYPE
 from contracts.rebuild import RebuildError
 from contracts.rebuild import run as run_to_head
-from contracts.scores import APPLIED_SEQUENCE
 from observability.logs import CallContext
 from observability.metrics import (
     DEAD_LETTERS,
@@ -38,8 +36,8 @@ from reliable_events.deadletters import DeadLetters
 from reliable_events.handlers import reliable_handler
 from reliable_events.inbox import claim
 from reliable_events.rpc import rpc
+from score import reads, replica
 from score import rebuild as rebuilder
-from score import replica
 from score.models import ScoreBase
 from score.notices import NoticeDispatcher
 
@@ -47,34 +45,6 @@ _log = logging.getLogger(__name__)
 
 # Score's handlers: person's events, counted in score's metrics.
 handles = partial(reliable_handler, PERSON_EVENTS, metrics=EVENT_METRICS)
-
-
-def _effect(event_type):
-    """What the fresh events of ``event_type`` write to the replica besides
-    their people's watermarks (in the applying session)."""
-    if event_type == PERSON_CREATED:
-        return lambda session, events: None  # the watermark's row is the known person
-    kind = BY_EVENT_TYPE[event_type]
-    return lambda session, events: replica.add_items(session, events, kind.name)
-
-
-# An erasure's effect is all its own (replica.erase); every other type's:
-EFFECTS = {event_type: _effect(event_type) for event_type in EVENT_TYPES if event_type != PERSON_ERASED}
-
-
-def _names_any(hashes: set, hasher):
-    """Whether a raw message names a person of ``hashes``: by a CPF-shaped
-    string whose hash is one of them, or by one of them (an erasure's event)."""
-
-    def names(raw: str) -> bool:
-        return any(h in raw for h in hashes) or any(hasher.hash(cpf) in hashes for cpf in cpfs_in(raw))
-
-    return names
-
-
-def _applied(result) -> int:
-    """How far a read found the person applied (a score, or its ScoreNotFound)."""
-    return result.applied_sequence if isinstance(result, ScoreNotFound) else result[APPLIED_SEQUENCE]
 
 
 def _set_dead_letter_gauges(depths):
@@ -150,9 +120,9 @@ class ScoreService:
                 advanced = replica.erase(session, fresh)
                 if fresh:
                     # Before the commit: if it fails, the erasure is retried, and this with it.
-                    self.dead_letters.purge(match=_names_any({PERSON_EVENTS.key(e) for e in fresh}, self.hasher))
+                    self.dead_letters.purge(match=replica.names_any({PERSON_EVENTS.key(e) for e in fresh}, self.hasher))
             else:
-                EFFECTS[event_type](session, fresh)
+                replica.EFFECTS[event_type](session, fresh)
                 # Announced only to a read that waits (score/replica.py, "Waiting reads").
                 advanced = [cpf for cpf in replica.save_marks(session, moved, hashes) if cpf in watched]
         # The handlers' entrypoint logs each applied event (reliable_events.handlers).
@@ -212,22 +182,16 @@ class ScoreService:
             isinstance(min_sequence, bool) or not isinstance(min_sequence, int) or min_sequence < 1
         ):
             raise InvalidInput("Invalid min_sequence.", {"min_sequence": ["Must be an integer >= 1."]})
-        cpf_hash = self.hasher.hash(cpf)
-        result = self._read_score(cpf, cpf_hash, person_known)
-        if min_sequence is not None and _applied(result) < min_sequence:
-            with self.db.get_session() as session:
-                replica.wait_for(session, cpf_hash, float(self.config["READ_YOUR_WRITES_TIMEOUT"]))
-            result = self._read_score(cpf, cpf_hash, person_known)
+        result = reads.score_or_wait(
+            self.db,
+            cpf,
+            self.hasher.hash(cpf),
+            person_known,
+            min_sequence,
+            float(self.config["READ_YOUR_WRITES_TIMEOUT"]),
+        )
         if isinstance(result, ScoreNotFound):
             raise result
-        return result
-
-    def _read_score(self, cpf, cpf_hash, person_known):
-        """The score, or the ``ScoreNotFound`` to raise."""
-        with self.db.get_session() as session:
-            result = replica.read_score(session, cpf, cpf_hash, known=person_known)
-            if result is None:
-                return ScoreNotFound(f"No score for CPF {cpf}.", replica.erased_through(session, cpf_hash))
         return result
 
     @rpc

@@ -57,6 +57,15 @@ def score_worker(db):
     return worker_factory(ScoreService, db=db, hasher=TEST_HASHER, config={"READ_YOUR_WRITES_TIMEOUT": 2})
 
 
+def gated_score_worker(score_engine, gate):
+    """A score worker whose transactions wait at ``gate`` to commit."""
+    return score_worker(DatabaseWrapper(sessionmaker(bind=score_engine, class_=gate.session_class(Session))))
+
+
+def person_created():
+    return parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})
+
+
 def cpf_rows(engine) -> dict:
     """Rows of score's tables that name the CPF (by the CPF, or by its hash;
     ``known_person`` holds the inbox's watermark too)."""
@@ -73,9 +82,7 @@ def test_score_item_batch_waits_for_an_erasure_in_progress_then_drops_the_event(
     db_wrappers, score_engine, caplog, with_other
 ):
     live = score_worker(db_wrappers(score_engine))
-    live.on_person_created(
-        [parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})]
-    )
+    live.on_person_created([person_created()])
     live.on_income_added([parsed("income_added", CPF, 2, {"item_id": 1, "type": "salary", "value": "1000.00"})])
     assert cpf_rows(score_engine) == {"known_person": 1, "scored_item": 1}
 
@@ -87,7 +94,7 @@ def test_score_item_batch_waits_for_an_erasure_in_progress_then_drops_the_event(
     batch = [older, other] if with_other else [older]
     erasure = parsed("person_erased", CPF_HASH, 4, {})
     gate = Gate()
-    erasing = score_worker(DatabaseWrapper(sessionmaker(bind=score_engine, class_=gate.session_class(Session))))
+    erasing = gated_score_worker(score_engine, gate)
     applying = score_worker(db_wrappers(score_engine))
 
     with caplog.at_level(logging.INFO, logger="score.replica"):
@@ -121,14 +128,12 @@ def test_two_batches_of_one_person_take_turns_at_its_watermark(db_wrappers, scor
     and the next one moves the watermark on from the first's, not from the
     value both would have read."""
     live = score_worker(db_wrappers(score_engine))
-    live.on_person_created(
-        [parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})]
-    )
+    live.on_person_created([person_created()])
     income = parsed("income_added", CPF, 2, {"item_id": 1, "type": "salary", "value": "1000.00"})
     asset = parsed("asset_added", CPF, 3, {"item_id": 1, "type": "car", "value": "9000.00"})
     other = income if second == "the-same-event" else asset
     gate = Gate()
-    first = score_worker(DatabaseWrapper(sessionmaker(bind=score_engine, class_=gate.session_class(Session))))
+    first = gated_score_worker(score_engine, gate)
     then = score_worker(db_wrappers(score_engine))
 
     with caplog.at_level(logging.INFO, logger="reliable_events.inbox"):
@@ -160,12 +165,10 @@ def test_a_read_that_registers_while_a_batch_of_its_person_commits_sees_that_bat
     the commit, and the batch, which had found no read waiting, would announce
     nothing: the read would wait out its bound."""
     live = score_worker(db_wrappers(score_engine))
-    live.on_person_created(
-        [parsed("person_created", CPF, 1, {"name": "Ana", "address": "x", "date_of_birth": "1990-05-01"})]
-    )
+    live.on_person_created([person_created()])
     income = parsed("income_added", CPF, 2, {"item_id": 1, "type": "salary", "value": "1000.00"})
     gate = Gate()
-    applying = score_worker(DatabaseWrapper(sessionmaker(bind=score_engine, class_=gate.session_class(Session))))
+    applying = gated_score_worker(score_engine, gate)
     reading = score_worker(db_wrappers(score_engine))
 
     applied, read, waited, ended_early = race(

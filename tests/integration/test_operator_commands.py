@@ -157,15 +157,21 @@ def test_migrate_turns_the_classic_queues_of_an_earlier_version_into_quorum_queu
             conn.channel().queue_declare("rpc-person", durable=True, auto_delete=False)
 
 
+def score_migrations(score_uri) -> AlembicConfig:
+    """Alembic's configuration of score's migrations on ``score_uri``, to move it by hand."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", "score:migrations")
+    cfg.set_main_option("sqlalchemy.url", score_uri.replace("%", "%%"))
+    return cfg
+
+
 def test_migrate_hashes_the_people_score_knew_before_erasure_existed(throwaway):
     """Score finds an erased person's rows by the CPF's keyed hash: the people
     it knew before that column existed get theirs from the migration, with the
     key the services are given."""
     _, uris = throwaway
     score_uri = uris["score:ScoreBase"]
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", "score:migrations")
-    cfg.set_main_option("sqlalchemy.url", score_uri.replace("%", "%%"))
+    cfg = score_migrations(score_uri)
     command.downgrade(cfg, "0003")  # score's schema before erasure
     engine = create_engine(score_uri)
     with engine.begin() as conn:
@@ -188,9 +194,7 @@ def test_migrate_folds_score_s_inbox_of_event_ids_into_watermarks(throwaway):
     created again) and drops them."""
     _, uris = throwaway
     score_uri = uris["score:ScoreBase"]
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", "score:migrations")
-    cfg.set_main_option("sqlalchemy.url", score_uri.replace("%", "%%"))
+    cfg = score_migrations(score_uri)
     command.downgrade(cfg, "0004")  # score's schema with processed_events
     engine = create_engine(score_uri)
     whole, gapped, again = "52998224725", "11144477735", "01234567890"
