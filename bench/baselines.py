@@ -121,7 +121,9 @@ class AmqpBaseline:
 
 # --- PostgreSQL -------------------------------------------------------------------------
 
-INSERT_INCOME = "INSERT INTO income (cpf, type, value) VALUES (%s, 'salary', %s) RETURNING id"
+INSERT_INCOME = (
+    "INSERT INTO income (cpf, type, value, event_id, sequence) VALUES (%s, 'salary', %s, %s, %s) RETURNING id"
+)
 INSERT_OUTBOX = (
     "INSERT INTO outbox (event_id, event_type, aggregate_key, sequence, payload) "
     "VALUES (%s, 'income_added', %s, %s, %s)"
@@ -145,10 +147,11 @@ def pg_item_outbox_commits(person_db_uri: str, cpfs: list, clients: int, seconds
         start.wait()
         while not stop.is_set():
             sequence += 1
-            cur.execute(INSERT_INCOME, (cpf, "1234.56"))
+            event_id = str(uuid.uuid4())
+            cur.execute(INSERT_INCOME, (cpf, "1234.56", event_id, sequence))
             item_id = cur.fetchone()[0]
-            event = income_event(cpf, sequence, item_id)
-            cur.execute(INSERT_OUTBOX, (event["event_id"], cpf, sequence, Json(event)))
+            event = {**income_event(cpf, sequence, item_id), "event_id": event_id}
+            cur.execute(INSERT_OUTBOX, (event_id, cpf, sequence, Json(event)))
             conn.commit()
             counts[index] += 1
 

@@ -42,8 +42,8 @@ writes AS MATERIALIZED (
     JOIN people p ON p.idx = g.i %% p.n
 ),
 items AS (
-    INSERT INTO income (id, cpf, type, value)
-    SELECT item_id, cpf, 'salary', value FROM writes ORDER BY i
+    INSERT INTO income (id, cpf, type, value, event_id, sequence)
+    SELECT item_id, cpf, 'salary', value, event_id, seq FROM writes ORDER BY i
 ),
 bumped AS (
     UPDATE person SET last_sequence = person.last_sequence + w.k

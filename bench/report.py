@@ -275,6 +275,12 @@ def soak_rows(soak: dict | None) -> list:
         )
         rows.append(_row(S, f"{db}: KB kept per 1,000 writes", {"median": tables["total"]}, "KB", note))
     rows.append(_row(S, "score's inbox rows per person", {"median": soak["score_inbox_rows_per_person"]}, "rows"))
+    rows.append(_row(S, "person's history rows at the end", {"median": soak["history_rows_at_end"]}, "rows"))
+    for when, label in (("with_cleanup", "with a retention cleanup round"), ("without", "without one")):
+        found = soak["cleanup_p99"][when]
+        if found["loads"]:
+            note = f"{found['loads']} loads, worst {_fmt(found['max_p99_ms'])} ms"
+            rows.append(_row(S, f"write p99 of the loads {label}", {"median": found["median_p99_ms"]}, "ms", note))
     return rows
 
 

@@ -88,6 +88,12 @@ def parse_args(argv):
     parser.add_argument("--minutes", type=float, default=10, help="how long the soak writes (default 10)")
     parser.add_argument("--rate", type=float, default=100, help="the soak's writes a second (default 100)")
     parser.add_argument(
+        "--retention",
+        type=float,
+        metavar="SECONDS",
+        help="person's EVENT_HISTORY_RETENTION for the run (default: config.yml's), to see the history level off",
+    )
+    parser.add_argument(
         "--ab",
         metavar="REV",
         help="also run this system at git revision REV beside the working tree's, alternating (an A/B)",
@@ -189,7 +195,10 @@ def main(argv=None) -> int:
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
     # The services log warnings only: logging every event would be a cost of its own.
-    system = BenchSystem(run_id, service_env={"LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")})
+    service_env = {"LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
+    if args.retention is not None:
+        service_env["EVENT_HISTORY_RETENTION"] = f"{args.retention:g}"
+    system = BenchSystem(run_id, service_env=service_env)
     # SIGTERM (and a second Ctrl-C) still tear everything down.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     results = {"params": asdict(p)}

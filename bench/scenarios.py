@@ -57,8 +57,8 @@ def pg_baselines(system: BenchSystem, p) -> dict:
     """income + outbox commits/s with 1 and 8 clients, on person's tables (emptied afterwards)."""
     people = cpfs(8, start=900000001)  # none of the benchmark's people
     system.person(
-        "INSERT INTO person (cpf, name, address, date_of_birth, last_sequence) "
-        "SELECT unnest(%s::text[]), 'Baseline', 'Rua B, 1', '1980-01-01', 1",
+        "INSERT INTO person (cpf, name, address, date_of_birth, event_id, sequence, last_sequence) "
+        "SELECT unnest(%s::text[]), 'Baseline', 'Rua B, 1', '1980-01-01', gen_random_uuid(), 1, 1",
         (people,),
     )
     out = {}

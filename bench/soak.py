@@ -8,11 +8,14 @@ that levels off grows by nothing per write once the run is past its start;
 one that does not keeps growing by the same amount per write. The figure per
 table is its growth over the run's second half, in KB per 1,000 writes (the
 first half holds the warm-up and the people's first rows). The picture is
-each table's size against time.
+each table's size against time. With ``--retention S`` person keeps its
+event history S seconds (``EVENT_HISTORY_RETENTION``): the history then
+levels off too, and each load's write p99 is set beside whether a cleanup
+round ran during it.
 """
 
 import logging
-import threading
+import statistics
 import time
 
 from bench import chart, wrk
@@ -28,6 +31,7 @@ def _sample(system: BenchSystem, started: float) -> dict:
     return {
         "seconds": round(time.monotonic() - started, 1),
         "writes": system.person("SELECT count(*) FROM income")[0][0],
+        "history_rows": system.person("SELECT count(*) FROM outbox")[0][0],
         "bytes": {
             "person": dict(system.person(TABLE_SIZES_SQL)),
             "score": dict(system.score(TABLE_SIZES_SQL)),
@@ -55,28 +59,33 @@ def growth(samples: list) -> dict:
 
 
 def soak(system: BenchSystem, people: list, minutes: float, rate: float, connections: int, interval: float) -> dict:
-    """Write at ``rate``/s for ``minutes``; the samples, the growth, and the
-    score inbox's rows per person at the end."""
-    seconds = minutes * 60
+    """Write at ``rate``/s for ``minutes``, in back-to-back loads of
+    ``interval`` seconds with a sample after each; the samples (each with its
+    load's latency and the history rows the retention deleted meanwhile:
+    rows before + writes - rows after), the growth, the score inbox's rows per
+    person at the end, and write p99 with and without a cleanup round."""
     system.wait_quiet()
     started = time.monotonic()
     samples = [_sample(system, started)]
-    load = threading.Thread(
-        target=wrk.run_wrk,
-        args=(system.services.url, people, seconds, connections),
-        kwargs={"rate": rate, "seed": 7000},
-        daemon=True,
-    )
-    load.start()
-    while load.is_alive():
-        load.join(interval)
-        samples.append(_sample(system, started))
+    chunks = max(1, round(minutes * 60 / interval))
+    for n in range(chunks):
+        load = wrk.run_wrk(system.services.url, people, interval, connections, rate=rate, seed=7000 + n)
+        sample = _sample(system, started)
+        before = samples[-1]
+        sample["history_deleted"] = (
+            before["history_rows"] + (sample["writes"] - before["writes"]) - sample["history_rows"]
+        )
+        sample["load"] = {"created": load.created, "failed": load.failed, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms}
+        samples.append(sample)
         log.info(
-            "soak %5.0f s: %d writes, person %.1f MB, score %.1f MB",
-            samples[-1]["seconds"],
-            samples[-1]["writes"],
-            sum(samples[-1]["bytes"]["person"].values()) / 2**20,
-            sum(samples[-1]["bytes"]["score"].values()) / 2**20,
+            "soak %5.0f s: %d writes, history %d rows (%d deleted), person %.1f MB, score %.1f MB, p99 %.1f ms",
+            sample["seconds"],
+            sample["writes"],
+            sample["history_rows"],
+            sample["history_deleted"],
+            sum(sample["bytes"]["person"].values()) / 2**20,
+            sum(sample["bytes"]["score"].values()) / 2**20,
+            load.p99_ms,
         )
     system.wait_quiet()
     samples.append(_sample(system, started))
@@ -88,7 +97,25 @@ def soak(system: BenchSystem, people: list, minutes: float, rate: float, connect
         "writes": samples[-1]["writes"] - samples[0]["writes"],
         "kb_per_1000_writes": growth(samples),
         "score_inbox_rows_per_person": known / len(people),
+        "history_rows_at_end": samples[-1]["history_rows"],
+        "cleanup_p99": cleanup_p99(samples),
         "samples": samples,
+    }
+
+
+def cleanup_p99(samples: list) -> dict:
+    """Write p99 (ms) of the loads during which the retention deleted rows,
+    and of the others: the median of each, and how many loads each."""
+    loads = [s for s in samples if "load" in s]
+    during = sorted(s["load"]["p99_ms"] for s in loads if s["history_deleted"] > 0)
+    others = sorted(s["load"]["p99_ms"] for s in loads if s["history_deleted"] <= 0)
+
+    def median(values):
+        return statistics.median(values) if values else None
+
+    return {
+        "with_cleanup": {"loads": len(during), "median_p99_ms": median(during), "max_p99_ms": max(during or [None])},
+        "without": {"loads": len(others), "median_p99_ms": median(others), "max_p99_ms": max(others or [None])},
     }
 
 

@@ -57,12 +57,14 @@ class EventSource:
         """The envelope field that names the aggregate in events of ``event_type``."""
         return self._key_fields.get(event_type, self.key_field)
 
-    def new(self, event_type: str, key: str, sequence: int, data: dict) -> dict:
-        """Build a new event; the id and timestamp are fixed here, once."""
+    def new(self, event_type: str, key: str, sequence: int, data: dict, event_id=None, occurred_at=None) -> dict:
+        """Build a new event. The id and time are fixed here, once, unless the
+        producer fixed them already (person keeps them on the rows an event
+        announced: its current state then reads as the same events)."""
         return {
-            "event_id": str(uuid.uuid4()),
+            "event_id": event_id or str(uuid.uuid4()),
             "event_type": event_type,
-            "occurred_at": datetime.now(UTC).isoformat(),
+            "occurred_at": (occurred_at or datetime.now(UTC)).astimezone(UTC).isoformat(),
             self.key_field_of(event_type): key,
             "sequence": sequence,
             "data": data,

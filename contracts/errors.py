@@ -46,3 +46,10 @@ class ScoreNotFound(Exception):
 
     def __str__(self):
         return self.message
+
+
+@deserialize_to_instance
+class HistoryTrimmed(Exception):
+    """The history asked for starts below what person's retention
+    (``EVENT_HISTORY_RETENTION``) has deleted: events after that position may
+    be gone. A rebuild then starts from the start (person's current state)."""

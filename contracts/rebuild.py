@@ -1,4 +1,4 @@
-"""Rebuilding score's replica from person's event history: what its RPC
+"""Rebuilding score's replica from person's current state and event history: what its RPC
 (``score.rebuild_step``) takes and raises, and the loop that drives it to the
 head, shared by score's own ``rebuild`` and the command line
 (``python -m ops.rebuild``). The steps themselves are ``score/rebuild.py``.
@@ -24,14 +24,18 @@ class RebuildError(Exception):
 
 
 def run(do_step: Callable, from_position=None, page_size: int = DEFAULT_PAGE_SIZE, on_step=None) -> dict:
-    """Steps until the head as of the first step is reached; returns the totals.
+    """Steps through person's current state (when the rebuild starts or
+    resumes there), then the history's tail up to the head as of the state's
+    last page (or the first step, for a tail alone); returns the totals.
 
     ``do_step(from_position, page_size)`` is score's ``rebuild_step``: its
-    own (``score.rebuild``), or, on the command line, the RPC call to it; ``on_step(result, totals)``,
-    if given, is called after each step (the command line's progress bar).
-    What commits after the first step's head comes live (see
-    ``score/rebuild.py``), so the loop does not chase it. ``events_per_second`` counts
-    every history event processed (applied, skipped or malformed).
+    own (``score.rebuild``), or, on the command line, the RPC call to it;
+    after the first, each step goes on from the checkpoint the one before
+    saved (``from_position`` None). ``on_step(result, totals)``, if given, is
+    called after each step (the command line's progress bar). What commits
+    after the target comes live, or with the next rebuild (see
+    ``score/rebuild.py``), so the loop does not chase it.
+    ``events_per_second`` counts every event processed (applied, skipped or malformed).
     """
     started = time.monotonic()
     result = do_step(from_position, page_size)
@@ -43,9 +47,11 @@ def run(do_step: Callable, from_position=None, page_size: int = DEFAULT_PAGE_SIZ
     }
     if on_step:
         on_step(result, totals)
-    # An empty page ends it too: nothing is left below the target (rows are never deleted).
-    while result["position"] < totals["target_position"] and result["fetched"]:
-        result = do_step(result["position"], page_size)
+    # An empty page of the tail ends it too: nothing is left below the target.
+    while result["phase"] == "state" or (result["position"] < totals["target_position"] and result["fetched"]):
+        result = do_step(None, page_size)
+        if result["phase"] == "state":
+            totals["target_position"] = max(totals["target_position"], result["head_position"])
         totals["pages"] += 1
         for key in ("fetched", "applied", "skipped", "malformed"):
             totals[key] += result[key]

@@ -21,8 +21,8 @@ class OutboxProbe:
         with self.db.get_session() as session:
             session.execute(
                 text(
-                    "INSERT INTO person (cpf, name, address, date_of_birth, last_sequence)"
-                    " VALUES (:cpf, 'probe', 'probe', '1990-01-01', 1)"
+                    "INSERT INTO person (cpf, name, address, date_of_birth, event_id, sequence, last_sequence)"
+                    " VALUES (:cpf, 'probe', 'probe', '1990-01-01', gen_random_uuid(), 1, 1)"
                 ),
                 {"cpf": cpf},
             )

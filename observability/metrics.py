@@ -9,7 +9,7 @@ What they count (each service exports the ones that concern it):
 - ``http_requests_total{method,route,status}``, ``http_request_duration_seconds``: the gateway's HTTP API;
 - ``rpc_requests_total{method,outcome}``, ``rpc_request_duration_seconds``: RPC handled by person and score;
 - ``events_published_total{event_type,path}``, ``event_publish_failures_total``, ``outbox_pending_events``,
-  ``outbox_oldest_pending_age_seconds``: person's outbox;
+  ``outbox_oldest_pending_age_seconds``, ``event_history_deleted_total`` (the retention policy): person's outbox;
 - ``events_applied_total``, ``events_duplicate_total``, ``events_retried_total``,
   ``events_dead_lettered_total``, ``event_propagation_lag_seconds`` (occurred_at to applied), ``dead_letters``:
   a consumer's handlers;
@@ -55,6 +55,9 @@ OUTBOX_PENDING = Gauge("outbox_pending_events", "Outbox rows not yet published (
 OUTBOX_OLDEST_AGE = Gauge(
     "outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row (read at scrape time)."
 )
+HISTORY_DELETED = Counter(
+    "event_history_deleted", "Published outbox rows deleted by the retention policy (EVENT_HISTORY_RETENTION)."
+)
 EVENTS_APPLIED = Counter("events_applied", "Events applied by a handler (first delivery).", ["event_type"])
 EVENTS_DUPLICATE = Counter(
     "events_duplicate", "Events skipped because the inbox had them (redelivery, replay).", ["event_type"]
@@ -90,6 +93,9 @@ class PrometheusEventMetrics(EventMetrics):
 
     def dead_lettered(self, queue):
         EVENTS_DEAD_LETTERED.labels(queue).inc()
+
+    def history_deleted(self, rows):
+        HISTORY_DELETED.inc(rows)
 
 
 # What a service hands its outbox and handlers.

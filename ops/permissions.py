@@ -72,7 +72,7 @@ GATEWAY_CALLS = (
     "score.get_score",
     "score.health",
 )
-SCORE_CALLS = ("person.event_history",)
+SCORE_CALLS = ("person.current_state", "person.event_history")
 # Person's and score's containers check their health by calling it
 # (``ops.ping``, Nameko's standalone proxy, with the service's own credentials).
 PING_REPLY_QUEUE = _reply_queues("standalone_rpc_proxy")

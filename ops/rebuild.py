@@ -1,17 +1,19 @@
-"""Rebuild score's replica from person's event history, with a progress bar.
+"""Rebuild score's replica from person's current state and event history, with a progress bar.
 
     python -m ops.rebuild [--config config.yml] [--from-start | --from-position N] [--page-size N]
     rebuild-replica ...     (the same, as the installed console script)
 
 Calls ``score.rebuild_step`` page after page (the RPC method that ``nameko
-shell`` offers too, see score/rebuild.py) until score has applied person's
-history up to its head as it was at the start; what person writes meanwhile
-reaches score live, and an event that comes both ways is applied once.
-Without --from-start or --from-position it resumes from score's checkpoint.
+shell`` offers too, see score/rebuild.py): from the start (--from-start),
+person's current state, then its history's tail up to the head as of the
+state's last page; what person writes meanwhile reaches score live (or with
+the next run), and an event that comes both ways is applied once. With
+--from-position N, the history's tail after N (refused if person's retention
+deleted events after N). Without either it resumes from score's checkpoint.
 
 Needs the broker (``AMQP_URI`` or --config) and person and score running.
-Shows the positions done out of the history to go, the rate and the time
-left on stderr; prints a one-line summary on stdout. Exit status: 0 done
+Shows the events done, the phase and the history position on stderr; prints a
+one-line summary on stdout. Exit status: 0 done
 (malformed history events, if any, are listed here and logged by score with
 their positions), 1 broker, score or person unreachable or a page failed
 (running it again resumes from the checkpoint), 2 bad arguments, 130
@@ -47,8 +49,8 @@ def build_parser():
     )
     parser.add_argument("--config", help="path to config.yml (default: the repository's)")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--from-start", action="store_true", help="from the first event of the history")
-    start.add_argument("--from-position", type=int, metavar="N", help="after history position N")
+    start.add_argument("--from-start", action="store_true", help="from person's current state, then the history")
+    start.add_argument("--from-position", type=int, metavar="N", help="the history's tail after position N")
     parser.add_argument(
         "--page-size",
         type=int,
@@ -62,26 +64,22 @@ def build_parser():
 
 
 def run(config: dict, from_position, page_size: int, timeout: float, progress: bool) -> dict:
-    """Step until the head as of the first step (score.rebuild's own loop, each
-    step an RPC to score); returns the totals."""
+    """Step through person's state, then the history's tail to the head
+    (score.rebuild's own loop, each step an RPC to score); returns the totals."""
     check_consumers(config["AMQP_URI"], ("score", "person"))
     bar = None
 
     def show(result, totals):
         nonlocal bar
-        if bar is None:  # the first step tells how far there is to go
-            bar = tqdm(
-                total=max(totals["target_position"] - totals["from_position"], 0),
-                unit="events",
-                unit_scale=True,
-                dynamic_ncols=True,
-                disable=not progress,
-                desc="rebuild",
-                file=sys.stderr,
-            )
-        start, target = totals["from_position"], totals["target_position"]
-        bar.update(max(0, min(result["position"], target) - max(result["from_position"], start)))
-        bar.set_postfix_str(f"applied={totals['applied']}, skipped={totals['skipped']}", refresh=False)
+        if bar is None:
+            bar = tqdm(unit="events", unit_scale=True, dynamic_ncols=True, disable=not progress, file=sys.stderr)
+        bar.set_description(f"rebuild: {result['phase']}", refresh=False)
+        bar.update(result["fetched"])
+        bar.set_postfix_str(
+            f"history at {result['position']} of {totals['target_position']}, applied={totals['applied']}, "
+            f"skipped={totals['skipped']}",
+            refresh=False,
+        )
 
     try:
         with ClusterRpcProxy(config, timeout=timeout) as rpc:
@@ -106,7 +104,7 @@ def _step(rpc, from_position, page_size, timeout) -> dict:
 
 def summary(totals: dict) -> str:
     return (
-        f"rebuilt score from person's history, positions {totals['from_position']} to {totals['position']}: "
+        f"rebuilt score from person, history to position {totals['position']}: "
         f"{totals['fetched']} events, {totals['applied']} applied, {totals['skipped']} skipped "
         f"(already applied), {totals['malformed']} malformed, in {totals['seconds']:.1f} s "
         f"({totals['events_per_second']:.0f} events/s)"

@@ -14,23 +14,57 @@ page stops at it.
 
 from sqlalchemy import text
 
-from contracts.errors import InvalidInput
-from person.models import outbox
+from contracts.errors import HistoryTrimmed, InvalidInput
+from person.models import history_retention, outbox
+from reliable_events.retention import deleted_through
 
 # The largest page event_history serves (about 0.26 MB of JSON per 1000 events).
 HISTORY_PAGE_MAX = 5000
 # How long a page waits for the writes in flight before it fails (the caller tries again).
 SETTLE_TIMEOUT = "5s"
-_SETTLED_HEAD = text(
-    f"SET LOCAL lock_timeout = '{SETTLE_TIMEOUT}'; LOCK TABLE outbox IN SHARE MODE;"
-    " SELECT coalesce(max(position), 0) FROM outbox"
+# The head: the highest position written, or deleted by the retention (a
+# history it emptied still has its head where it was, not back at 0).
+_HEAD = (
+    f"SELECT greatest(coalesce(max(position), 0), (SELECT coalesce(max(deleted_through), 0)"
+    f" FROM {history_retention.name} WHERE source = '{outbox.name}')) FROM {outbox.name}"
 )
+_SETTLED_HEAD = text(f"SET LOCAL lock_timeout = '{SETTLE_TIMEOUT}'; LOCK TABLE outbox IN SHARE MODE; {_HEAD}")
+
+
+def settled_head(session) -> int:
+    """The highest position in the history such that every lower one has
+    committed or never will (see above); 0 for none. Ends the session's
+    transaction: what follows reads in a transaction of its own."""
+    head = session.execute(_SETTLED_HEAD).scalar_one()
+    session.commit()  # the lock goes
+    return head
+
+
+def head(session) -> int:
+    """The highest position committed (or deleted by the retention), not
+    waiting for the writes in flight: how far a reader has to go."""
+    return session.execute(text(_HEAD)).scalar_one()
+
+
+def refuse_trimmed(session, after_position: int) -> None:
+    """``HistoryTrimmed`` if the retention policy deleted events above
+    ``after_position`` (reliable_events/retention.py). Read after the page:
+    the deletions and their record commit together, so a record read then
+    covers every row the page could have missed (read before, a deletion
+    committing in between would go unseen)."""
+    through = deleted_through(session, history_retention, outbox.name)
+    if after_position < through:
+        raise HistoryTrimmed(
+            f"Events up to position {through} were deleted by the retention policy (EVENT_HISTORY_RETENTION):"
+            f" a page after position {after_position} may miss some. Rebuild from the start."
+        )
 
 
 def history_page(session, after_position, limit) -> dict:
     """The first ``limit`` (1..``HISTORY_PAGE_MAX``) events with ``position >
     after_position``, as ``PersonService.event_history`` answers them. Raises
-    ``InvalidInput`` for a bad ``after_position`` or ``limit``, before any query."""
+    ``InvalidInput`` for a bad ``after_position`` or ``limit``, before any query;
+    ``HistoryTrimmed`` for an ``after_position`` below what the retention deleted."""
     problems = {}
     if isinstance(after_position, bool) or not isinstance(after_position, int) or after_position < 0:
         problems["after_position"] = ["Must be an integer >= 0."]
@@ -38,8 +72,7 @@ def history_page(session, after_position, limit) -> dict:
         problems["limit"] = [f"Must be an integer between 1 and {HISTORY_PAGE_MAX}."]
     if problems:
         raise InvalidInput("Invalid history page.", problems)
-    head = session.execute(_SETTLED_HEAD).scalar_one()
-    session.commit()  # the lock goes; the page is read in a transaction of its own
+    head = settled_head(session)
     position = outbox.c.position
     rows = session.execute(
         outbox.select()
@@ -48,6 +81,7 @@ def history_page(session, after_position, limit) -> dict:
         .order_by(position)
         .limit(limit)
     ).all()
+    refuse_trimmed(session, after_position)
     # A payload that is not an object (never written by person) is served
     # as it is, for the reader to report, rather than failing the page.
     events = [

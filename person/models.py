@@ -15,17 +15,26 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import declarative_base, relationship
 
 from contracts.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH
 from contracts.kinds import KINDS, ItemKind
 from reliable_events.idempotency import idempotency_table
-from reliable_events.tables import outbox_table
+from reliable_events.tables import history_retention_table, outbox_table
 
 PersonBase = declarative_base(name="PersonBase")
 
 # Money columns: exact decimals, 2 places, bounds checked by the schema and here.
 MONEY = Numeric(14, 2)
+
+
+def announced_by() -> list[Column]:
+    """The event that announced a row: its id and its sequence in the
+    person's history. Kept on the row, so the current state reads as the very
+    events that built it (``person/state.py``): a replica is rebuilt from them
+    without the history they came from."""
+    return [Column("event_id", UUID(as_uuid=False), nullable=False), Column("sequence", Integer, nullable=False)]
 
 
 class Person(PersonBase):
@@ -40,6 +49,8 @@ class Person(PersonBase):
     # Sequence of the last event announced for this person; bumping it locks the
     # row, which serialises concurrent writes for one person and keeps it gapless.
     last_sequence = Column(Integer, nullable=False, server_default=text("0"))
+    # The person_created event's (its sequence: 1, or after the CPF's last erasure).
+    event_id, sequence = announced_by()
 
     __table_args__ = (CheckConstraint("cpf ~ '^[0-9]{11}$'", name="ck_person_cpf_digits"),)
 
@@ -52,6 +63,7 @@ def _item_model(kind: ItemKind):
         "cpf": Column(String(11), ForeignKey("person.cpf"), nullable=False, index=True),
         "value": Column(MONEY, nullable=False),
         "created_at": Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+        **dict(zip(("event_id", "sequence"), announced_by(), strict=True)),
         "__table_args__": (CheckConstraint("value > 0", name=f"ck_{kind.name}_value_positive"),),
     }
     if kind.typed:
@@ -80,10 +92,12 @@ class Erasure(PersonBase):
 
     id = Column(BigInteger, primary_key=True, autoincrement=True)
     cpf_hash = Column(String(64), nullable=False, index=True)
-    sequence = Column(Integer, nullable=False)
+    event_id, sequence = announced_by()
     erased_by = Column(String(100), nullable=False)
     erased_at = Column(DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp())
 
 
 outbox = outbox_table(PersonBase.metadata)
 idempotency_keys = idempotency_table(PersonBase.metadata, IDEMPOTENCY_KEY_MAX_LENGTH)
+# How far the retention policy deleted the outbox's history (reliable_events/retention.py).
+history_retention = history_retention_table(PersonBase.metadata)

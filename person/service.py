@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
 from contracts.erasure import PersonalDataKey
-from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
+from contracts.errors import HistoryTrimmed, InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_EVENTS
 from contracts.idempotency import IdempotencyKeyReused
 from contracts.kinds import BY_NAME, ItemKind
@@ -39,10 +39,12 @@ from person import writes
 from person.history import history_page
 from person.models import Person, PersonBase, idempotency_keys, outbox
 from person.schemas import ITEM_SCHEMAS, CreatePersonSchema, PersonOutSchema, load_cpf, load_input
+from person.state import state_page
 from reliable_events.database import Database
 from reliable_events.group_commit import GroupCommit
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
 from reliable_events.outbox import Outbox
+from reliable_events.retention import retention_timer
 from reliable_events.rpc import rpc
 from reliable_events.sweep import sweep_timer
 
@@ -255,7 +257,20 @@ class PersonService:
             _log.info("purged %d expired idempotency keys", purged)
         return purged
 
-    @rpc(expected_exceptions=InvalidInput)
+    @retention_timer()
+    @rpc
+    def purge_event_history(self):
+        """Delete the published events older than ``EVENT_HISTORY_RETENTION``
+        from the history, in batches of ``EVENT_HISTORY_CLEANUP_BATCH``, one
+        instance at a time (:mod:`reliable_events.retention`); runs every
+        ``EVENT_HISTORY_CLEANUP_INTERVAL`` seconds. Returns how many were
+        deleted (0 also when another instance is at it).
+
+        Example: ``n.rpc.person.purge_event_history()`` -> ``500``
+        """
+        return self.writer.outbox.purge_history()
+
+    @rpc(expected_exceptions=(InvalidInput, HistoryTrimmed))
     def event_history(self, after_position=0, limit=1000):
         """Person's event history, one page in ``position`` order: for a new
         subscriber or a lost replica to rebuild from (``score.rebuild``).
@@ -284,7 +299,39 @@ class PersonService:
 
         Every event is returned, published or still pending. Read only: an
         index range scan on the outbox's primary key. Raises ``InvalidInput``
-        for a bad ``after_position`` or ``limit``.
+        for a bad ``after_position`` or ``limit``, ``HistoryTrimmed`` for an
+        ``after_position`` below the highest position the retention policy
+        deleted (``EVENT_HISTORY_RETENTION``): rebuild from the start.
         """
         with self.db.get_session() as session:
             return history_page(session, after_position, limit)
+
+    @rpc(expected_exceptions=InvalidInput)
+    def current_state(self, after=None, limit=1000):
+        """Person's current state as the events that built it, one page: for a
+        lost or new replica to rebuild from without the history the retention
+        deleted (``score.rebuild``; the paging is person/state.py's).
+
+        Example (``nameko shell``)::
+
+            >>> page = n.rpc.person.current_state(limit=3)
+            >>> page["events"][0]
+            {'event_id': 'e57ffa9d-...', 'event_type': 'person_created',
+             'occurred_at': '2026-...', 'cpf': '52998224725', 'sequence': 1,
+             'data': {'name': 'Ana', ...}}
+            >>> page["next"], page["head_position"]
+            ('person:52998224725', 4)
+            >>> n.rpc.person.current_state(after=page["next"], limit=3)
+
+        Erasures come first (``person_erased``, by the CPF's hash), then each
+        person with its items, as the events that announced them: their ids,
+        sequences and times as published. A page ends at ``limit`` (1..5000)
+        events, a person never split; ``next`` (None after the last page) is
+        passed back as ``after``. ``head_position``: on the first page, the
+        history's settled head, every event up to which is in this and every
+        later page's state (a rebuild takes the history's tail after it); on
+        the others, the highest position committed. Raises ``InvalidInput``
+        for a bad ``after`` or ``limit``.
+        """
+        with self.db.get_session() as session:
+            return state_page(session, after, limit)

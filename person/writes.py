@@ -13,6 +13,7 @@ An erasure (:class:`Erase`) runs alone, in a transaction of its own
 (:func:`erase`). :class:`PersonWrites` is what the group commit is given.
 """
 
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -59,18 +60,45 @@ _NUMBER_EVENTS = text(
 _LOCK_AND_INSERT_PEOPLE = text(
     """
     SELECT pg_advisory_xact_lock_shared(k) FROM unnest(CAST(:keys AS bigint[])) AS k;
-    INSERT INTO person (cpf, name, address, date_of_birth, last_sequence)
-    SELECT n.cpf, n.name, n.address, n.date_of_birth,
-           coalesce((SELECT max(e.sequence) FROM erasure e WHERE e.cpf_hash = n.cpf_hash), 0) + 1
+    INSERT INTO person (cpf, name, address, date_of_birth, event_id, sequence, last_sequence)
+    SELECT n.cpf, n.name, n.address, n.date_of_birth, n.event_id, s.first, s.first
     FROM unnest(CAST(:cpfs AS varchar[]), CAST(:names AS varchar[]), CAST(:addresses AS varchar[]),
-                CAST(:births AS date[]), CAST(:hashes AS varchar[])) AS n(cpf, name, address, date_of_birth, cpf_hash)
+                CAST(:births AS date[]), CAST(:hashes AS varchar[]), CAST(:event_ids AS uuid[]))
+         AS n(cpf, name, address, date_of_birth, cpf_hash, event_id)
+    CROSS JOIN LATERAL (
+        SELECT coalesce(max(e.sequence), 0) + 1 AS first FROM erasure e WHERE e.cpf_hash = n.cpf_hash
+    ) AS s
     ON CONFLICT (cpf) DO NOTHING
-    RETURNING cpf, created_at, last_sequence
+    RETURNING cpf, created_at, last_sequence, event_id
     """
 )
 _OUT = {kind.name: item_schemas(kind)[1] for kind in KINDS}
 _PERSON_OUT = PersonOutSchema()
 _NO_ITEMS = {kind.plural: [] for kind in KINDS}
+
+
+def new_event_id() -> str:
+    """An event's id, fixed by the write: kept on the row the event announces
+    (:func:`person.models.announced_by`) and in the envelope."""
+    return str(uuid.uuid4())
+
+
+def person_created_data(person) -> dict:
+    """A ``person_created`` event's data, from the person's fields (a write's
+    input, or its row: ``person/state.py``)."""
+    return {
+        "name": person["name"],
+        "address": person["address"],
+        "date_of_birth": person["date_of_birth"].isoformat(),
+    }
+
+
+def item_added_data(kind: ItemKind, item_id: int, item) -> dict:
+    """A ``<kind>_added`` event's data, from the item's fields."""
+    data = {"item_id": item_id, "value": str(item["value"])}
+    if kind.typed:
+        data["type"] = item["type"]
+    return data
 
 
 @dataclass
@@ -137,22 +165,19 @@ def _create_people(session, people, outcomes):
     keys = sorted({CpfHasher.lock_key(new.cpf_hash) for _, new in people})  # one order for every batch: no deadlock
     columns = {"cpfs": "cpf", "names": "name", "addresses": "address", "births": "date_of_birth"}
     params = {param: [new.data[field] for _, new in people] for param, field in columns.items()}
-    params.update(hashes=[new.cpf_hash for _, new in people], keys=keys)
+    params.update(hashes=[new.cpf_hash for _, new in people], keys=keys, event_ids=[new_event_id() for _ in people])
     rows = session.execute(_LOCK_AND_INSERT_PEOPLE, params)
-    created = {row.cpf: (row.created_at, row.last_sequence) for row in rows}
+    created = {row.cpf: (row.created_at, row.last_sequence, row.event_id) for row in rows}
     for i, new in people:
         cpf = new.data["cpf"]
         if cpf not in created:  # there before, or created by an earlier write of this batch
             outcomes[i] = PersonAlreadyExists(f"A person with CPF {cpf} exists.")
             continue
-        created_at, sequence = created.pop(cpf)
-        event = {
-            "name": new.data["name"],
-            "address": new.data["address"],
-            "date_of_birth": new.data["date_of_birth"].isoformat(),
-        }
+        created_at, sequence, event_id = created.pop(cpf)
+        event = person_created_data(new.data)
         outcomes[i] = Done(
-            person_answer(new.data, created_at, sequence), PendingEvent(PERSON_CREATED, cpf, sequence, event)
+            person_answer(new.data, created_at, sequence),
+            PendingEvent(PERSON_CREATED, cpf, sequence, event, event_id=str(event_id), occurred_at=created_at),
         )
 
 
@@ -170,14 +195,15 @@ def _add_items(session, items, outcomes):
         following[new.cpf] += 1
         by_kind[new.kind].append((i, new, following[new.cpf]))
     for kind, entries in by_kind.items():
-        rows = [{"cpf": new.cpf, **new.data} for _, new, _ in entries]
+        rows = [{"cpf": new.cpf, **new.data, "event_id": new_event_id(), "sequence": seq} for _, new, seq in entries]
         inserted = session.execute(_INSERT_ITEMS[kind.name], rows).all()
-        for (i, new, sequence), (item_id, created_at) in zip(entries, inserted, strict=True):
-            event = {"item_id": item_id, "value": str(new.data["value"])}
-            if kind.typed:
-                event["type"] = new.data["type"]
+        for (i, new, sequence), row, (item_id, created_at) in zip(entries, rows, inserted, strict=True):
+            event = item_added_data(kind, item_id, new.data)
             answer = item_answer(kind, new.data, item_id, created_at, sequence)
-            outcomes[i] = Done(answer, PendingEvent(kind.event_type, new.cpf, sequence, event))
+            announced = PendingEvent(
+                kind.event_type, new.cpf, sequence, event, event_id=row["event_id"], occurred_at=created_at
+            )
+            outcomes[i] = Done(answer, announced)
 
 
 _LOCK_PERSON = text("SELECT pg_advisory_xact_lock(:key)")
@@ -212,13 +238,14 @@ def erase(session, erasure: Erase, request_id=None):
     # drops it, being numbered before the erasure (score/replica.py).
     session.execute(outbox.delete().where(outbox.c.aggregate_key == cpf))
     session.execute(idempotency_keys.delete().where(idempotency_keys.c.aggregate_key == cpf))
-    sequence = last + 1
+    sequence, event_id = last + 1, new_event_id()
     erased_at = session.execute(
         Erasure.__table__.insert()
-        .values(cpf_hash=erasure.cpf_hash, sequence=sequence, erased_by=erasure.erased_by)
+        .values(cpf_hash=erasure.cpf_hash, event_id=event_id, sequence=sequence, erased_by=erasure.erased_by)
         .returning(Erasure.erased_at)
     ).scalar_one()
-    return Done(erasure_answer(sequence, erased_at), PendingEvent(PERSON_ERASED, erasure.cpf_hash, sequence, {}))
+    announced = PendingEvent(PERSON_ERASED, erasure.cpf_hash, sequence, {}, event_id=event_id, occurred_at=erased_at)
+    return Done(erasure_answer(sequence, erased_at), announced)
 
 
 def answer_again(session, outbox_row) -> dict:

@@ -43,6 +43,9 @@ class EventMetrics:
     def dead_lettered(self, queue: str) -> None:
         """A message moved to ``queue``'s dead letters."""
 
+    def history_deleted(self, rows: int) -> None:
+        """``rows`` published events the retention policy deleted (:mod:`.retention`)."""
+
 
 NO_METRICS = EventMetrics()
 

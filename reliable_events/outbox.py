@@ -15,9 +15,11 @@ Guarantees:
   before publishing), ``FOR UPDATE SKIP LOCKED``, so sweeps in several
   processes never share a row. Under normal operation no row is published
   twice.
-- Sent rows are kept, ordered by ``position``: they are the event history.
-  Only an aggregate's erasure deletes its rows (``person/writes.py``); the
-  relay may still publish one it holds in memory, and consumers drop it.
+- Sent rows are kept, ordered by ``position``: they are the event history,
+  for ``EVENT_HISTORY_RETENTION`` seconds (:mod:`.retention` deletes older
+  ones, never a pending row). An aggregate's erasure deletes its rows at
+  once (``person/writes.py``); the relay may still publish one it holds in
+  memory, and consumers drop it.
 
 Order across aggregates is not guaranteed (two relays, one queue per event
 type); each event carries a per-aggregate ``sequence`` for consumers that care.
@@ -35,7 +37,10 @@ from reliable_events.confirms import BatchPublisher
 from reliable_events.database import SharedEngine
 from reliable_events.instruments import CALL_ID_STACK_HEADER, NO_METRICS, EventMetrics
 from reliable_events.relay import Relay
+from reliable_events.retention import Retention, retention_settings
+from reliable_events.settings import ConfigError
 from reliable_events.sweep import Sweep
+from reliable_events.tables import history_retention_table
 
 _WRITTEN = "outbox_written"  # session.info: the Written rows its transaction added
 
@@ -57,6 +62,10 @@ class PendingEvent:
     data: dict
     request_id: str | None = None
     call_id_stack: list | None = None
+    # Fixed by the writer when it keeps them on the rows the event announces
+    # (a new id, and a ``datetime``); otherwise the outbox fixes them.
+    event_id: str | None = None
+    occurred_at: object = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,11 @@ class OutboxWriter:
         """Pending rows and the age in seconds of the oldest one."""
         return self._outbox.sweep.backlog()
 
+    def purge_history(self) -> int:
+        """One round of the retention policy (the retention timer calls
+        this): published rows past ``EVENT_HISTORY_RETENTION`` deleted."""
+        return self._outbox.retention.purge()
+
 
 class Outbox(Extension):
     """Writes outbox rows and relays them to ``<service>.events``.
@@ -100,11 +114,21 @@ class Outbox(Extension):
     :class:`OutboxDependency` for a service that writes its own
     transactions; its parent drains it (:meth:`drain`) before the database's
     pool (a :class:`~reliable_events.database.SharedEngine`) is disposed.
+    ``retention_table`` records how far the retention policy deleted the
+    history (:mod:`.retention`); by default the one beside ``table``.
     """
 
-    def __init__(self, declarative_base, table: Table, source, metrics: EventMetrics = NO_METRICS):
+    def __init__(
+        self,
+        declarative_base,
+        table: Table,
+        source,
+        metrics: EventMetrics = NO_METRICS,
+        retention_table: Table | None = None,
+    ):
         self.declarative_base = declarative_base
         self.table = table
+        self.retention_table = history_retention_table(table.metadata) if retention_table is None else retention_table
         self.source = source
         self.metrics = metrics
         self.shared = SharedEngine(declarative_base)
@@ -117,11 +141,15 @@ class Outbox(Extension):
         mark_delay = float(config["OUTBOX_MARK_DELAY"])
         if mark_delay * 2 > grace:
             # A row published but not yet marked must never look abandoned to a sweep.
-            raise ValueError(f"OUTBOX_MARK_DELAY ({mark_delay}) must be at most half of OUTBOX_SWEEP_GRACE ({grace})")
-        self.shared.reserve(2)  # the relay's marks and the sweep
+            raise ConfigError(f"OUTBOX_MARK_DELAY ({mark_delay}) must be at most half of OUTBOX_SWEEP_GRACE ({grace})")
+        retention = retention_settings(config)
+        # The relay's marks and the sweep. (The retention's batch runs in its
+        # timer's worker, on that worker's share of the pool.)
+        self.shared.reserve(2)
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], get_event_exchange(self.source.service, config))
         self.relay = Relay(self, mark_delay)
         self.sweep = Sweep(self, grace)
+        self.retention = Retention(self, self.retention_table, retention)
 
     def start(self):
         self.engine = self.shared.get()
@@ -143,7 +171,9 @@ class Outbox(Extension):
         """Insert ``events`` in ``session``'s transaction, in one statement; their envelopes."""
         rows, written = [], []
         for event in events:
-            envelope = self.source.new(event.event_type, event.key, event.sequence, event.data)
+            envelope = self.source.new(
+                event.event_type, event.key, event.sequence, event.data, event.event_id, event.occurred_at
+            )
             headers = {CALL_ID_STACK_HEADER: event.call_id_stack} if event.call_id_stack is not None else None
             rows.append(
                 {

@@ -1,4 +1,4 @@
-"""Table definitions for the outbox, and the inbox's columns.
+"""Table definitions for the outbox and its retention, and the inbox's columns.
 
 They are factories that attach to a service's own ``MetaData`` so that each
 service keeps the tables in its own database and its Alembic migrations see them.
@@ -61,6 +61,24 @@ def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
         Index(f"ux_{name}_request_id", "request_id", unique=True, postgresql_where=text("request_id IS NOT NULL")),
         # An aggregate's whole history, for its erasure (person/writes.py).
         Index(f"ix_{name}_aggregate", "aggregate_key"),
+    )
+
+
+def history_retention_table(metadata: MetaData, name: str = "history_retention") -> Table:
+    """How far the retention policy (:mod:`reliable_events.retention`) has
+    deleted each history: one row per outbox (``source``: its table's name).
+    Published events up to position ``deleted_through`` may be gone; every
+    event above it is still there.
+
+    Called again on the same ``metadata``, it returns the table made the first
+    time (so a service's models and its outbox share one)."""
+    return Table(
+        name,
+        metadata,
+        Column("source", String(64), primary_key=True),
+        Column("deleted_through", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()),
+        keep_existing=True,
     )
 
 

@@ -84,15 +84,19 @@ class WaitingRead(ScoreBase):
 
 
 class ReplicaCheckpoint(ScoreBase):
-    """How far a rebuild from a source's event history has got (score/rebuild.py).
+    """How far a rebuild from a source has got (score/rebuild.py).
 
-    ``position`` is the source's history position up to which every event was
-    applied by a rebuild (or found applied already); a rebuild started without
-    a position resumes after it. Live events never move it.
+    While it reads the source's current state, ``state_after`` is where its
+    next page starts, and ``position`` the history's head as of the first
+    page, after which the history's tail is read next. Then ``state_after`` is
+    NULL and ``position`` the history position up to which every event was
+    applied by a rebuild (or found applied already). A rebuild started
+    without a position resumes from here. Live events never move it.
     """
 
     __tablename__ = "replica_checkpoint"
 
     source = Column(String(64), primary_key=True)
     position = Column(BigInteger, nullable=False)
+    state_after = Column(String(64))
     updated_at = Column(DateTime(timezone=True), nullable=False, server_default=func.now())

@@ -249,25 +249,28 @@ class ScoreService:
 
     @rpc(expected_exceptions=RebuildError)
     def rebuild_step(self, from_position=None, page_size=rebuilder.DEFAULT_PAGE_SIZE):
-        """Apply one page of person's event history to the replica (see
-        :mod:`score.rebuild`); the command line ``python -m ops.rebuild``
-        calls this page after page.
+        """Apply one page to the replica: of person's current state, then of
+        its history's tail (see :mod:`score.rebuild`); the command line
+        ``python -m ops.rebuild`` calls this page after page.
 
         Example (``nameko shell``)::
 
-            >>> n.rpc.score.rebuild_step(0, 1000)
-            {'from_position': 0, 'position': 1000, 'fetched': 1000, 'applied': 1000,
-             'skipped': 0, 'malformed': 0, 'malformed_positions': [],
+            >>> n.rpc.score.rebuild_step(0, 1000)   # from the start: the state's first page
+            {'phase': 'state', 'from_position': 10500, 'position': 10500, 'fetched': 1000,
+             'applied': 1000, 'skipped': 0, 'malformed': 0, 'malformed_positions': [],
              'head_position': 10500, 'done': False}
-            >>> n.rpc.score.rebuild_step()   # from the checkpoint: after 1000
+            >>> n.rpc.score.rebuild_step()   # from the checkpoint: the state's next page, then the tail
 
-        ``from_position`` None starts after the checkpoint (0 if none), 0 at
-        the start of the history. Events already applied (live or before) are
-        skipped by the inbox; the checkpoint moves to ``position``. Raises
-        ``RebuildError`` for bad arguments or when person does not answer.
+        ``from_position`` 0 starts from the start, ``n`` the history's tail
+        after position ``n``, None from the checkpoint (the start if none).
+        Events already applied (live or before) are skipped by the inbox.
+        Raises ``RebuildError`` for bad arguments, when person does not
+        answer, or when the tail asked for is older than person's retention.
         """
+        fetch, fetch_state = rebuilder.fetch_from(self.person)
         return rebuilder.step(
-            fetch=rebuilder.fetch_history(self.person),
+            fetch=fetch,
+            fetch_state=fetch_state,
             apply=self._apply,
             db=self.db,
             event_types=EVENT_TYPES,
@@ -277,16 +280,17 @@ class ScoreService:
 
     @rpc(expected_exceptions=RebuildError)
     def rebuild(self, from_position=None, page_size=rebuilder.DEFAULT_PAGE_SIZE):
-        """Catch up with person's event history, page after page, up to the
-        head as of the start (what commits later arrives live). Live events
-        keep being applied meanwhile; the overlap is applied once.
+        """Rebuild the replica: person's current state, then its history's
+        tail up to the head as of the state's last page (what commits later
+        arrives live, or with the next rebuild). Live events may keep being
+        applied meanwhile, or not; either way an event is applied once.
 
         Example (``nameko shell``)::
 
             >>> n.rpc.score.rebuild(0)   # from the start; rebuild() resumes from the checkpoint
-            {'from_position': 0, 'target_position': 10500, 'pages': 11, 'fetched': 10500,
-             'applied': 10500, 'skipped': 0, 'malformed': 0, 'malformed_positions': [],
-             'position': 10500, 'seconds': 3.1, 'events_per_second': 3387.1}
+            {'from_position': 10500, 'target_position': 10512, 'pages': 12, 'fetched': 10512,
+             'applied': 10512, 'skipped': 0, 'malformed': 0, 'malformed_positions': [],
+             'position': 10512, 'seconds': 3.1, 'events_per_second': 3390.9}
         """
         return run_to_head(
             lambda start, size: self.rebuild_step(start, size),

@@ -147,8 +147,9 @@ def test_concurrent_batches_over_the_same_people_never_deadlock(run_container, f
     with person_engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO person (cpf, name, address, date_of_birth, last_sequence) "
-                "SELECT lpad(n::text, 11, '0'), 'x', 'y', '1990-01-01', 0 FROM generate_series(1, 20000) AS n"
+                "INSERT INTO person (cpf, name, address, date_of_birth, event_id, sequence, last_sequence) "
+                "SELECT lpad(n::text, 11, '0'), 'x', 'y', '1990-01-01', gen_random_uuid(), 1, 0"
+                " FROM generate_series(1, 20000) AS n"
             )
         )
         conn.execute(text("ANALYZE person"))
@@ -175,7 +176,10 @@ def test_a_batch_locks_its_people_in_cpf_order_whatever_order_its_writes_came(pe
     with person_engine.begin() as conn:
         for cpf in (high, low):  # stored, and so scanned, higher first
             conn.execute(
-                text("INSERT INTO person (cpf, name, address, date_of_birth) VALUES (:c, 'x', 'y', '1990-01-01')"),
+                text(
+                    "INSERT INTO person (cpf, name, address, date_of_birth, event_id, sequence)"
+                    " VALUES (:c, 'x', 'y', '1990-01-01', gen_random_uuid(), 1)"
+                ),
                 {"c": cpf},
             )
     item = {"type": "salary", "value": "1.00"}
