@@ -157,11 +157,11 @@ def test_migrate_turns_the_classic_queues_of_an_earlier_version_into_quorum_queu
             conn.channel().queue_declare("rpc-person", durable=True, auto_delete=False)
 
 
-def score_migrations(score_uri) -> AlembicConfig:
-    """Alembic's configuration of score's migrations on ``score_uri``, to move it by hand."""
+def migrations(uri, service="score") -> AlembicConfig:
+    """Alembic's configuration of a service's migrations on ``uri``, to move it by hand."""
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", "score:migrations")
-    cfg.set_main_option("sqlalchemy.url", score_uri.replace("%", "%%"))
+    cfg.set_main_option("script_location", f"{service}:migrations")
+    cfg.set_main_option("sqlalchemy.url", uri.replace("%", "%%"))
     return cfg
 
 
@@ -171,7 +171,7 @@ def test_migrate_hashes_the_people_score_knew_before_erasure_existed(throwaway):
     key the services are given."""
     _, uris = throwaway
     score_uri = uris["score:ScoreBase"]
-    cfg = score_migrations(score_uri)
+    cfg = migrations(score_uri)
     command.downgrade(cfg, "0003")  # score's schema before erasure
     engine = create_engine(score_uri)
     with engine.begin() as conn:
@@ -194,7 +194,7 @@ def test_migrate_folds_score_s_inbox_of_event_ids_into_watermarks(throwaway):
     created again) and drops them."""
     _, uris = throwaway
     score_uri = uris["score:ScoreBase"]
-    cfg = score_migrations(score_uri)
+    cfg = migrations(score_uri)
     command.downgrade(cfg, "0004")  # score's schema with processed_events
     engine = create_engine(score_uri)
     whole, gapped, again = "52998224725", "11144477735", "01234567890"
@@ -229,3 +229,60 @@ def test_migrate_folds_score_s_inbox_of_event_ids_into_watermarks(throwaway):
     engine.dispose()
     assert marks == {whole: (3, []), gapped: (2, [4, 6]), again: (7, [9])}
     assert inbox_left is None
+
+
+def test_migrate_gives_person_s_rows_the_id_and_sequence_of_the_event_that_announced_them(throwaway):
+    """A rebuild reads person's current state as the events that built it:
+    rows written before they kept their event's id and sequence take them
+    from that event in the outbox (kept for ever until then). A row with no
+    event there stops the upgrade, saying how many."""
+    _, uris = throwaway
+    person_uri = uris["person:PersonBase"]
+    cfg = migrations(person_uri, "person")
+    command.downgrade(cfg, "0008")  # person's rows before they kept their event
+    engine = create_engine(person_uri)
+    cpf, created, income, erased, kept = "52998224725", str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), "h2"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO person (cpf, name, address, date_of_birth, last_sequence)"
+                " VALUES (:c, 'A', 'R', '1990-01-01', 2)"
+            ),
+            {"c": cpf},
+        )
+        item = conn.execute(
+            text("INSERT INTO income (cpf, type, value) VALUES (:c, 'salary', 10) RETURNING id"), {"c": cpf}
+        ).scalar()
+        conn.execute(
+            text("INSERT INTO erasure (cpf_hash, sequence, erased_by) VALUES ('h1', 4, 'dpo'), (:k, 2, 'dpo')"),
+            {"k": kept},
+        )
+        outbox = text(
+            "INSERT INTO outbox (event_id, event_type, aggregate_key, sequence, payload)"
+            " VALUES (:id, :type, :key, :n, CAST(:payload AS jsonb))"
+        )
+        conn.execute(outbox, {"id": created, "type": "person_created", "key": cpf, "n": 1, "payload": "{}"})
+        conn.execute(
+            outbox,
+            {"id": income, "type": "income_added", "key": cpf, "n": 2, "payload": f'{{"data": {{"item_id": {item}}}}}'},
+        )
+        conn.execute(outbox, {"id": erased, "type": "person_erased", "key": "h1", "n": 4, "payload": "{}"})
+    command.upgrade(cfg, "head")
+
+    with engine.connect() as conn:
+        person = conn.execute(text("SELECT event_id::text, sequence FROM person")).one()
+        item_row = conn.execute(text("SELECT event_id::text, sequence FROM income")).one()
+        erasures = dict(conn.execute(text("SELECT cpf_hash, event_id::text FROM erasure")).all())
+    assert tuple(person) == (created, 1) and tuple(item_row) == (income, 2)
+    assert erasures["h1"] == erased and erasures[kept]  # an erasure's lost event: a new id, it only names it
+
+    command.downgrade(cfg, "0008")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO person (cpf, name, address, date_of_birth) VALUES ('11144477735', 'B', 'R', '1990-01-01')"
+            )
+        )
+    with pytest.raises(RuntimeError, match="1 person rows have no event in the outbox"):
+        command.upgrade(cfg, "head")
+    engine.dispose()
