@@ -49,6 +49,10 @@ class ScoredItem(ScoreBase):
     cpf = Column(String(11), nullable=False, index=True)
     value = Column(Numeric(14, 2), nullable=False)
     event_id = Column(UUID(as_uuid=False), nullable=False, unique=True)
+    # The event's sequence in the person's history: an erasure applied after
+    # a person created again had items scored keeps theirs (score/replica.py).
+    # NULL on rows from before it was kept.
+    sequence = Column(Integer)
     occurred_at = Column(DateTime(timezone=True), nullable=False)
     applied_at = Column(DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp())
 

@@ -1,7 +1,9 @@
 """Applying person's events to score's replica, and reading a score from it.
 
 **Erasure.** A ``person_erased`` event (keyed by the CPF's hash, never the
-CPF) deletes the person's rows here, its inbox rows included, and leaves a
+CPF) deletes the person's rows here up to its sequence, its inbox rows
+included (the events of a person created again that came before it, on
+their own queues, stay), and leaves a
 tombstone (:class:`~score.models.ErasedPerson`): the hash and the erasure's
 sequence. Every batch of events passes :func:`admit` first, which drops the
 events of an erased person numbered up to its tombstone: still in flight when
@@ -73,19 +75,41 @@ _LOCK_AND_READ = text(
     LEFT JOIN waiting_read w ON w.cpf_hash = p.cpf_hash AND p.cpf IS NOT NULL AND w.until > clock_timestamp()
     """
 )
+# An erasure deletes what the person had up to its sequence: every row of a
+# person whose highest event applied is at or below it; of a person created
+# again whose events (numbered after the erasure) came first, a queue per
+# event type or a retry having held the erasure back, only the items of
+# before (an item's sequence; NULL on rows from before it was kept), and the
+# watermark moves past the erasure (``erase``). Returns each person's CPF,
+# whether its row went, and its watermark.
 _ERASE = text(
     """
-    WITH gone AS (DELETE FROM known_person WHERE cpf_hash = ANY(CAST(:hashes AS varchar[])) RETURNING cpf),
-         items AS (DELETE FROM scored_item s USING gone WHERE s.cpf = gone.cpf),
+    WITH erased AS (
+             SELECT * FROM unnest(CAST(:hashes AS varchar[]), CAST(:sequences AS int[])) AS e(cpf_hash, sequence)
+         ),
+         known AS (
+             SELECT k.cpf, e.sequence AS erased, k.last_sequence <= e.sequence AS whole,
+                    k.applied_through, k.applied_above
+             FROM known_person k JOIN erased e ON e.cpf_hash = k.cpf_hash
+         ),
+         gone AS (DELETE FROM known_person k USING known WHERE k.cpf = known.cpf AND known.whole),
+         items AS (
+             DELETE FROM scored_item s USING known
+             WHERE s.cpf = known.cpf AND (s.sequence IS NULL OR s.sequence <= known.erased)
+         ),
          reads AS (DELETE FROM waiting_read WHERE cpf_hash = ANY(CAST(:hashes AS varchar[]))),
          tombstones AS (
              INSERT INTO erased_person (cpf_hash, sequence)
-             SELECT * FROM unnest(CAST(:hashes AS varchar[]), CAST(:sequences AS int[]))
+             SELECT cpf_hash, sequence FROM erased
              ON CONFLICT (cpf_hash) DO UPDATE
                  SET sequence = greatest(erased_person.sequence, excluded.sequence), erased_at = now()
          )
-    SELECT cpf FROM gone ORDER BY cpf
+    SELECT cpf, erased, whole, applied_through, applied_above FROM known ORDER BY cpf
     """
+)
+
+_PAST_ERASURE = text(
+    "UPDATE known_person SET applied_through = :through, applied_above = :above, updated_at = now() WHERE cpf = :cpf"
 )
 
 
@@ -135,15 +159,27 @@ def admit(session, events: list, hashes: dict, erasing: bool) -> tuple[list, dic
 
 
 def erase(session, events: list) -> list:
-    """Apply ``person_erased`` events: delete each person's rows (its items,
-    its watermark) and keep its tombstone; the CPFs erased here."""
+    """Apply ``person_erased`` events: delete each person's rows up to the
+    erasure (its items, its watermark; see ``_ERASE``) and keep its
+    tombstone. The CPFs whose replica changed."""
     if not events:
         return []
     highest = {}
     for event in events:
         highest[event["cpf_hash"]] = max(highest.get(event["cpf_hash"], 0), event["sequence"])
     people = sorted(highest)
-    return session.execute(_ERASE, {"hashes": people, "sequences": [highest[h] for h in people]}).scalars().all()
+    found = session.execute(_ERASE, {"hashes": people, "sequences": [highest[h] for h in people]}).all()
+    # A person created again, whose events came first: all up to the erasure
+    # is done with, and what it applied after stays.
+    kept = [
+        {"cpf": cpf, "through": mark.through, "above": list(mark.above)}
+        for cpf, erased, whole, _, above in found
+        if not whole
+        for mark in [Watermark(erased, tuple(above)).with_applied(())]
+    ]
+    if kept:
+        session.execute(_PAST_ERASURE, kept)
+    return [cpf for cpf, *_ in found]
 
 
 def save_marks(session, marks: dict, hashes: dict) -> list:
@@ -199,6 +235,7 @@ def add_items(session, events: list, kind: str) -> None:
                 "cpf": event["cpf"],
                 "value": data["value"],
                 "event_id": event["event_id"],
+                "sequence": event["sequence"],
                 "occurred_at": event["occurred_at"],
             }
         )

@@ -371,3 +371,42 @@ def test_real_container_wires_database_and_inbox(config, score_engine):
     assert score["score"] == 4970
     assert score["breakdown"] == {"income": 20, "asset": 5000, "debt": -50}
     assert watermarks(score_engine) == {CPF: (4, [])}
+
+
+def test_an_erasure_held_back_keeps_what_the_person_created_again_had_scored(service, score_engine):
+    """A person erased (sequence 3) and created again (4, 5): the erasure
+    travels on a queue of its own, and a retry may hold it back while the new
+    person's events are applied. Applied then, it deletes the erased person's
+    items and leaves the new one's, and the watermark goes on past it."""
+    cpf_hash = TEST_HASHER.hash(CPF)
+    apply(service, "on_person_created", person_created(1))
+    apply(service, "on_income_added", item_added("income", 2, 1, "1000.00"))
+    apply(service, "on_person_created", person_created(4))  # created again, after the erasure
+    apply(service, "on_debt_added", item_added("debt", 5, 2, "400.00"))
+
+    erasure = PERSON_EVENTS.parse(PERSON_EVENTS.new("person_erased", cpf_hash, 3, {}))
+    apply(service, "on_person_erased", erasure)
+
+    assert rows(score_engine, "SELECT kind, item_id, sequence FROM scored_item") == [
+        {"kind": "debt", "item_id": 2, "sequence": 5}
+    ]
+    assert watermarks(score_engine) == {CPF: (5, [])}
+    assert rows(score_engine, "SELECT cpf_hash, sequence FROM erased_person") == [{"cpf_hash": cpf_hash, "sequence": 3}]
+    assert service.get_score(CPF, min_sequence=5)["score"] == -20  # the debt of 400 alone
+    apply(service, "on_person_erased", erasure)  # delivered again: a duplicate, nothing more goes
+    assert count(score_engine, "scored_item") == 1
+
+
+def test_an_erasure_in_order_deletes_every_row_of_the_person(service, score_engine):
+    apply(service, "on_person_created", person_created(1))
+    apply(service, "on_income_added", item_added("income", 2, 1, "1000.00"))
+
+    apply(
+        service,
+        "on_person_erased",
+        PERSON_EVENTS.parse(PERSON_EVENTS.new("person_erased", TEST_HASHER.hash(CPF), 3, {})),
+    )
+
+    assert count(score_engine, "scored_item") == 0 and count(score_engine, "known_person") == 0
+    with pytest.raises(ScoreNotFound):
+        service.get_score(CPF)
