@@ -7,7 +7,8 @@ TOAST included) with its rows, beside the writes person holds so far. A table
 that levels off grows by nothing per write once the run is past its start;
 one that does not keeps growing by the same amount per write. The figure per
 table is its growth over the run's second half, in KB per 1,000 writes (the
-first half holds the warm-up and the people's first rows). The picture is
+first half holds the warm-up and the people's first rows), the slope of its
+size against the writes. The picture is
 each table's size against time. With ``--retention S`` person keeps its
 event history S seconds (``EVENT_HISTORY_RETENTION``): the history then
 levels off too, and each load's write p99 is set beside whether a cleanup
@@ -45,17 +46,24 @@ def _sample(system: BenchSystem, started: float) -> dict:
 
 def growth(samples: list) -> dict:
     """Per database, per table, and each database's total: KB per 1,000
-    writes between the middle sample and the last one."""
-    mid, last = samples[len(samples) // 2], samples[-1]
-    writes = last["writes"] - mid["writes"]
+    writes over the second half of the samples, as the least-squares slope
+    of size against writes (a table the retention trims is a saw-tooth: two
+    samples alone would land anywhere on its teeth)."""
+    half = samples[len(samples) // 2 :]
     out = {}
-    for db, tables in last["bytes"].items():
+    for db, tables in samples[-1]["bytes"].items():
         per_table = {
-            table: (size - mid["bytes"][db].get(table, 0)) / 1024 / writes * 1000 if writes else float("nan")
-            for table, size in sorted(tables.items())
+            table: _slope([s["writes"] for s in half], [s["bytes"][db].get(table, 0) for s in half]) / 1024 * 1000
+            for table in sorted(tables)
         }
         out[db] = {**per_table, "total": sum(per_table.values())}
     return out
+
+
+def _slope(xs: list, ys: list) -> float:
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread if spread else float("nan")
 
 
 def soak(system: BenchSystem, people: list, minutes: float, rate: float, connections: int, interval: float) -> dict:

@@ -40,7 +40,7 @@ from person.history import history_page
 from person.models import Person, PersonBase, idempotency_keys, outbox
 from person.schemas import ITEM_SCHEMAS, CreatePersonSchema, PersonOutSchema, load_cpf, load_input
 from person.state import state_page
-from reliable_events.database import Database
+from reliable_events.database import Database, vacuum_unless_autovacuum
 from reliable_events.group_commit import GroupCommit
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
 from reliable_events.outbox import Outbox
@@ -253,8 +253,10 @@ class PersonService:
         """
         with self.db.get_session() as session:
             purged = self.idempotency.purge_expired(session)
+            engine = session.get_bind()
         if purged:
-            _log.info("purged %d expired idempotency keys", purged)
+            vacuumed = vacuum_unless_autovacuum(engine, idempotency_keys.name)
+            _log.info("purged %d expired idempotency keys", purged, extra={"vacuumed": vacuumed})
         return purged
 
     @retention_timer()

@@ -38,9 +38,10 @@ import time
 from dataclasses import dataclass
 
 from nameko.timer import Timer
-from sqlalchemy import Table, bindparam, delete, func, select, text
+from sqlalchemy import Table, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from reliable_events.database import vacuum_unless_autovacuum
 from reliable_events.settings import ConfigError, positive_number
 
 _log = logging.getLogger(__name__)
@@ -165,7 +166,9 @@ class Retention:
             if batch.last:
                 break
             after = batch.scanned_through
-        vacuumed = bool(total) and self.vacuum_if_no_autovacuum()
+        # Where autovacuum is off the deleted rows' space is reused only so
+        # (the settled head's SHARE lock waits for it, within its lock timeout).
+        vacuumed = bool(total) and vacuum_unless_autovacuum(self.outbox.engine, self.source)
         if total:
             seconds = time.monotonic() - started
             _log.info(
@@ -212,22 +215,6 @@ class Retention:
             )
         self.outbox.metrics.history_deleted(len(deleted))
         return Batch(len(deleted), highest, scanned_through, last)
-
-    def vacuum_if_no_autovacuum(self) -> bool:
-        """VACUUM the history's table when the server's autovacuum is off:
-        whether it did. A deleted row's space is reused only once a vacuum
-        has passed, and with autovacuum off (as on some servers, this
-        project's machine among them) none ever would: the table would keep
-        its size however few rows it held. With autovacuum on, it does this
-        itself, when it judges it worth it. A plain VACUUM takes no lock that
-        writers wait for (the settled head's SHARE lock waits for it, within
-        its lock timeout)."""
-        with self.outbox.engine.connect() as conn:
-            if conn.execute(text("SHOW autovacuum")).scalar() == "on":
-                return False
-        with self.outbox.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f'VACUUM "{self.source}"'))
-        return True
 
     def deleted_through(self) -> int:
         """The highest position deleted so far (0: none)."""
