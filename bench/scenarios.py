@@ -505,8 +505,8 @@ REBUILD = (
 
 
 def rebuild(system: BenchSystem, p) -> dict:
-    """Score's replica emptied (a lost database), then rebuilt from person's whole
-    history with the command line's own loop (``ops.rebuild.run``, no progress bar),
+    """Score's replica emptied (a lost database), then rebuilt from person's
+    current state and history with the command line's own loop (``ops.rebuild.run``, no progress bar),
     score running as in production. Checks that every event was applied once."""
     runs = []
     for _ in range(p.reps):
