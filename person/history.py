@@ -1,5 +1,5 @@
 """A page of person's event history: the body of ``PersonService.event_history``
-(``person/service.py``), which a new subscriber or a lost replica rebuilds
+(``person/replica_sources.py``), which a new subscriber or a lost replica rebuilds
 from (``score.rebuild``). Read only, from the outbox table, in ``position`` order.
 
 **A settled head.** Positions are issued at insert time and transactions

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 import reliable_events.green  # noqa: F401  (cooperative psycopg2, before any connection)
 from contracts.erasure import PersonalDataKey
-from contracts.errors import HistoryTrimmed, InvalidInput, PersonAlreadyExists, PersonNotFound
+from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_EVENTS
 from contracts.idempotency import IdempotencyKeyReused
 from contracts.kinds import BY_NAME, ItemKind
@@ -35,11 +35,9 @@ from observability.metrics import (
     metrics_response,
     read_at_scrape,
 )
-from person import writes
-from person.history import history_page
+from person import replica_sources, writes
 from person.models import Person, PersonBase, idempotency_keys, outbox
 from person.schemas import ITEM_SCHEMAS, CreatePersonSchema, PersonOutSchema, load_cpf, load_input
-from person.state import state_page
 from reliable_events.database import Database, vacuum_unless_autovacuum
 from reliable_events.group_commit import GroupCommit
 from reliable_events.idempotency import IdempotencyKeys, KeyReused, request_hash
@@ -70,7 +68,8 @@ def write_path(outbox_type: type[Outbox] = Outbox) -> GroupCommit:
     )
 
 
-class PersonService:
+# nameko run takes every class with entrypoints in this module: the module, not the class, is imported.
+class PersonService(replica_sources.ReplicaSources):
     name = "person"
 
     db = Database(PersonBase)
@@ -271,69 +270,3 @@ class PersonService:
         Example: ``n.rpc.person.purge_event_history()`` -> ``500``
         """
         return self.writer.outbox.purge_history()
-
-    @rpc(expected_exceptions=(InvalidInput, HistoryTrimmed))
-    def event_history(self, after_position=0, limit=1000):
-        """Person's event history, one page in ``position`` order: for a new
-        subscriber or a lost replica to rebuild from (``score.rebuild``).
-
-        Example (``nameko shell``)::
-
-            >>> page = n.rpc.person.event_history(after_position=0, limit=2)
-            >>> page["events"][0]
-            {'event_id': 'e57ffa9d-...', 'event_type': 'person_created',
-             'occurred_at': '2026-...', 'cpf': '52998224725', 'sequence': 1,
-             'data': {'name': 'Ana', ...}, 'position': 1}
-            >>> page["last_position"], page["head_position"]
-            (2, 4)
-            >>> n.rpc.person.event_history(after_position=page["last_position"], limit=2)
-
-        The page is the first ``limit`` (1..5000) events with ``position >
-        after_position``, each the envelope as published plus its ``position``.
-        ``last_position`` is the last one returned (``after_position`` if
-        none): pass it back for the next page. ``head_position`` is the
-        highest position committed when the page was read (0 for no history),
-        and a settled one: every lower position has committed or never will
-        (person/history.py), so a reader of the history alone misses nothing.
-        The page never goes past it. A page waits for the writes in flight to
-        end, at most 5 s; past that it fails with the database's lock
-        timeout, and the rebuild step that asked for it fails and can run again.
-
-        Every event is returned, published or still pending. Read only: an
-        index range scan on the outbox's primary key. Raises ``InvalidInput``
-        for a bad ``after_position`` or ``limit``, ``HistoryTrimmed`` for an
-        ``after_position`` below the highest position the retention policy
-        deleted (``EVENT_HISTORY_RETENTION``): rebuild from the start.
-        """
-        with self.db.get_session() as session:
-            return history_page(session, after_position, limit)
-
-    @rpc(expected_exceptions=InvalidInput)
-    def current_state(self, after=None, limit=1000):
-        """Person's current state as the events that built it, one page: for a
-        lost or new replica to rebuild from without the history the retention
-        deleted (``score.rebuild``; the paging is person/state.py's).
-
-        Example (``nameko shell``)::
-
-            >>> page = n.rpc.person.current_state(limit=3)
-            >>> page["events"][0]
-            {'event_id': 'e57ffa9d-...', 'event_type': 'person_created',
-             'occurred_at': '2026-...', 'cpf': '52998224725', 'sequence': 1,
-             'data': {'name': 'Ana', ...}}
-            >>> page["next"], page["head_position"]
-            ('person:52998224725', 4)
-            >>> n.rpc.person.current_state(after=page["next"], limit=3)
-
-        Erasures come first (``person_erased``, by the CPF's hash), then each
-        person with its items, as the events that announced them: their ids,
-        sequences and times as published. A page ends at ``limit`` (1..5000)
-        events, a person never split; ``next`` (None after the last page) is
-        passed back as ``after``. ``head_position``: on the first page, the
-        history's settled head, every event up to which is in this and every
-        later page's state (a rebuild takes the history's tail after it); on
-        the others, the highest position committed. Raises ``InvalidInput``
-        for a bad ``after`` or ``limit``.
-        """
-        with self.db.get_session() as session:
-            return state_page(session, after, limit)
