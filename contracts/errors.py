@@ -53,3 +53,9 @@ class HistoryTrimmed(Exception):
     """The history asked for starts below what person's retention
     (``EVENT_HISTORY_RETENTION``) has deleted: events after that position may
     be gone. A rebuild then starts from the start (person's current state)."""
+
+
+@deserialize_to_instance
+class DeadlinePassed(Exception):
+    """A write of a batch (``person.write_many``) that reached person after its
+    caller's deadline: it was not run, as its caller had answered it 504."""

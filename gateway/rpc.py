@@ -61,7 +61,12 @@ class TimedServiceProxy:
         return self._reply_listener.routing_key is not None
 
     def _call(self, method_name, *args, **kwargs):
+        return self.call_by(time.time() + self._timeout, method_name, *args, **kwargs)
+
+    def call_by(self, deadline_at: float, method_name, *args, **kwargs):
+        """``method_name(*args, **kwargs)``, answered by ``deadline_at`` (seconds since the epoch)."""
         target = f"{self._service_name}.{method_name}"
+        timeout = max(deadline_at - time.time(), 0.001)
         # A request nobody takes in time expires in the queue, so a write the
         # caller was told timed out cannot run minutes later.
         method = _TimedMethodProxy(
@@ -69,11 +74,11 @@ class TimedServiceProxy:
             self._service_name,
             method_name,
             self._reply_listener,
-            expiration=self._timeout,
+            expiration=timeout,
         )
-        method.deadline = time.time() + self._timeout
+        method.deadline = deadline_at
         reply = None
-        deadline = eventlet.Timeout(self._timeout)
+        deadline = eventlet.Timeout(timeout)
         try:
             try:
                 if self._reply_listener.routing_key is None:

@@ -25,6 +25,7 @@ from gateway.freshness import ReplicaWatch
 from gateway.http import error_parts, http, json_response
 from gateway.requests import json_body, min_sequence, path_cpf, requester, write_keys
 from gateway.rpc import TimedRpcProxy
+from gateway.write_batches import PersonWrites
 from observability.logs import CallContext
 from observability.metrics import READ_WAIT, metrics_response
 
@@ -43,6 +44,7 @@ class GatewayService:
     name = "gateway"
 
     person = TimedRpcProxy("person")
+    person_writes = PersonWrites()  # the writes in flight go to person together
     score = TimedRpcProxy("score")
     replica = ReplicaWatch()
     config = Config()
@@ -65,7 +67,7 @@ class GatewayService:
         Errors: 400 malformed JSON or empty body, 415 not JSON, 422 invalid
         fields, 409 CPF exists.
         """
-        person = self.person.create_person(json_body(request), **write_keys(request))
+        person = self.person_writes.create_person(json_body(request), **write_keys(request))
         return _written(person, 201, {"Location": f"/person/{person['cpf']}"})
 
     @http("GET", "/person/<cpf>", scope="read")
@@ -109,7 +111,7 @@ class GatewayService:
                  localhost:8000/person/52998224725/debt --data '{"value": 1000}'
         """
         cpf = path_cpf(cpf)
-        add = getattr(self.person, BY_NAME[kind].rpc_method)
+        add = getattr(self.person_writes, BY_NAME[kind].rpc_method)
         item = add(cpf, json_body(request), **write_keys(request))
         return _written(item)
 

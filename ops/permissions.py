@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from nameko.rpc import RPC_QUEUE_TEMPLATE, RPC_REPLY_QUEUE_TEMPLATE
 
 from contracts.events import NOTICE_QUEUE_PREFIX, PERSON_EVENTS, REPLICA_ADVANCED, SCORE_NOTICES
-from contracts.kinds import KINDS
 
 
 def _reply_queues(service: str) -> str:
@@ -64,11 +63,10 @@ EVENT_QUEUE = f"evt-{PERSON_EVENTS.service}-.+"
 
 # The RPC calls each service makes, as routing keys (service.method).
 GATEWAY_CALLS = (
-    "person.create_person",
+    "person.write_many",  # its writes: gateway/write_batches.py
     "person.get_person",
     "person.erase_person",
     "person.health",
-    *(f"person.{kind.rpc_method}" for kind in KINDS),
     "score.get_score",
     "score.health",
 )

@@ -24,7 +24,7 @@ from contracts.erasure import PersonalDataKey
 from contracts.errors import InvalidInput, PersonAlreadyExists, PersonNotFound
 from contracts.events import PERSON_EVENTS
 from contracts.idempotency import IdempotencyKeyReused
-from contracts.kinds import BY_NAME, ItemKind
+from contracts.kinds import BY_NAME, KINDS, ItemKind
 from observability.logs import CallContext
 from observability.metrics import (
     EVENT_METRICS,
@@ -35,7 +35,7 @@ from observability.metrics import (
     metrics_response,
     read_at_scrape,
 )
-from person import replica_sources, writes
+from person import batched_writes, replica_sources, writes
 from person.models import Person, PersonBase, idempotency_keys, outbox
 from person.schemas import ITEM_SCHEMAS, CreatePersonSchema, PersonOutSchema, load_cpf, load_input
 from reliable_events.database import Database, vacuum_unless_autovacuum
@@ -50,6 +50,9 @@ _log = logging.getLogger(__name__)
 
 # The caller's mistakes: answered as errors, not logged as the service's failures.
 CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, IdempotencyKeyReused)
+
+BY_RPC_METHOD = {kind.rpc_method: kind for kind in KINDS}
+WRITE_METHODS = ("create_person", *BY_RPC_METHOD)  # what write_many runs
 
 
 def _set_outbox_gauges(backlog):
@@ -68,9 +71,10 @@ def write_path(outbox_type: type[Outbox] = Outbox) -> GroupCommit:
     )
 
 
-# nameko run takes every class with entrypoints in this module: the module, not the class, is imported.
-class PersonService(replica_sources.ReplicaSources):
+# nameko run takes every class with entrypoints in this module: the modules, not the classes, are imported.
+class PersonService(replica_sources.ReplicaSources, batched_writes.BatchedWrites):
     name = "person"
+    client_errors = CLIENT_ERRORS
 
     db = Database(PersonBase)
     idempotency = IdempotencyKeys(idempotency_keys)
@@ -104,9 +108,7 @@ class PersonService(replica_sources.ReplicaSources):
         Raises ``InvalidInput`` (fields named), ``PersonAlreadyExists`` or
         ``IdempotencyKeyReused`` (the key was used for another request).
         """
-        data = load_input(CreatePersonSchema(), person)
-        new = writes.NewPerson(data, self.hasher.hash(data["cpf"]))
-        return self._submit(new, "create_person", (person,), idempotency_key, request_id)
+        return self._submit(*self._prepared("create_person", (person,)), idempotency_key, request_id)
 
     @rpc(expected_exceptions=CLIENT_ERRORS)
     def get_person(self, cpf):
@@ -199,10 +201,23 @@ class PersonService(replica_sources.ReplicaSources):
     def _add_item(self, kind: ItemKind, cpf, item, idempotency_key=None, request_id=None):
         """Add an item of a kind (:mod:`contracts.kinds`): the body of every
         ``add_<kind>`` method. Announces ``<kind>_added``."""
+        return self._submit(*self._prepared(kind.rpc_method, (cpf, item)), idempotency_key, request_id)
+
+    def _prepared(self, method, args):
+        """What the write ``method(*args)`` submits, its input loaded and
+        checked: ``(payload, method, request)``, the request as the client
+        sent it (a retry of it hashes the same). Raises ``InvalidInput``."""
+        if method == "create_person":
+            (person,) = args
+            data = load_input(CreatePersonSchema(), person)
+            return writes.NewPerson(data, self.hasher.hash(data["cpf"])), method, (person,)
+        kind = BY_RPC_METHOD.get(method)
+        if kind is None:
+            raise InvalidInput(f"No write method {method!r}.", {"method": [f"Must be one of {WRITE_METHODS}."]})
+        cpf, item = args
         cpf = load_cpf(cpf)
         data = load_input(ITEM_SCHEMAS[kind.name], item)
-        # The request as the client sent it: a retry of it hashes the same.
-        return self._submit(writes.NewItem(kind, cpf, data), kind.rpc_method, (cpf, item), idempotency_key, request_id)
+        return writes.NewItem(kind, cpf, data), method, (cpf, item)
 
     def _submit(self, payload, operation, request, idempotency_key, request_id):
         digest = request_hash(operation, *request) if idempotency_key is not None else None

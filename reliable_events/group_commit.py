@@ -42,6 +42,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+import eventlet
 from eventlet.event import Event
 from nameko.extensions import DependencyProvider
 from psycopg2.errorcodes import UNIQUE_VIOLATION
@@ -112,6 +113,10 @@ class Transactions:
             return self.transaction([write])[0]
         except Exception as exc:
             return self.redelivered(write, exc)
+
+    def commit_all(self, writes: list[Write]) -> list:
+        """Each write alone, one after the other: their outcomes."""
+        return [self.commit(write) for write in writes]
 
     def transaction(self, writes: list[Write]) -> list:
         """One transaction for ``writes``; their outcomes (an answer, or an error), in order."""
@@ -216,11 +221,21 @@ class GroupCommit(DependencyProvider):
 
     def commit(self, write: Write):
         """Wait for ``write`` to be committed in a batch: its outcome (an answer, or its error)."""
-        if write.idempotency_key is not None or self.writes.runs_alone(write.payload):
-            return self.transactions.commit(write)
-        done = Event()
-        self.batches.add((write, done))
-        return done.wait()
+        return self.commit_all([write])[0]
+
+    def commit_all(self, writes: list[Write]) -> list:
+        """Wait for every one of ``writes`` to be committed: their outcomes, in
+        order. They join the waiting batch together (one transaction for all
+        when they fit), while those that run alone run at once, side by side."""
+        waiting = []
+        for write in writes:
+            if write.idempotency_key is not None or self.writes.runs_alone(write.payload):
+                waiting.append(eventlet.spawn(self.transactions.commit, write))
+            else:
+                done = Event()
+                self.batches.add((write, done))
+                waiting.append(done)
+        return [done.wait() for done in waiting]
 
     def _launch(self, batch: list) -> None:
         self.container.spawn_managed_thread(lambda: self._run(batch))
@@ -258,3 +273,8 @@ class Writer:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def submit_all(self, writes: list[Write]) -> list:
+        """Each write's outcome, once all are committed: its answer or its
+        error, in order (a batch of requests that came in one message)."""
+        return self._committer.commit_all(writes)

@@ -42,5 +42,10 @@ class SlowPersonService:
         return self._hang()
 
     @rpc
+    def write_many(self, writes):  # the gateway's writes come this way (gateway/write_batches.py)
+        self._hang()
+        return [{"answer": {"stand_in": "slow_person"}} for _ in writes]
+
+    @rpc
     def health(self):
         return {"service": "person", "stand_in": "slow_person"}

@@ -8,6 +8,7 @@ so a pool that silently ran them one by one would fail the test instead of passi
 it vacuously.
 """
 
+import json
 import time
 from collections import Counter
 from decimal import Decimal
@@ -153,3 +154,41 @@ def test_concurrent_mixed_items_for_one_person_score_exactly(api, person_engine)
     assert body["score"] == expected, body
     assert body["items"] == {"income": N_MIXED, "asset": N_MIXED, "debt": N_MIXED}, body
     assert body["breakdown"]["asset"] == -body["breakdown"]["debt"] > 0, body
+
+
+def test_writes_in_flight_at_once_go_to_person_together_each_answered_its_own(system, api, person_engine):
+    """The gateway sends the writes it has in flight in write_many requests
+    (gateway/write_batches.py): fewer requests than writes, and still each
+    write its own answer or error, its own event and its own log line."""
+    create_person(api, CPF)
+    person_log_before = len(system.log("person.1").splitlines())
+    url = f"{api}/person/{CPF}"
+    calls = [post(f"{url}/income", {"type": f"job-{i}", "value": 100 + i}) for i in range(N)]
+    calls.append(post(f"{api}/person/{valid_cpfs(1)[0]}/income", {"type": "x", "value": 1}))  # nobody: 404
+    calls.append(post(f"{url}/debt", {"value": -1}))  # person refuses it: 422
+    calls.append(
+        lambda: requests.post(
+            f"{url}/asset", json={"type": "car", "value": 5}, headers={"Idempotency-Key": "k-9"}, timeout=HTTP_TIMEOUT
+        )
+    )
+    outcomes = run_together(calls)
+    assert_overlapped(outcomes)
+    responses = [r for r, _, _ in outcomes]
+
+    statuses = [r.status_code for r in responses]
+    assert statuses == [201] * N + [404, 422, 201], [r.text for r in responses]
+    assert [r.json()["value"] for r in responses[:N]] == [f"{100 + i}.00" for i in range(N)]
+    assert responses[N].json()["error"] == "PERSON_NOT_FOUND", responses[N].text
+    assert responses[N + 1].json()["error"] == "INVALID_INPUT", responses[N + 1].text
+    assert sorted(r.json()["sequence"] for r in responses if r.status_code == 201) == list(range(2, N + 3))
+
+    lines = system.log("person.1").splitlines()[person_log_before:]
+    requests_ = [line for line in lines if '"message": "rpc write_many ok' in line]
+    writes = [json.loads(line) for line in lines if '"logger": "person.batched_writes"' in line]
+    assert 1 <= len(requests_) < len(calls), requests_
+    # One line per write, each naming the HTTP request it came from.
+    assert len(writes) == len(calls), writes
+    assert len({w["call_id_stack"][0] for w in writes}) == len(calls), writes
+    assert Counter(w["outcome"] for w in writes) == {"ok": N + 1, "client_error": 2}, writes
+    with person_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM income")).scalar() == N

@@ -87,9 +87,11 @@ def test_lost_reply_is_not_written_twice(system, broker, proxy, invariant, perso
         system.logs,
     )
     person_log = system.log("person.1")
-    redelivered = re.findall(r"redelivered person\.add_asset request", person_log)
+    # The writes go to person in write_many requests (gateway/write_batches.py);
+    # the ack of the write before may have been held in the proxy too.
+    redelivered = re.findall(r"redelivered person\.write_many request", person_log)
     answered_again = person_log.count(answered_again)
-    assert len(redelivered) == 1 and answered_again == 1, person_log
+    assert len(redelivered) in (1, 2) and answered_again == 1, person_log
     assert _rows(person_engine, [write]) == {write.number: [write.item_id]}
 
     snap, recovered = invariant.wait([before, write], cut_at)
@@ -159,8 +161,9 @@ def test_write_answered_5xx_never_runs_later(system, broker, invariant, person_e
     report(
         "12 writes answered 504 while person was stalled",
         writes=len(writes),
-        dropped_by_person_past_deadline=dropped,
-        expired_in_queue=len(writes) - dropped,
+        # write_many requests (gateway/write_batches.py): the rest expired
+        # in the queue or waited in the gateway, never sent
+        requests_dropped_by_person_past_deadline=dropped,
         stored=0,
         recovery_s=round(recovered, 2),
         **lost_and_doubled(snap),

@@ -4,9 +4,12 @@ write fails nobody else, and a request delivered twice writes once."""
 
 import logging
 import random
+import time
+import uuid
 
 import eventlet
 import pytest
+from nameko.exceptions import deserialize
 from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.testing.utils import get_extension
 from sqlalchemy import text
@@ -130,6 +133,81 @@ def test_a_request_delivered_twice_writes_once(run_container, fresh_config, pers
     assert again == first
     assert scalar(person_engine, "SELECT count(*) FROM income") == 1
     assert scalar(person_engine, "SELECT count(*) FROM idempotency_keys") == 0  # no row spent on it
+
+
+def _write(method, *args, **keys):
+    """One write of a ``person.write_many`` request, as the gateway sends it."""
+    return {"method": method, "args": list(args), "request_id": str(uuid.uuid4()), **keys}
+
+
+def test_write_many_answers_each_write_its_own_outcome_from_one_transaction(
+    run_container, fresh_config, person_engine, caplog
+):
+    caplog.set_level(logging.INFO, logger="reliable_events.outbox")
+    run_container(PersonService)
+    at_once(fresh_config, [lambda rpc: rpc.person.create_person(PERSON)])
+    incomes = [_write("add_income", CPF, {"type": "salary", "value": f"{100 + n}.00"}) for n in range(5)]
+    batch = [
+        *incomes,
+        _write("add_income", UNKNOWN, {"type": "salary", "value": "1.00"}),
+        _write("add_debt", CPF, {"value": "-5"}),
+        _write("add_debt", CPF, {"value": "7.00"}, deadline=time.time() - 1),  # its caller gave up
+        _write("add_asset", CPF, {"type": "car", "value": "9.00"}, idempotency_key="k-1"),
+        _write("remove_person", CPF),
+    ]
+    for n, write in enumerate(batch):
+        write["call_id_stack"] = [f"gateway.add_item.{n}"]
+
+    outcomes = at_once(fresh_config, [lambda rpc: rpc.person.write_many(batch)])[0]
+
+    answers = [outcome.get("answer") for outcome in outcomes]
+    errors = [deserialize(outcome["error"]) if "error" in outcome else None for outcome in outcomes]
+    assert [a["value"] for a in answers[:5]] == [f"{100 + n}.00" for n in range(5)], outcomes
+    assert [type(e).__name__ for e in errors[5:8]] == ["PersonNotFound", "InvalidInput", "DeadlinePassed"], errors
+    assert answers[8]["value"] == "9.00" and errors[8] is None, outcomes
+    assert type(errors[9]).__name__ == "InvalidInput" and "remove_person" in str(errors[9]), errors
+    assert sorted(a["sequence"] for a in answers if a) == list(range(2, 8))  # gapless, each its own
+    # The debt past its deadline was never written.
+    assert scalar(person_engine, "SELECT count(*) FROM debt") == 0
+    assert scalar(person_engine, "SELECT count(*) FROM idempotency_keys") == 1
+    # The five incomes shared one transaction (the keyed asset ran alone).
+    assert scalar(person_engine, "SELECT count(DISTINCT xmin::text) FROM income") == 1
+    # Each write's event is its own: its request id, and the call ids of the
+    # request it came from, which its publish (here refused: no queue is bound
+    # in this vhost) carries as headers and logs.
+    with person_engine.connect() as conn:
+        rows = conn.execute(text("SELECT request_id, event_id::text FROM outbox WHERE sequence > 1")).all()
+    event_of = dict(rows)
+    written = {n: event_of[write["request_id"]] for n, write in enumerate(batch) if answers[n] is not None}
+    assert len(written) == 6
+
+    def published():
+        records = caplog.records
+        return {
+            r.event_id: r.call_id_stack
+            for r in records
+            if r.name == "reliable_events.outbox" and hasattr(r, "event_id")
+        }
+
+    deadline = time.monotonic() + 10
+    while not set(written.values()) <= set(published()) and time.monotonic() < deadline:
+        eventlet.sleep(0.05)
+    stacks = published()
+    for n, event_id in written.items():
+        assert stacks[event_id][0] == f"gateway.add_item.{n}", stacks
+        assert stacks[event_id][-1].startswith("person.write_many."), stacks
+
+
+def test_write_many_delivered_twice_answers_each_write_its_first_answer(run_container, fresh_config, person_engine):
+    run_container(PersonService)
+    at_once(fresh_config, [lambda rpc: rpc.person.create_person(PERSON)])
+    batch = [_write("add_income", CPF, {"type": "salary", "value": f"{100 + n}.00"}) for n in range(4)]
+
+    first = at_once(fresh_config, [lambda rpc: rpc.person.write_many(batch)])[0]
+    again = at_once(fresh_config, [lambda rpc: rpc.person.write_many(batch)])[0]
+
+    assert again == first and all("answer" in outcome for outcome in first), (first, again)
+    assert scalar(person_engine, "SELECT count(*) FROM income") == 4
 
 
 def test_concurrent_batches_over_the_same_people_never_deadlock(run_container, fresh_config, person_engine, caplog):
