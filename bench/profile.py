@@ -19,7 +19,11 @@ def py_spy_path() -> str | None:
 
 
 def start(pid: int, seconds: float, out: Path, rate: int = 100) -> subprocess.Popen:
-    """Sample ``pid`` for ``seconds`` without pausing it (``--nonblocking``), into ``out``."""
+    """Sample ``pid`` for ``seconds`` into ``out``. Blocking (py-spy pauses the
+    process for each sample, some tens of microseconds at 100 a second): with
+    ``--nonblocking`` py-spy 0.4.1 read the stacks as they changed under it
+    and now and then spun for ever without a sample (three runs of
+    2026-12-04 lost one service's profile each)."""
     # Its progress output goes to a file, not a pipe: a pipe nobody reads until
     # the end fills up, and py-spy then blocks on it for ever.
     with open(out.with_suffix(".err"), "wb") as err:
@@ -35,7 +39,6 @@ def start(pid: int, seconds: float, out: Path, rate: int = 100) -> subprocess.Po
                 str(rate),
                 "--format",
                 "raw",
-                "--nonblocking",
                 "--output",
                 str(out),
             ],
