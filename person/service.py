@@ -53,6 +53,7 @@ CLIENT_ERRORS = (InvalidInput, PersonNotFound, PersonAlreadyExists, IdempotencyK
 
 BY_RPC_METHOD = {kind.rpc_method: kind for kind in KINDS}
 WRITE_METHODS = ("create_person", *BY_RPC_METHOD)  # what write_many runs
+WRITE_ARGS = {"create_person": "[person]", **{method: "[cpf, item]" for method in BY_RPC_METHOD}}
 
 
 def _set_outbox_gauges(backlog):
@@ -207,13 +208,15 @@ class PersonService(replica_sources.ReplicaSources, batched_writes.BatchedWrites
         """What the write ``method(*args)`` submits, its input loaded and
         checked: ``(payload, method, request)``, the request as the client
         sent it (a retry of it hashes the same). Raises ``InvalidInput``."""
-        if method == "create_person":
+        kind = BY_RPC_METHOD.get(method)
+        if method not in WRITE_METHODS:
+            raise InvalidInput(f"No write method {method!r}.", {"method": [f"Must be one of {WRITE_METHODS}."]})
+        if len(args) != (1 if kind is None else 2):
+            raise InvalidInput(f"Wrong arguments for {method}.", {"args": [f"{method} takes {WRITE_ARGS[method]}."]})
+        if kind is None:
             (person,) = args
             data = load_input(CreatePersonSchema(), person)
             return writes.NewPerson(data, self.hasher.hash(data["cpf"])), method, (person,)
-        kind = BY_RPC_METHOD.get(method)
-        if kind is None:
-            raise InvalidInput(f"No write method {method!r}.", {"method": [f"Must be one of {WRITE_METHODS}."]})
         cpf, item = args
         cpf = load_cpf(cpf)
         data = load_input(ITEM_SCHEMAS[kind.name], item)

@@ -154,6 +154,7 @@ def test_write_many_answers_each_write_its_own_outcome_from_one_transaction(
         _write("add_debt", CPF, {"value": "7.00"}, deadline=time.time() - 1),  # its caller gave up
         _write("add_asset", CPF, {"type": "car", "value": "9.00"}, idempotency_key="k-1"),
         _write("remove_person", CPF),
+        _write("add_income", CPF),  # its item missing
     ]
     for n, write in enumerate(batch):
         write["call_id_stack"] = [f"gateway.add_item.{n}"]
@@ -166,6 +167,7 @@ def test_write_many_answers_each_write_its_own_outcome_from_one_transaction(
     assert [type(e).__name__ for e in errors[5:8]] == ["PersonNotFound", "InvalidInput", "DeadlinePassed"], errors
     assert answers[8]["value"] == "9.00" and errors[8] is None, outcomes
     assert type(errors[9]).__name__ == "InvalidInput" and "remove_person" in str(errors[9]), errors
+    assert type(errors[10]).__name__ == "InvalidInput" and "[cpf, item]" in str(errors[10]), errors
     assert sorted(a["sequence"] for a in answers if a) == list(range(2, 8))  # gapless, each its own
     # The debt past its deadline was never written.
     assert scalar(person_engine, "SELECT count(*) FROM debt") == 0
