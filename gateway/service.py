@@ -25,7 +25,7 @@ from gateway.freshness import ReplicaWatch
 from gateway.http import error_parts, http, json_response
 from gateway.requests import json_body, min_sequence, path_cpf, requester, write_keys
 from gateway.rpc import TimedRpcProxy
-from gateway.write_batches import PersonWrites
+from gateway.write_batches import PersonWriteBatches
 from observability.logs import CallContext
 from observability.metrics import READ_WAIT, metrics_response
 
@@ -44,7 +44,7 @@ class GatewayService:
     name = "gateway"
 
     person = TimedRpcProxy("person")
-    person_writes = PersonWrites()  # the writes in flight go to person together
+    person_writes = PersonWriteBatches()  # the writes in flight go to person together
     score = TimedRpcProxy("score")
     replica = ReplicaWatch()
     config = Config()

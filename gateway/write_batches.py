@@ -3,7 +3,7 @@
 Each write alone would cost a request and a reply on the broker (with the
 request's publisher confirm, its delivery and ack, and a worker in person);
 under load most of a write's cost was that. Here an HTTP worker hands its
-write to :class:`PersonWrites` and waits; the writes waiting go as one
+write to :class:`PersonWriteBatches` and waits; the writes waiting go as one
 ``person.write_many`` request (:mod:`person.batched_writes`), at most
 ``GATEWAY_WRITE_BATCH_SIZE`` in one, at most ``GATEWAY_WRITE_BATCHES``
 requests at once (the scheduler is :class:`~reliable_events.batches.Batches`,
@@ -61,7 +61,7 @@ class _Write:
         }
 
 
-class PersonWrites(TimedRpcProxy):
+class PersonWriteBatches(TimedRpcProxy):
     """A dependency: ``self.person_writes.add_income(cpf, item, request_id=...)``
     waits for that write's answer (or raises its error, as the method would),
     sent to person in a batch with the other writes in flight."""
@@ -148,7 +148,7 @@ class PersonWrites(TimedRpcProxy):
 class _Submitter:
     """What a worker sees: ``create_person`` and the ``add_<kind>`` methods."""
 
-    def __init__(self, provider: PersonWrites, worker_ctx):
+    def __init__(self, provider: PersonWriteBatches, worker_ctx):
         self._provider = provider
         self._worker_ctx = worker_ctx
 
