@@ -25,7 +25,6 @@ import time
 from kombu import Queue
 from nameko.events import get_event_exchange
 from nameko.extensions import DependencyProvider
-from nameko.messaging import QueueConsumer
 
 from contracts.events import NOTICE_QUEUE_PREFIX, REPLICA_ADVANCED, SCORE_NOTICES
 from contracts.scores import APPLIED_SEQUENCE
@@ -36,8 +35,6 @@ _log = logging.getLogger(__name__)
 
 class ReplicaWatch(QueuePerConnection, DependencyProvider):
     """Hands workers itself: :meth:`read_at_least` waits for a CPF's replica."""
-
-    queue_consumer = QueueConsumer()
 
     def setup(self):
         config = self.container.config

@@ -165,7 +165,14 @@ class TransientReplyListener(QueuePerConnection, ReplyListener):
     cannot declare it again elsewhere ("home node is down") and gets no reply
     until the node returns. Requests carry the current queue's routing key; a
     reply in flight when the connection drops is lost, and its request
-    answered 504."""
+    answered 504 at its deadline (not before: until then the request may
+    still run)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # Callbacks, added by the providers that use it in their setup (which
+        # may run before this one's).
+        self.on_connection_lost = []
 
     def setup(self):
         # Nameko's setup makes one queue for the process's life; this one makes
@@ -173,6 +180,12 @@ class TransientReplyListener(QueuePerConnection, ReplyListener):
         self.exchange = get_rpc_exchange(self.container.config)
         self.routing_key = None  # no queue declared yet: calls are refused (503)
         self.queue_consumer.register_provider(self)
+
+    def connection_lost(self):
+        # Calls are refused (503) until a queue is declared on a new connection.
+        self.routing_key = None
+        for callback in self.on_connection_lost:
+            callback()
 
     def new_queue(self, name_suffix):
         def declared(*_):

@@ -45,6 +45,13 @@ class Batches:
         self._alone.extend(items)
         self._wake.set()
 
+    def take_waiting(self) -> list:
+        """Every item waiting for a batch, no longer waiting: the caller answers them."""
+        items = [*self._alone, *self._waiting]
+        self._alone.clear()
+        self._waiting.clear()
+        return items
+
     def finished(self) -> None:
         self._running -= 1
         self._wake.set()

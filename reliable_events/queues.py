@@ -5,6 +5,7 @@ process's own queues, named anew on every connection."""
 import uuid
 
 from kombu import Queue
+from nameko.messaging import QueueConsumer
 
 # The headers of a message moved to a retry or dead-letter queue
 # (reliable_events.handlers), read by reliable_events.deadletters.
@@ -68,6 +69,22 @@ def dead_letter_queue(queue_name: str) -> Queue:
     )
 
 
+class ConnectionLossQueueConsumer(QueueConsumer):
+    """Nameko's ``QueueConsumer``, which also tells its providers when its
+    connection ends (``connection_lost()``), at once: their exclusive queues
+    went with it, so nothing they wait for can come through them any more.
+    Nameko's only notices when it connects again."""
+
+    def consume(self, *args, **kwargs):
+        # kombu's ConsumerMixin.run calls this once per connection; it ends
+        # (raising) when the connection does.
+        try:
+            yield from super().consume(*args, **kwargs)
+        finally:
+            for provider in list(self._providers):
+                provider.connection_lost()
+
+
 class QueuePerConnection:
     """A provider on Nameko's ``QueueConsumer`` whose queue serves its process
     alone (RPC replies, notices): every (re)connection declares a queue of a
@@ -82,6 +99,11 @@ class QueuePerConnection:
     the old one's cleanup; exclusivity removes the old queue with its
     connection, so a reconnect leaves nothing behind.
     """
+
+    queue_consumer = ConnectionLossQueueConsumer()
+
+    def connection_lost(self) -> None:
+        """The connection, and this provider's queue with it, is gone."""
 
     def new_queue(self, name_suffix: str) -> Queue:
         raise NotImplementedError

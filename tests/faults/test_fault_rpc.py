@@ -6,6 +6,8 @@
 - Writes answered 5xx while person was stalled (SIGSTOP): none of them runs
   when person resumes, neither those the broker had already handed to it nor
   those waiting in its queue.
+- Writes waiting in the gateway behind a request out when the broker goes:
+  answered 503 then, never sent; the request out keeps its deadline.
 - Person not running: the gateway answers 503 at once, and that write never
   runs either.
 - The gateway's reply and notice queues, declared again after a reconnect,
@@ -179,6 +181,67 @@ def test_write_answered_5xx_never_runs_later(system, broker, invariant, person_e
         # write_many requests (gateway/write_batches.py): the rest expired
         # in the queue or waited in the gateway, never sent
         requests_dropped_by_person_past_deadline=dropped,
+        stored=0,
+        recovery_s=round(recovered, 2),
+        **lost_and_doubled(snap),
+    )
+
+
+def test_writes_waiting_behind_a_request_out_answered_503_when_the_broker_goes(
+    system, broker, invariant, person_engine, report
+):
+    """A request out keeps its slot until its deadline, whatever happens to the
+    broker: until then it may still run, so its writes cannot be answered yet.
+    The writes waiting in the gateway for that slot were never sent: when the
+    broker goes, they are answered 503 then, and so is a write that comes while
+    it is gone, instead of all waiting for the request out."""
+    system.start("person")
+    system.start("score")
+    # One request out at a time: the next writes wait in the gateway for it.
+    system.start("gateway", RPC_TIMEOUT=15, GATEWAY_WRITE_BATCHES=1)
+    system.wait_gateway(timeout=60)
+    cpf = cpfs(1)[0]
+    system.create_people([cpf])
+    wait_for(lambda: broker.queue_depths(system.vhost).get(RPC_QUEUE) == 0, 30, "person to be idle", 0.1)
+    person = system.processes["person.1"]
+
+    out, waiting, during = (Write(kind, cpf, system.url) for kind in ("income", "asset", "debt"))
+    os.kill(person.pid, signal.SIGSTOP)
+    try:
+        sending = eventlet.spawn(out.send, 30)
+        wait_for(
+            lambda: broker.queue_depths(system.vhost).get(RPC_QUEUE) == 1,
+            15,
+            "the first write's request to reach person, stalled",
+            0.1,
+        )
+        waiting_answered = eventlet.spawn(waiting.send, 30)
+        eventlet.sleep(1)  # in the gateway, behind the request out
+        broker.stop_app()
+        waiting_answered.wait()
+        during.send()
+        sending.wait()
+    finally:
+        os.kill(person.pid, signal.SIGCONT)
+    broker.start_app()
+
+    assert (waiting.status, during.status) == (503, 503), [(w.status, w.error) for w in (waiting, during)]
+    assert all('"SERVICE_UNAVAILABLE"' in w.error for w in (waiting, during)), (waiting.error, during.error)
+    assert waiting.ended < out.ended, "the waiting write was answered after the request it waited behind"
+    # The request out: answered at its deadline, and dropped by person past it.
+    assert out.status == 504, (out.status, out.error)
+    system.wait_gateway(timeout=60)
+    after = system.add_item(cpf, "debt").accepted()
+    assert _rows(person_engine, [out, waiting, during]) == {}, system.log("person.1")
+
+    snap, recovered = invariant.wait([out, waiting, during, after], time.monotonic())
+    report(
+        "12b writes waiting behind a request out when the broker goes",
+        request_out=out.status,
+        waiting_write=waiting.status,
+        waiting_answered_s=round(waiting.latency, 2),
+        request_out_answered_s=round(out.latency, 2),
+        write_while_broker_gone=during.status,
         stored=0,
         recovery_s=round(recovered, 2),
         **lost_and_doubled(snap),
