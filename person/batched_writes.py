@@ -17,7 +17,7 @@ import time
 
 from nameko.exceptions import serialize
 
-from contracts.errors import DeadlinePassed
+from contracts.errors import DeadlinePassed, InvalidInput
 from contracts.idempotency import IdempotencyKeyReused
 from observability.logs import current_call_id_stack
 from observability.metrics import RPC_REQUESTS
@@ -33,6 +33,7 @@ class BatchedWrites:
 
     # The caller's mistakes (the service's CLIENT_ERRORS): answered, not logged as failures.
     client_errors: tuple = ()
+    write_methods: tuple = ()  # the service's WRITE_METHODS
 
     @rpc
     def write_many(self, writes):
@@ -56,33 +57,34 @@ class BatchedWrites:
         is not run and its outcome is ``DeadlinePassed``) and
         ``call_id_stack`` (the call ids of the request it came from).
         """
+        if not isinstance(writes, list) or not all(isinstance(spec, dict) for spec in writes):
+            raise InvalidInput("write_many takes a list of writes.", {"writes": ["A list of objects."]})
         own = (current_call_id_stack() or [])[-1:]
+        # Each write's call ids: the request it came from, then this one.
+        stacks = [[*(spec.get("call_id_stack") or []), *own] for spec in writes]
         outcomes, submitted, where = [None] * len(writes), [], []
-        for index, spec in enumerate(writes):
+        for index, (spec, stack) in enumerate(zip(writes, stacks, strict=True)):
             try:
-                submitted.append(self._write(spec, own))
+                submitted.append(self._write(spec, stack))
                 where.append(index)
             except Exception as exc:  # refused before it was submitted: its input, its deadline
                 outcomes[index] = exc
         for index, outcome in zip(where, self.writer.submit_all(submitted), strict=True):
             outcomes[index] = IdempotencyKeyReused(str(outcome)) if isinstance(outcome, KeyReused) else outcome
-        return [self._outcome(spec, outcome, own) for spec, outcome in zip(writes, outcomes, strict=True)]
+        return [self._outcome(*each) for each in zip(writes, outcomes, stacks, strict=True)]
 
-    def _write(self, spec, own) -> Write:
-        method = spec["method"]
+    def _write(self, spec, stack) -> Write:
         deadline = spec.get("deadline")
         if deadline is not None and time.time() > float(deadline):
             raise DeadlinePassed(f"deadline passed {time.time() - float(deadline):.2f}s ago, so it never ran")
-        payload, operation, request = self._prepared(method, spec.get("args") or [])
+        payload, operation, request = self._prepared(spec.get("method"), spec.get("args") or [])
         key = spec.get("idempotency_key")
         digest = request_hash(operation, *request) if key is not None else None
-        stack = [*(spec.get("call_id_stack") or []), *own]
         return Write(payload, stack, spec.get("request_id"), key, digest)
 
-    def _outcome(self, spec, outcome, own) -> dict:
+    def _outcome(self, spec, outcome, stack) -> dict:
         """The wire's outcome of one write, and its log line and count."""
         method = spec.get("method")
-        stack = [*(spec.get("call_id_stack") or []), *own]
         if not isinstance(outcome, BaseException):
             result, level = "ok", logging.INFO
         elif isinstance(outcome, self.client_errors):
@@ -91,7 +93,8 @@ class BatchedWrites:
             result, level = "dropped", logging.WARNING
         else:
             result, level = "error", logging.ERROR
-        RPC_REQUESTS.labels(method, result).inc()
+        # A label per method written, not per name a caller sent: labels are bounded.
+        RPC_REQUESTS.labels(method if method in self.write_methods else "unknown", result).inc()
         extra = {"rpc_method": method, "outcome": result, "request_id": spec.get("request_id"), "call_id_stack": stack}
         if result == "dropped":
             _log.log(level, "dropped a person.%s write: its caller's %s", method, outcome, extra=extra)

@@ -76,6 +76,7 @@ def write_path(outbox_type: type[Outbox] = Outbox) -> GroupCommit:
 class PersonService(replica_sources.ReplicaSources, batched_writes.BatchedWrites):
     name = "person"
     client_errors = CLIENT_ERRORS
+    write_methods = WRITE_METHODS
 
     db = Database(PersonBase)
     idempotency = IdempotencyKeys(idempotency_keys)

@@ -40,9 +40,9 @@ batches, of this process or another, never deadlock on each other.
 
 import logging
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
-import eventlet
 from eventlet.event import Event
 from nameko.extensions import DependencyProvider
 from psycopg2.errorcodes import UNIQUE_VIOLATION
@@ -221,21 +221,31 @@ class GroupCommit(DependencyProvider):
 
     def commit(self, write: Write):
         """Wait for ``write`` to be committed in a batch: its outcome (an answer, or its error)."""
-        return self.commit_all([write])[0]
+        if self._runs_alone(write):
+            return self.transactions.commit(write)
+        return self._joined(write).wait()
 
     def commit_all(self, writes: list[Write]) -> list:
         """Wait for every one of ``writes`` to be committed: their outcomes, in
         order. They join the waiting batch together (one transaction for all
         when they fit), while those that run alone run at once, side by side."""
-        waiting = []
-        for write in writes:
-            if write.idempotency_key is not None or self.writes.runs_alone(write.payload):
-                waiting.append(eventlet.spawn(self.transactions.commit, write))
-            else:
-                done = Event()
-                self.batches.add((write, done))
-                waiting.append(done)
+        waiting = [
+            self.container.spawn_managed_thread(partial(self.transactions.commit, write))
+            if self._runs_alone(write)
+            else self._joined(write)
+            for write in writes
+        ]
         return [done.wait() for done in waiting]
+
+    def _runs_alone(self, write: Write) -> bool:
+        # A key's claim and stored answer are its transaction's alone.
+        return write.idempotency_key is not None or self.writes.runs_alone(write.payload)
+
+    def _joined(self, write: Write) -> Event:
+        """``write`` added to the waiting batch: sent its outcome when committed."""
+        done = Event()
+        self.batches.add((write, done))
+        return done
 
     def _launch(self, batch: list) -> None:
         self.container.spawn_managed_thread(lambda: self._run(batch))

@@ -12,6 +12,7 @@ import pytest
 from nameko.exceptions import deserialize
 from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.testing.utils import get_extension
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -159,6 +160,7 @@ def test_write_many_answers_each_write_its_own_outcome_from_one_transaction(
     for n, write in enumerate(batch):
         write["call_id_stack"] = [f"gateway.add_item.{n}"]
 
+    unknown_before = _rpc_count("unknown", "client_error") or 0
     outcomes = at_once(fresh_config, [lambda rpc: rpc.person.write_many(batch)])[0]
 
     answers = [outcome.get("answer") for outcome in outcomes]
@@ -168,6 +170,9 @@ def test_write_many_answers_each_write_its_own_outcome_from_one_transaction(
     assert answers[8]["value"] == "9.00" and errors[8] is None, outcomes
     assert type(errors[9]).__name__ == "InvalidInput" and "remove_person" in str(errors[9]), errors
     assert type(errors[10]).__name__ == "InvalidInput" and "[cpf, item]" in str(errors[10]), errors
+    # A method name a caller made up is counted, but not as a label of its own.
+    assert _rpc_count("unknown", "client_error") == unknown_before + 1
+    assert _rpc_count("remove_person", "client_error") is None
     assert sorted(a["sequence"] for a in answers if a) == list(range(2, 8))  # gapless, each its own
     # The debt past its deadline was never written.
     assert scalar(person_engine, "SELECT count(*) FROM debt") == 0
@@ -198,6 +203,17 @@ def test_write_many_answers_each_write_its_own_outcome_from_one_transaction(
     for n, event_id in written.items():
         assert stacks[event_id][0] == f"gateway.add_item.{n}", stacks
         assert stacks[event_id][-1].startswith("person.write_many."), stacks
+
+
+def _rpc_count(method, outcome):
+    return REGISTRY.get_sample_value("rpc_requests_total", {"method": method, "outcome": outcome})
+
+
+@pytest.mark.parametrize("writes", ["add_income", [["add_income", CPF]], None], ids=["a string", "a list", "null"])
+def test_write_many_of_something_else_than_writes_is_invalid_input(run_container, fresh_config, writes):
+    run_container(PersonService)
+    (error,) = at_once(fresh_config, [lambda rpc: rpc.person.write_many(writes)])
+    assert type(error).__name__ == "InvalidInput" and "a list of writes" in str(error), error
 
 
 def test_write_many_delivered_twice_answers_each_write_its_first_answer(run_container, fresh_config, person_engine):
