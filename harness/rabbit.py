@@ -203,6 +203,16 @@ class RabbitNode:
         ).stdout
         return {parts[0] for parts in (line.split() for line in out.splitlines()) if parts[1:] == ["queue"]}
 
+    def consumers_ack_required(self, vhost: str) -> dict:
+        """``{queue name: [whether the broker waits for an ack, per consumer]}`` of ``vhost``."""
+        out = self.ctl("list_consumers", "-p", vhost, "queue_name", "ack_required", "--no-table-headers").stdout
+        consumers = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                consumers.setdefault(parts[0], []).append(parts[1] == "true")
+        return consumers
+
     def close_connections(self, vhost: str) -> None:
         """Close every client connection of ``vhost`` (the clients see the broker drop them)."""
         self.ctl("close_all_connections", "--vhost", vhost, "closed by a test")

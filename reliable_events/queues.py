@@ -3,6 +3,7 @@ and dead-letter queues, and the headers a message moved there carries; a
 process's own queues, named anew on every connection."""
 
 import uuid
+from functools import partial
 
 from kombu import Queue
 from nameko.messaging import QueueConsumer
@@ -70,10 +71,21 @@ def dead_letter_queue(queue_name: str) -> Queue:
 
 
 class ConnectionLossQueueConsumer(QueueConsumer):
-    """Nameko's ``QueueConsumer``, which also tells its providers when its
-    connection ends (``connection_lost()``), at once: their exclusive queues
-    went with it, so nothing they wait for can come through them any more.
-    Nameko's only notices when it connects again."""
+    """The consumer of a process's own queues (:class:`QueuePerConnection`):
+    Nameko's ``QueueConsumer``, except that
+
+    - it tells its providers when its connection ends (``connection_lost()``),
+      at once: their exclusive queues went with it, so nothing they wait for
+      can come through them any more (Nameko's only notices when it connects
+      again);
+    - it takes messages without acks: a message of a queue that lives and dies
+      with this connection is lost with it whether acked or not, so an ack
+      (a frame each way and the broker's work, per RPC reply) buys nothing.
+      The providers' ``ack_message`` calls then send nothing (kombu skips a
+      no-ack consumer's)."""
+
+    def get_consumers(self, consumer_cls, channel):
+        return super().get_consumers(partial(consumer_cls, no_ack=True), channel)
 
     def consume(self, *args, **kwargs):
         # kombu's ConsumerMixin.run calls this once per connection; it ends

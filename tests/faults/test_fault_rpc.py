@@ -10,9 +10,9 @@
   answered 503 then, never sent; the request out keeps its deadline.
 - Person not running: the gateway answers 503 at once, and that write never
   runs either.
-- The gateway's reply and notice queues, declared again after a reconnect,
-  survive a late cleanup of their old names (a lost cluster node's, here on
-  one node): replies reach the gateway again.
+- The gateway's reply and notice queues are consumed without acks; declared
+  again after a reconnect, they survive a late cleanup of their old names (a
+  lost cluster node's, here on one node): replies reach the gateway again.
 """
 
 import os
@@ -284,6 +284,24 @@ def test_person_not_running_answers_503_at_once(system, invariant, person_engine
 
 def _gateway_queues(broker, vhost) -> set:
     return {name for name in broker.queue_names(vhost) if name.startswith(GATEWAY_QUEUE_PREFIXES)}
+
+
+def test_gateway_takes_its_replies_and_notices_without_acks(system, broker):
+    """The gateway's own queues live and die with its connection: what they
+    hold is lost with it, acked or not, so their consumers take messages
+    without acks (reliable_events/queues.py). The queues that outlive a
+    connection (person's requests, score's events) are acked, each message
+    once it is done with."""
+    system.start_all(timeout=60)
+    cpf = cpfs(1)[0]
+    system.create_people([cpf])
+    system.add_item(cpf, "income").accepted()
+
+    consumers = broker.consumers_ack_required(system.vhost)
+    own = {name: acks for name, acks in consumers.items() if name.startswith(GATEWAY_QUEUE_PREFIXES)}
+    others = {name: acks for name, acks in consumers.items() if name not in own}
+    assert len(own) == 2 and all(acks == [False] for acks in own.values()), consumers
+    assert RPC_QUEUE in others and all(all(acks) for acks in others.values()), consumers
 
 
 def test_gateway_queues_survive_a_late_cleanup_of_their_old_incarnation(system, broker, invariant, report):
