@@ -177,7 +177,8 @@ class ReliableEventHandler(EventHandler):
     def _batch_result(self, messages, worker_ctx, result=None, exc_info=None):
         try:
             if exc_info is None:
-                self.queue_consumer.ack_messages(messages)
+                for message in messages:
+                    self.queue_consumer.ack_message(message)
                 self._applied(worker_ctx, worker_ctx.args[0], messages, result)
             elif len(messages) == 1:
                 self._failed(messages[0], worker_ctx.args[0][0], exc_info)

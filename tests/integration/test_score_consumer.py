@@ -4,7 +4,6 @@ a backlog applied in batches, a bad event in a batch parked alone."""
 import random
 from decimal import Decimal
 
-import amqp
 import pytest
 from nameko.containers import ServiceContainer
 from nameko.extensions import DependencyProvider
@@ -171,33 +170,6 @@ def test_a_backlog_is_applied_in_batches_each_event_once(fresh_config, score_eng
     assert score["items"]["income"] == 300
     assert score["last_sequence"] == 301
     assert scalar(score_engine, "SELECT count(*) FROM scored_item") == 300
-
-
-def test_a_batch_is_acked_with_one_frame_and_every_message_is_settled(fresh_config, score_engine, monkeypatch):
-    """A batch taken in arrival order, the batches before it done, is acked
-    with one multiple ack (reliable_events/consumer.py); whatever the order
-    the batches end in, no message is left unacked: none comes back when the
-    consumer's connection closes."""
-    acks = []
-    basic_ack = amqp.Channel.basic_ack
-
-    def recording(channel, delivery_tag, multiple=False, **kwargs):
-        acks.append((delivery_tag, multiple))
-        return basic_ack(channel, delivery_tag, multiple, **kwargs)
-
-    monkeypatch.setattr(amqp.Channel, "basic_ack", recording)
-    config = {**fresh_config, "EVENT_BATCH_SIZE": 40}
-    events = [PERSON_EVENTS.new("person_created", CPF, 1, {})]
-    events += [income(2 + i, 1 + i, f"{100 + i}.00") for i in range(300)]
-    container, sizes = with_backlog(config, events)
-    try:
-        wait_for(lambda: applied_count(score_engine) == len(events), 30, "every event applied")
-    finally:
-        container.stop()  # its connection closes: an unacked message goes back to the queue
-
-    assert message_count(config["AMQP_URI"], INCOME_QUEUE) == 0
-    assert max(sizes) > 1 and any(multiple for _, multiple in acks), (sizes, acks)
-    assert len(acks) < len(events) / 2, f"{len(acks)} ack frames for {len(events)} events"
 
 
 def test_a_bad_event_in_a_batch_is_dead_lettered_alone(fresh_config, score_engine):
