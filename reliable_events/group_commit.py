@@ -152,7 +152,9 @@ class Transactions:
 
     def redelivered(self, write: Write, exc: Exception):
         """The outcome of a write whose transaction failed alone: the first answer
-        if it failed on its request id (a redelivery), else the error itself."""
+        if it failed on its request id (a redelivery), else the error itself.
+        It never raises: it runs in managed threads too (a batch's), whose
+        exception would end the service."""
         if not (
             write.request_id is not None
             and isinstance(exc, IntegrityError)
@@ -161,9 +163,12 @@ class Transactions:
         ):
             return exc
         table = self.outbox.table
-        with self.sessions() as session:
-            row = session.execute(select(table).where(table.c.request_id == write.request_id)).one()
-            answer = self.writes.answer_again(session, row)
+        try:
+            with self.sessions() as session:
+                row = session.execute(select(table).where(table.c.request_id == write.request_id)).one()
+                answer = self.writes.answer_again(session, row)
+        except Exception as lookup_error:  # the database went away meanwhile: this write's error
+            return lookup_error
         _log.info(
             "request %s was written before, as %s %s of %s (a redelivery); answered with its first answer, "
             "nothing written",
