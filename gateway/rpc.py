@@ -57,8 +57,8 @@ class TimedServiceProxy:
         return partial(self._call, method_name)
 
     def ready(self) -> bool:
-        """Whether calls can be made: the reply queue has been declared once."""
-        return self._reply_listener.routing_key is not None
+        """Whether calls can be made: a reply queue is declared on the current connection."""
+        return self._reply_listener.connected
 
     def _call(self, method_name, *args, **kwargs):
         return self.call_by(time.time() + self._timeout, method_name, *args, **kwargs)
@@ -81,8 +81,7 @@ class TimedServiceProxy:
         deadline = eventlet.Timeout(timeout)
         try:
             try:
-                if self._reply_listener.routing_key is None:
-                    raise BrokerUnavailable(f"{target}: not yet connected to the message broker.")
+                self._reply_listener.refuse_unless_connected(target)
                 self._check_consumers(target)
                 # Published from a greenthread of its own: if the deadline fires
                 # mid-publish against a frozen node (paused: the connection stays
@@ -180,6 +179,20 @@ class TransientReplyListener(QueuePerConnection, ReplyListener):
         self.exchange = get_rpc_exchange(self.container.config)
         self.routing_key = None  # no queue declared yet: calls are refused (503)
         self.queue_consumer.register_provider(self)
+
+    @property
+    def connected(self) -> bool:
+        return self.routing_key is not None
+
+    @staticmethod
+    def unconnected(target: str) -> BrokerUnavailable:
+        """The refusal (503) of a call to ``target`` made while no reply queue
+        is declared: it could never be answered."""
+        return BrokerUnavailable(f"{target}: not connected to the message broker.")
+
+    def refuse_unless_connected(self, target: str) -> None:
+        if not self.connected:
+            raise self.unconnected(target)
 
     def connection_lost(self):
         # Calls are refused (503) until a queue is declared on a new connection.

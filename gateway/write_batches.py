@@ -31,7 +31,7 @@ from eventlet.event import Event
 from nameko.exceptions import deserialize
 
 from contracts.errors import DeadlinePassed
-from gateway.exceptions import BrokerUnavailable, GatewayTimeout
+from gateway.exceptions import GatewayTimeout
 from gateway.rpc import TimedRpcProxy, TimedServiceProxy
 from reliable_events.batches import Batches
 
@@ -93,8 +93,7 @@ class PersonWriteBatches(TimedRpcProxy):
         return _Submitter(self, worker_ctx)
 
     def submit(self, worker_ctx, method, args, keys):
-        if self.rpc_reply_listener.routing_key is None:
-            raise self._unconnected(method)
+        self.rpc_reply_listener.refuse_unless_connected(f"person.{method}")
         write = _Write(method, args, keys, time.time() + self.timeout, worker_ctx)
         self.batches.add(write)
         try:
@@ -117,9 +116,6 @@ class PersonWriteBatches(TimedRpcProxy):
     def _timed_out(self, method) -> GatewayTimeout:
         return GatewayTimeout(f"person.{method} did not answer within {self.timeout}s.")
 
-    def _unconnected(self, method) -> BrokerUnavailable:
-        return BrokerUnavailable(f"person.{method}: not connected to the message broker.")
-
     def _refuse_waiting(self) -> None:
         # The connection to the broker dropped. The requests out keep their
         # slots until their deadlines (each may still run until then), so the
@@ -127,7 +123,7 @@ class PersonWriteBatches(TimedRpcProxy):
         # sent, so each is answered 503 now.
         for write in self.batches.take_waiting():
             if not write.done.ready():
-                write.done.send({"error": self._unconnected(write.method)})
+                write.done.send({"error": self.rpc_reply_listener.unconnected(f"person.{write.method}")})
 
     def _launch(self, batch: list) -> None:
         self.container.spawn_managed_thread(lambda: self._send(batch))

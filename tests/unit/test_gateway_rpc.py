@@ -9,10 +9,10 @@ from amqp.exceptions import ConnectionForced, InternalError
 from kombu.exceptions import OperationalError
 
 from gateway.exceptions import BrokerUnavailable, error_for
-from gateway.rpc import TimedServiceProxy, _TimedMethodProxy
+from gateway.rpc import TimedServiceProxy, TransientReplyListener, _TimedMethodProxy
 
 
-class _Listener:
+class _Listener(TransientReplyListener):
     routing_key = "a" * 32
     _reply_events = {}
 
@@ -54,5 +54,5 @@ def test_a_call_before_the_reply_queue_exists_is_503_at_once():
     listener = _Listener()
     listener.routing_key = None
     proxy = TimedServiceProxy(_WorkerContext(), "person", listener, timeout=3.0, consumers_seen={})
-    with pytest.raises(BrokerUnavailable, match="not yet connected"):
+    with pytest.raises(BrokerUnavailable, match="not connected to the message broker"):
         proxy.health()
