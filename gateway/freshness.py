@@ -7,7 +7,9 @@ read tells score it waits (``get_score(..., min_sequence=n)``), score
 announces the commits that move a person a read waits for
 (``replica_advanced``, see :mod:`contracts.events`), and this gateway's own
 exclusive queue receives them, waking only the reads waiting for those
-CPFs, which then read again. Past the bound
+CPFs, which then read again (as does every waiting read when this queue
+is made again after a lost connection: notices sent meanwhile reached
+nobody). Past the bound
 (``READ_YOUR_WRITES_TIMEOUT`` seconds) the read gets the current value,
 marked stale.
 
@@ -62,6 +64,14 @@ class ReplicaWatch(QueuePerConnection, DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self
+
+    def connection_ready(self):
+        # A notice score sent while this gateway had no queue (from the old
+        # connection's end until now) reached nobody: every waiting read reads
+        # again now instead of waiting out its bound.
+        for waiting in list(self._waiting.values()):
+            for advanced in list(waiting):
+                advanced.set()
 
     def handle_message(self, body, message):
         self.queue_consumer.ack_message(message)

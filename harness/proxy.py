@@ -177,3 +177,39 @@ class TcpProxy:
             pass
         link.close()
         link.pump_ended()
+
+
+class Partition(TcpProxy):
+    """A proxy that can cut its service off the broker while ``partitioned``:
+    every connection is closed before its next bytes reach the broker (the
+    open ones at their next send, each new one at its first), and ``refused``
+    counts them. :meth:`cut` then closes the quiet ones at once."""
+
+    def __init__(self, target_host, target_port):
+        super().__init__(target_host, target_port)
+        self.partitioned = False
+        self.refused = 0
+
+    def cut_off(self, link, data) -> bool:
+        """Whether, while partitioned, this chunk closes its connection (a
+        subclass may spare some: :class:`RelayPartition`)."""
+        return True
+
+    def passes(self, link, data):
+        if self.partitioned and self.cut_off(link, data):
+            self.refused += 1
+            return False
+        return True
+
+
+class RelayPartition(Partition):
+    """Cuts off a person process's outbox relay, and nothing else: while
+    ``partitioned``, a connection whose bytes to the broker name the
+    ``person.events`` exchange is closed (the relay's open connection at its
+    next publish; each new one at its exchange declare). RPC requests and
+    replies never name it."""
+
+    EVENTS_EXCHANGE = b"person.events"
+
+    def cut_off(self, link, data):
+        return self.EVENTS_EXCHANGE in link.sent[-(len(self.EVENTS_EXCHANGE) - 1) :] + data

@@ -77,7 +77,9 @@ class ConnectionLossQueueConsumer(QueueConsumer):
     - it tells its providers when its connection ends (``connection_lost()``),
       at once: their exclusive queues went with it, so nothing they wait for
       can come through them any more (Nameko's only notices when it connects
-      again);
+      again); and when a new connection consumes their new queues
+      (``connection_ready()``): what was sent to them in between reached
+      nobody;
     - it takes messages without acks: a message of a queue that lives and dies
       with this connection is lost with it whether acked or not, so an ack
       (a frame each way and the broker's work, per RPC reply) buys nothing.
@@ -86,6 +88,11 @@ class ConnectionLossQueueConsumer(QueueConsumer):
 
     def get_consumers(self, consumer_cls, channel):
         return super().get_consumers(partial(consumer_cls, no_ack=True), channel)
+
+    def on_consume_ready(self, connection, channel, consumers, **kwargs):
+        super().on_consume_ready(connection, channel, consumers, **kwargs)
+        for provider in list(self._providers):
+            provider.connection_ready()
 
     def consume(self, *args, **kwargs):
         # kombu's ConsumerMixin.run calls this once per connection; it ends
@@ -116,6 +123,9 @@ class QueuePerConnection:
 
     def connection_lost(self) -> None:
         """The connection, and this provider's queue with it, is gone."""
+
+    def connection_ready(self) -> None:
+        """A connection consumes this provider's queue (after every (re)connection)."""
 
     def new_queue(self, name_suffix: str) -> Queue:
         raise NotImplementedError

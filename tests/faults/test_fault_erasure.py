@@ -27,35 +27,13 @@ from sqlalchemy import text
 from harness.api import assert_json_error, rows_naming
 from harness.cpf import cpfs
 from harness.faults import HTTP_TIMEOUT, dead_letter_depths, wait_for
-from harness.proxy import TcpProxy
+from harness.proxy import RelayPartition
 from harness.workers import TEST_HASHER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
-EVENTS_EXCHANGE = b"person.events"
 MAX_OUTBOX_AGE = 1  # HEALTH_MAX_OUTBOX_AGE: /health reports a row pending longer
 OUTAGE_SECONDS = 3
-
-
-class RelayPartition(TcpProxy):
-    """A proxy that can cut person's outbox relay off the broker, and nothing else.
-
-    While ``partitioned``, a connection whose bytes to the broker name the
-    ``person.events`` exchange is closed before those bytes pass (the relay's
-    open connection at its next publish; each new one at its exchange
-    declare), so nothing of a publish reaches the broker. ``refused`` counts them.
-    """
-
-    def __init__(self, target_host, target_port):
-        super().__init__(target_host, target_port)
-        self.partitioned = False
-        self.refused = 0
-
-    def passes(self, link, data):
-        if self.partitioned and EVENTS_EXCHANGE in link.sent[-(len(EVENTS_EXCHANGE) - 1) :] + data:
-            self.refused += 1
-            return False
-        return True
 
 
 @pytest.fixture
