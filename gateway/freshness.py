@@ -69,9 +69,7 @@ class ReplicaWatch(QueuePerConnection, DependencyProvider):
         # A notice score sent while this gateway had no queue (from the old
         # connection's end until now) reached nobody: every waiting read reads
         # again now instead of waiting out its bound.
-        for waiting in list(self._waiting.values()):
-            for advanced in list(waiting):
-                advanced.set()
+        self._wake(list(self._waiting))
 
     def handle_message(self, body, message):
         self.queue_consumer.ack_message(message)
@@ -79,6 +77,10 @@ class ReplicaWatch(QueuePerConnection, DependencyProvider):
         if not isinstance(cpfs, list):
             _log.warning("ignored a malformed %s notice: %r", REPLICA_ADVANCED, body)
             return
+        self._wake(cpfs)
+
+    def _wake(self, cpfs) -> None:
+        """Wake the reads waiting for any of ``cpfs``: each reads again."""
         for cpf in cpfs:
             for advanced in self._waiting.get(cpf, ()):
                 advanced.set()

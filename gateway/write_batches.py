@@ -93,7 +93,7 @@ class PersonWriteBatches(TimedRpcProxy):
         return _Submitter(self, worker_ctx)
 
     def submit(self, worker_ctx, method, args, keys):
-        self.rpc_reply_listener.refuse_unless_connected(f"person.{method}")
+        self.rpc_reply_listener.refuse_unless_connected(self._target(method))
         write = _Write(method, args, keys, time.time() + self.timeout, worker_ctx)
         self.batches.add(write)
         try:
@@ -113,8 +113,11 @@ class PersonWriteBatches(TimedRpcProxy):
             raise error
         raise copy.copy(error)  # the batch's own failure, shared by its writes
 
+    def _target(self, method) -> str:
+        return f"{self.target_service}.{method}"
+
     def _timed_out(self, method) -> GatewayTimeout:
-        return GatewayTimeout(f"person.{method} did not answer within {self.timeout}s.")
+        return GatewayTimeout(f"{self._target(method)} did not answer within {self.timeout}s.")
 
     def _refuse_waiting(self) -> None:
         # The connection to the broker dropped. The requests out keep their
@@ -123,7 +126,7 @@ class PersonWriteBatches(TimedRpcProxy):
         # sent, so each is answered 503 now.
         for write in self.batches.take_waiting():
             if not write.done.ready():
-                write.done.send({"error": self.rpc_reply_listener.unconnected(f"person.{write.method}")})
+                write.done.send({"error": self.rpc_reply_listener.unconnected(self._target(write.method))})
 
     def _launch(self, batch: list) -> None:
         self.container.spawn_managed_thread(lambda: self._send(batch))

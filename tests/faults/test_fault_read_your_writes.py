@@ -83,7 +83,6 @@ def test_a_read_waiting_through_a_reconnect_reads_again_once_the_gateway_is_back
         wait_for(
             lambda: _applied_through(score_engine, cpf) >= sequence, 30, "score to apply the write", 0.1, system.logs
         )
-        assert "applied event" in system.log_of("score")
         assert not answers, answers  # its wake-up went to a queue that is gone
 
         # --- the gateway reaches the broker again ---------------------------------------------
